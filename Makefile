@@ -1,0 +1,20 @@
+# The two commands of the README. Each sets up .venv first (quick when it is already there).
+PY := .venv/bin/python
+SNAKEMAKE := .venv/bin/snakemake
+DEMO_TARGET := results/demo/ingest/meta.json
+
+.PHONY: setup demo test clean-demo
+
+setup:
+	@scripts/setup.sh
+
+## Build the demo subject end to end on the tiny profile (CPU).
+demo: setup
+	$(SNAKEMAKE) $(DEMO_TARGET) --cores 2 --configfile configs/tiny.yaml
+
+## Run the test suite (tests on real clips need ../shared/data; REQUIRE_SHARED_DATA=1 makes them mandatory).
+test: setup
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf results/demo logs/*/demo.log benchmarks/*/demo.tsv data/demo

@@ -1,0 +1,28 @@
+# Talking-head pipeline: data/<s>/<s>.mp4 -> results/<s>/... (see docs/ and ../shared/DESIGN.md §1).
+# Thin on purpose: configuration, validation, the rule files, and the default target.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: workflow.source_path("config.yaml")
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    subject=SUBJECT_PATTERN,
+
+
+
+include: "workflow/rules/preprocess.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets,

@@ -1,0 +1,83 @@
+"""Shared fixtures: the real media of ../shared/data, and a per-session cache of processed clips.
+
+Tests that need the real clips use ``shared_data`` (or ``clip`` / ``processed``). When the folder is
+absent they skip with a message, unless REQUIRE_SHARED_DATA=1 (set by .ci/run), where they fail.
+Stages are run once per clip per session through their modules' ``run()`` functions and cached in
+``processed`` so later stages' tests reuse earlier artifacts instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
+
+CLIPS = [
+    "talk_dfrf_cnn_en",            # 71 s, 25 fps, 512², mp3 audio
+    "talk_dfrf_macron_fr",         # 50 s, 30 fps, video starts 80 ms after audio
+    "talk_mimictalk_german_de",    # 20 s
+    "talk_mimictalk_trump_en",     # 10 s
+    "talk_sadtalker_katiehill_en", # 8 s, mpeg4 part 2, tight crop
+    "talk_videoretalking_4_en",    # 6.6 s, 30 fps, 700², upper body
+]
+SPEECH = [
+    "speech_dreamtalk_german1_de",
+    "speech_genefacepp_macron_fr",
+    "speech_musetalk_eng_en",
+    "speech_sadtalker_chinese_news_zh",
+    "speech_sadtalker_hdtf_radio31_en",
+]
+
+
+def _need_shared() -> Path:
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    msg = f"real test media not found at {SHARED_DATA} (set SHARED_DATA=...)"
+    if os.environ.get("REQUIRE_SHARED_DATA") == "1":
+        pytest.fail(msg + " and REQUIRE_SHARED_DATA=1")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _need_shared()
+
+
+def clip_path(name: str) -> Path:
+    return _need_shared() / f"{name}.mp4"
+
+
+def speech_path(name: str) -> Path:
+    return _need_shared() / f"{name}.wav"
+
+
+class Processed:
+    """Lazily runs stages on real clips into one session folder; each (stage, clip) runs once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._done: dict[tuple[str, str], object] = {}
+
+    def _once(self, stage: str, clip: str, fn):
+        key = (stage, clip)
+        if key not in self._done:
+            self._done[key] = fn()
+        return self._done[key]
+
+    def dir(self, clip: str) -> Path:
+        return self.root / clip
+
+    def ingest(self, clip: str) -> dict:
+        from pipeline import ingest
+
+        return self._once("ingest", clip, lambda: ingest.run(clip_path(clip), self.dir(clip) / "ingest"))
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory) -> Processed:
+    _need_shared()
+    return Processed(tmp_path_factory.mktemp("processed"))

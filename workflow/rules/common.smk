@@ -1,0 +1,69 @@
+# Shared helpers: subjects, per-stage config params, code-change triggers, the python to call.
+import csv
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+SUBJECT_PATTERN = "[A-Za-z0-9_-]+"
+REPO = Path(workflow.basedir)  # the checkout; results/, logs/ go to the working directory
+# Jobs call `python -m pipeline.<module>`: make that the interpreter running Snakemake (the
+# project's .venv), also on cluster nodes, where each job re-reads this file.
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _sheet_subjects():
+    """Rows of the optional sample sheet: {subject: video path}."""
+    sheet = config.get("subjects_tsv") or ""
+    if not sheet:
+        return {}
+    rows = {}
+    with open(sheet, newline="") as f:
+        for i, row in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
+            name = (row.get("subject") or "").strip()
+            if not re.fullmatch(SUBJECT_PATTERN, name):
+                raise ValueError(f"{sheet}: line {i}: subject {name!r} must match {SUBJECT_PATTERN}")
+            video = (row.get("video") or "").strip()
+            if not video:
+                raise ValueError(f"{sheet}: line {i}: column 'video' is empty")
+            rows[name] = video
+    return rows
+
+
+def _folder_subjects():
+    """Every data/<s>/<s>.mp4 whose name is a valid subject."""
+    root = Path(config["data_dir"])
+    found = {}
+    for p in sorted(root.glob("*/*.mp4")):
+        if p.stem == p.parent.name and re.fullmatch(SUBJECT_PATTERN, p.stem):
+            found[p.stem] = str(p)
+    return found
+
+
+SUBJECT_VIDEOS = {**_folder_subjects(), **_sheet_subjects()}
+SUBJECTS = sorted(SUBJECT_VIDEOS)
+
+
+def source_video(wildcards):
+    """The input video of a subject: the sample sheet's path, else data/<s>/<s>.mp4."""
+    return SUBJECT_VIDEOS.get(wildcards.subject, f"{config['data_dir']}/{wildcards.subject}/{wildcards.subject}.mp4")
+
+
+def stage_config(section):
+    """One config section as compact JSON, used as a param: changing it re-runs the jobs using it."""
+    return json.dumps(config.get(section, {}), sort_keys=True, separators=(",", ":"))
+
+
+def code(*modules):
+    """Source files of the pipeline modules behind a job; editing one re-runs its jobs (mtime trigger)."""
+    return [str(REPO / "pipeline" / f"{m.replace('.', '/')}.py") for m in modules]
+
+
+def final_targets(wildcards):
+    """What `snakemake` builds by default: the furthest stage that exists, for every subject."""
+    return expand("results/{subject}/ingest/meta.json", subject=SUBJECTS)
