@@ -14,6 +14,7 @@ demo: setup
 
 ## Run the test suite (tests on real clips need ../shared/data; REQUIRE_SHARED_DATA=1 makes them mandatory).
 test: setup
+	@scripts/setup_test_deps.sh
 	$(PY) -m pytest -q
 
 clean-demo:
