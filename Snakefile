@@ -20,6 +20,8 @@ wildcard_constraints:
 
 
 include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/audio.smk"
+include: "workflow/rules/stage1.smk"
 
 
 rule all:

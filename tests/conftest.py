@@ -76,6 +76,56 @@ class Processed:
 
         return self._once("ingest", clip, lambda: ingest.run(clip_path(clip), self.dir(clip) / "ingest"))
 
+    CROP_SIZE = 256  # tests crop at 256 px (512 in production) to stay within the CI time budget
+
+    def crop(self, clip: str) -> dict:
+        """crop_faces on the ingested clip -> <dir>/crop/; returns the crop.json dict."""
+        from pipeline import crop
+        from pipeline.config import CropConfig
+
+        def build():
+            self.ingest(clip)
+            d = self.dir(clip)
+            return crop.run(d / "ingest" / "video.mp4", d / "ingest" / "meta.json", d / "crop",
+                            CropConfig(size=self.CROP_SIZE))
+
+        return self._once("crop", clip, build)
+
+    def landmarks(self, clip: str) -> dict:
+        """detect_landmarks on the clip's crop -> <dir>/landmarks/; returns the run summary."""
+        from pipeline import landmarks
+
+        def build():
+            self.crop(clip)
+            d = self.dir(clip)
+            return landmarks.run(d / "crop" / "video.mp4", d / "crop" / "crop.json", d / "ingest" / "meta.json",
+                                 d / "landmarks")
+
+        return self._once("landmarks", clip, build)
+
+    def parsing(self, clip: str) -> dict:
+        """parse_faces on the clip's crop + landmarks -> <dir>/parsing/; returns the stats.json dict."""
+        from pipeline import parsing
+
+        def build():
+            self.landmarks(clip)  # also runs crop
+            d = self.dir(clip)
+            return parsing.run(d / "crop" / "video.mp4", d / "landmarks" / "landmarks.parquet", d / "parsing")
+
+        return self._once("parsing", clip, build)
+
+    def tracking(self, clip: str) -> dict:
+        """track_face on the clip's landmarks -> <dir>/tracking/; returns the metrics.json dict."""
+        from pipeline import tracking
+
+        def build():
+            self.landmarks(clip)  # also runs ingest and crop
+            d = self.dir(clip)
+            return tracking.run(d / "landmarks" / "landmarks.parquet", d / "tracking", crop_meta=d / "crop" / "crop.json",
+                                meta=d / "ingest" / "meta.json", video=d / "crop" / "video.mp4")
+
+        return self._once("tracking", clip, build)
+
 
 @pytest.fixture(scope="session")
 def processed(tmp_path_factory) -> Processed:

@@ -64,6 +64,37 @@ def code(*modules):
     return [str(REPO / "pipeline" / f"{m.replace('.', '/')}.py") for m in modules]
 
 
+# --- audio features (workflow/rules/audio.smk): "self" is the subject's own audio, any other
+# <clip> a driving wav data/audio/<clip>.wav (docs/artifacts.md, audio/).
+SELF_AUDIO = "self"
+
+
+def driving_clips():
+    """Names of the driving wavs data/audio/<clip>.wav (valid names, 'self' excluded)."""
+    root = Path(config["data_dir"]) / "audio"
+    return sorted(p.stem for p in root.glob("*.wav") if re.fullmatch(SUBJECT_PATTERN, p.stem) and p.stem != SELF_AUDIO)
+
+
+def audio_features_targets(subject):
+    """Own-audio features plus those of every driving clip, for ``subject`` (stage 1, render)."""
+    return expand("results/{subject}/audio/{clip}.npz", subject=subject, clip=[SELF_AUDIO, *driving_clips()])
+
+
+def audio_source(wildcards):
+    """Input of extract_audio_features: ingest/audio.wav for 'self', else data/audio/<clip>.wav."""
+    if wildcards.clip == SELF_AUDIO:
+        return f"results/{wildcards.subject}/ingest/audio.wav"
+    return f"{config['data_dir']}/audio/{wildcards.clip}.wav"
+
+
 def final_targets(wildcards):
     """What `snakemake` builds by default: the furthest stage that exists, for every subject."""
-    return expand("results/{subject}/ingest/meta.json", subject=SUBJECTS)
+    return expand("results/{subject}/landmarks/landmarks.parquet", subject=SUBJECTS)
+
+
+PRETRAIN_DIR = "results/_shared/stage1_pretrain"  # the cross-subject stage-1 model (stage1.pretrain)
+
+
+def stage1_pretrained(wildcards):
+    """The pre-trained model a subject fine-tunes from (none unless stage1.pretrain is on)."""
+    return f"{PRETRAIN_DIR}/model.json" if config["stage1"]["pretrain"] else []

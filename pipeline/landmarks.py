@@ -1,0 +1,251 @@
+"""Rule ``detect_landmarks``: mediapipe FaceLandmarker on every frame of the crop -> landmarks.parquet.
+
+The FaceLandmarker (Tasks API, VIDEO running mode: it tracks the face from frame to frame, so the
+face detector runs only when tracking is lost) gives per frame 478 points, 52 blendshape scores
+and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.mp_models`.
+
+Contract (:data:`pipeline.artifacts.LANDMARKS`, one row per frame of ``crop/video.mp4``):
+x, y in crop pixels, z = mediapipe's z (same normalised scale as x) times the crop width.
+Missing frames are handled so every later stage can rely on the table:
+
+* runs of up to ``max_gap`` missing frames are filled (linear between the neighbours; held at the
+  clip ends) and flagged ``interpolated``;
+* longer runs stay ``detected = interpolated = false`` with NaN values;
+* more than ``max_missing_fraction`` of frames without a detection -> refused (LandmarksError
+  naming the frame ranges), nothing written.
+
+Work is split into contiguous chunks, one process each (``workers``; each has its own landmarker
+with timestamps increasing within its chunk); frames are streamed with ``media.iter_frames``, so
+memory stays bounded whatever the clip length. ``landmarks/contact_sheet.png`` shows every n-th
+frame with the mesh drawn, for a look by eye.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp_
+import os
+import queue as queue_
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import media, mp_models
+from pipeline.artifacts import (BLENDSHAPE_NAMES, CROP_META, INGEST_META, LANDMARKS, N_BLENDSHAPES, N_LANDMARKS,
+                                Provenance, atomic_output, config_hash)
+from pipeline.cli import guarded, parser
+from pipeline.config import LandmarksConfig, from_mapping
+from pipeline.crop import format_ranges
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline.landmarks")
+
+_PROGRESS: "mp_.Queue | None" = None  # set in worker processes: frames done are reported here
+
+
+class LandmarksError(PipelineError):
+    pass
+
+
+def _init_worker(progress) -> None:
+    global _PROGRESS
+    _PROGRESS = progress
+
+
+def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task: str, cfg: LandmarksConfig,
+                   progress=None) -> dict[str, np.ndarray]:
+    """FaceLandmarker (VIDEO mode) on frames [start, stop) of the crop; one landmarker per call."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    progress = progress or (_PROGRESS.put if _PROGRESS is not None else None)
+    n = stop - start
+    detected = np.zeros(n, bool)
+    lms = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
+    bss = np.full((n, N_BLENDSHAPES), np.nan, np.float32)
+    poses = np.full((n, 16), np.nan, np.float32)
+    options = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=task), running_mode=vision.RunningMode.VIDEO, num_faces=1,
+        min_face_detection_confidence=cfg.min_detection_confidence,
+        min_face_presence_confidence=cfg.min_presence_confidence,
+        min_tracking_confidence=cfg.min_tracking_confidence,
+        output_face_blendshapes=True, output_facial_transformation_matrixes=True)
+    vf = f"trim=start_frame={start}:end_frame={stop},setpts=PTS-STARTPTS"
+    i = 0
+    with vision.FaceLandmarker.create_from_options(options) as landmarker:
+        for chunk in media.iter_frames(video, size, size, vf=vf):
+            for frame in chunk:
+                if i >= n:
+                    break
+                ts_ms = int(round((start + i) * 1000 / fps))
+                res = landmarker.detect_for_video(
+                    mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)), ts_ms)
+                if res.face_landmarks:
+                    lms[i] = [(p.x, p.y, p.z) for p in res.face_landmarks[0]]
+                    names = tuple(c.category_name for c in res.face_blendshapes[0])
+                    if names != BLENDSHAPE_NAMES:
+                        raise LandmarksError(task, f"blendshape names differ from BLENDSHAPE_NAMES: {names[:4]}...")
+                    bss[i] = [c.score for c in res.face_blendshapes[0]]
+                    poses[i] = np.asarray(res.facial_transformation_matrixes[0], np.float32).reshape(16)
+                    detected[i] = True
+                i += 1
+            if progress:
+                progress(len(chunk))
+    if i != n:
+        raise LandmarksError(video, f"decoded {i} frames in [{start}, {stop}), expected {n}")
+    lms *= size  # x, y -> crop px; z -> the same scale (mediapipe's z is normalised like x)
+    return {"start": start, "detected": detected, "landmarks": lms, "blendshapes": bss, "pose": poses}
+
+
+def worker_count(cfg: LandmarksConfig, n_frames: int, threads: int | None = None) -> int:
+    """Processes to use: config, else the rule's threads, else all available cores; not too few frames each."""
+    want = cfg.workers or threads or len(os.sched_getaffinity(0))
+    return max(1, min(want, n_frames // cfg.min_frames_per_worker))
+
+
+def detect_all(video: Path, size: int, n_frames: int, fps: int, task: Path, cfg: LandmarksConfig,
+               workers: int) -> dict[str, np.ndarray]:
+    """Landmarks for all frames: contiguous chunks, one process each, merged in frame order."""
+    bounds = np.linspace(0, n_frames, workers + 1).round().astype(int)
+    chunks = [(str(video), size, int(a), int(b), fps, str(task), cfg) for a, b in zip(bounds[:-1], bounds[1:])]
+    with tqdm(total=n_frames, desc="landmarks", unit="frame") as bar:
+        if workers == 1:
+            parts = [landmark_chunk(*chunks[0], progress=bar.update)]
+        else:
+            ctx = mp_.get_context("spawn")  # mediapipe's threads do not survive fork()
+            progress = ctx.Queue()
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(progress,)) as pool:
+                futures = [pool.submit(landmark_chunk, *c) for c in chunks]
+                while not all(f.done() for f in futures):
+                    try:
+                        bar.update(progress.get(timeout=0.2))
+                    except queue_.Empty:
+                        pass
+                parts = [f.result() for f in futures]
+    parts.sort(key=lambda p: p["start"])
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("detected", "landmarks", "blendshapes", "pose")}
+
+
+def missing_runs(detected: np.ndarray) -> list[tuple[int, int]]:
+    """Runs [start, stop) of frames without a detection."""
+    d = np.concatenate([[True], detected.astype(bool), [True]])
+    edges = np.flatnonzero(np.diff(d.astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
+def fill_gaps(data: dict[str, np.ndarray], max_gap: int) -> np.ndarray:
+    """Fill runs of <= ``max_gap`` missing frames in place (linear; held at the ends); return the mask."""
+    detected = data["detected"]
+    interpolated = np.zeros_like(detected)
+    n = len(detected)
+    for a, b in missing_runs(detected):
+        if b - a > max_gap or (a == 0 and b == n):
+            continue
+        for key in ("landmarks", "blendshapes", "pose"):
+            arr = data[key]
+            if a == 0:
+                arr[a:b] = arr[b]
+            elif b == n:
+                arr[a:b] = arr[a - 1]
+            else:
+                w = (np.arange(a, b) - (a - 1)) / (b - (a - 1))
+                w = w.reshape(-1, *([1] * (arr.ndim - 1)))
+                arr[a:b] = (1 - w) * arr[a - 1] + w * arr[b]
+        interpolated[a:b] = True
+    return interpolated
+
+
+def contact_sheet(video: Path, size: int, data: dict[str, np.ndarray], interpolated: np.ndarray, tiles: int,
+                  fps: int = 25, tile: int = 256) -> np.ndarray:
+    """Every n-th frame of the crop with its mesh drawn, tiled into one RGB image."""
+    import cv2
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
+
+    n = len(data["detected"])
+    step = max(1, -(-n // tiles))
+    edges = np.array([(c.start, c.end) for c in C.FACE_LANDMARKS_TESSELATION])
+    contours = np.array([(c.start, c.end) for c in C.FACE_LANDMARKS_CONTOURS])
+    shown = []
+    for chunk in media.iter_frames(video, size, size, vf=f"select=not(mod(n\\,{step})),setpts=N/({fps}*TB)"):
+        shown.extend(chunk)
+    frames = list(range(0, n, step))[: len(shown)]
+    tile = min(tile, size)
+    cols = int(np.ceil(np.sqrt(len(frames))))
+    rows = -(-len(frames) // cols)
+    sheet = np.zeros((rows * tile, cols * tile, 3), np.uint8)
+    for k, (idx, img) in enumerate(zip(frames, shown)):
+        img = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_AREA)
+        pts = data["landmarks"][idx, :, :2] * (tile / size)
+        ok = bool(np.isfinite(pts).all())
+        if ok:
+            colour = (255, 200, 0) if interpolated[idx] else (0, 255, 120)
+            p = np.round(pts).astype(np.int32)
+            cv2.polylines(img, [p[e] for e in edges], False, colour, 1, cv2.LINE_AA)
+            cv2.polylines(img, [p[e] for e in contours], False, (255, 255, 255), 1, cv2.LINE_AA)
+        label = f"{idx}" + ("" if ok and not interpolated[idx] else " interp" if ok else " missing")
+        cv2.putText(img, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0) if ok else (255, 0, 0), 1)
+        r, c = divmod(k, cols)
+        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = img
+    return sheet
+
+
+def run(video: Path | str, crop_meta: Path | str, meta: Path | str, outdir: Path | str,
+        cfg: LandmarksConfig = LandmarksConfig(), threads: int | None = None) -> dict:
+    """Landmarks for every frame of ``video`` (crop/video.mp4) -> ``outdir``/{landmarks.parquet, contact_sheet.png}."""
+    import cv2
+
+    video, outdir = Path(video), Path(outdir)
+    ing, crop = INGEST_META.read(meta), CROP_META.read(crop_meta)
+    size, n_frames, fps = int(crop["size"]), int(crop["n_frames"]), int(crop["fps"])
+    info = media.probe(video).video
+    if info is None or (info.width, info.height) != (size, size):
+        raise LandmarksError(video, f"expected a {size}x{size} video as crop.json says")
+    task = mp_models.locate(mp_models.FACE_LANDMARKER, cfg.model_path)
+    workers = worker_count(cfg, n_frames, threads)
+    log.info("%s: %d frames, %d px, %d worker(s)", video, n_frames, size, workers)
+
+    data = detect_all(video, size, n_frames, fps, task, cfg, workers)
+    detected = data["detected"]
+    missing = int((~detected).sum())
+    if missing > cfg.max_missing_fraction * n_frames:
+        runs = ", ".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in missing_runs(detected)[:20])
+        raise LandmarksError(video, f"no face landmarks on {missing} of {n_frames} frames "
+                                    f"({100 * missing / n_frames:.1f} % > {100 * cfg.max_missing_fraction:.0f} %): "
+                                    f"frames {runs}")
+    interpolated = fill_gaps(data, cfg.max_gap)
+    long_gaps = [(a, b) for a, b in missing_runs(detected) if not interpolated[a]]
+    if long_gaps:
+        log.warning("%s: %d frames left missing (NaN) in gaps longer than %d frames: %s", video,
+                    sum(b - a for a, b in long_gaps), cfg.max_gap,
+                    format_ranges([f for a, b in long_gaps for f in (a, b - 1)]))
+
+    prov = Provenance(ing["source_sha256"], config_hash(cfg))
+    with ExitStack() as stack:
+        tmp_table = stack.enter_context(atomic_output(outdir / "landmarks.parquet"))
+        tmp_sheet = stack.enter_context(atomic_output(outdir / "contact_sheet.png"))
+        LANDMARKS.write(tmp_table, {"frame_idx": np.arange(n_frames, dtype=np.int32), "detected": detected,
+                                    "interpolated": interpolated, **{k: data[k] for k in ("landmarks", "blendshapes", "pose")}},
+                        prov)
+        sheet = contact_sheet(video, size, data, interpolated, cfg.contact_sheet_tiles, fps)
+        if not cv2.imwrite(str(tmp_sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise LandmarksError(tmp_sheet, "could not write the contact sheet")
+    summary = {"n_frames": n_frames, "detected": int(detected.sum()), "interpolated": int(interpolated.sum()),
+               "missing": int((~detected & ~interpolated).sum()), "workers": workers}
+    log.info("%s: %s", video, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("478 face landmarks, blendshapes and head pose on every frame of the crop.",
+               ["video", "crop_meta", "meta", "outdir"])
+    p.add_argument("--threads", type=int, default=None, help="processes when landmarks.workers is 0")
+    args = p.parse_args(argv)
+    guarded(lambda: run(args.video, args.crop_meta, args.meta, args.outdir,
+                        from_mapping(LandmarksConfig, args.config, "landmarks"), args.threads))
+
+
+if __name__ == "__main__":
+    main()

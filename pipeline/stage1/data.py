@@ -1,0 +1,103 @@
+"""Stage-1 targets and batches.
+
+Targets are the subject's pose-free (canonical) landmarks, expressed as offsets from the
+subject's mean train-split shape and compressed by PCA (``LandmarkBasis``): the network predicts
+K coefficients per frame, decoded linearly to all landmarks. Sequences of T consecutive frames
+are drawn from the train split; prediction slides T-frame windows with overlap and blends them
+with triangular weights; ``smooth_zero_lag`` is a centred (symmetric) Gaussian filter, so it
+cannot shift the mouth in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class LandmarkBasis:
+    mean: np.ndarray         # [P, 3] mean canonical shape of the train split
+    components: np.ndarray   # [K, P*3] orthonormal PCA directions of the offsets
+    scale: np.ndarray        # [K] std of each coefficient on the train split (targets are whitened)
+
+    @classmethod
+    def fit(cls, landmarks: np.ndarray, max_components: int, variance: float = 0.999) -> "LandmarkBasis":
+        x = landmarks.reshape(len(landmarks), -1).astype(np.float64)
+        mean = x.mean(0)
+        u, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        ratio = np.cumsum(s**2) / max(np.sum(s**2), 1e-12)
+        k = int(min(max_components, np.searchsorted(ratio, variance) + 1, len(s)))
+        scale = s[:k] / np.sqrt(max(len(x) - 1, 1))
+        return cls(mean.reshape(-1, 3).astype(np.float32), vt[:k].astype(np.float32),
+                   np.maximum(scale, 1e-8).astype(np.float32))
+
+    @property
+    def k(self) -> int:
+        return len(self.components)
+
+    def encode(self, landmarks: np.ndarray) -> np.ndarray:
+        x = landmarks.reshape(len(landmarks), -1) - self.mean.reshape(1, -1)
+        return (x @ self.components.T) / self.scale
+
+    def decode(self, coeffs: np.ndarray) -> np.ndarray:
+        x = (coeffs * self.scale) @ self.components + self.mean.reshape(1, -1)
+        return x.reshape(len(coeffs), -1, 3).astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "components": self.components, "scale": self.scale}
+
+
+def random_sequences(n_frames_range: tuple[int, int], seq_len: int, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Start indices of ``batch`` sequences of ``seq_len`` frames inside [lo, hi)."""
+    lo, hi = n_frames_range
+    return rng.integers(lo, max(lo + 1, hi - seq_len + 1), size=batch)
+
+
+def gather(x: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    idx = starts[:, None] + np.arange(seq_len)[None]
+    return torch.from_numpy(np.ascontiguousarray(x[idx]))
+
+
+@torch.no_grad()
+def sliding_predict(model: torch.nn.Module, feats: np.ndarray, seq_len: int, batch: int = 16) -> np.ndarray:
+    """Predict every frame of a clip: windows of ``seq_len`` with 50 % overlap, triangular blending."""
+    n = len(feats)
+    if n <= seq_len:
+        return model(torch.from_numpy(feats[None]).float())[0].numpy()
+    hop = max(1, seq_len // 2)
+    starts = list(range(0, n - seq_len + 1, hop))
+    if starts[-1] != n - seq_len:
+        starts.append(n - seq_len)
+    w = np.minimum(np.arange(1, seq_len + 1), np.arange(seq_len, 0, -1)).astype(np.float64)
+    acc, norm = None, np.zeros(n)
+    for i in range(0, len(starts), batch):
+        s = np.array(starts[i:i + batch])
+        out = model(gather(feats, s, seq_len).float()).numpy()
+        if acc is None:
+            acc = np.zeros((n, out.shape[-1]))
+        for j, st in enumerate(s):
+            acc[st:st + seq_len] += out[j] * w[:, None]
+            norm[st:st + seq_len] += w
+    return (acc / norm[:, None]).astype(np.float32)
+
+
+def smooth_zero_lag(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Centred Gaussian smoothing along time (edges replicated): symmetric, so no lag."""
+    if sigma <= 0:
+        return x
+    r = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    pad = np.concatenate([np.repeat(x[:1], r, 0), x, np.repeat(x[-1:], r, 0)])
+    out = np.stack([np.convolve(pad[:, j], k, mode="valid") for j in range(x.shape[1])], 1)
+    return out.astype(x.dtype)
+
+
+def ridge_baseline(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, alpha: float = 10.0) -> np.ndarray:
+    """Linear regression baseline from the same (flattened) audio windows, closed-form ridge."""
+    xm, ym = train_x.mean(0), train_y.mean(0)
+    a, b = train_x - xm, train_y - ym
+    w = np.linalg.solve(a.T @ a + alpha * len(a) * np.eye(a.shape[1]), a.T @ b)
+    return (test_x - xm) @ w + ym
