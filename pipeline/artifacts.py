@@ -515,6 +515,39 @@ TRACKING_METRICS = JsonSpec(
     },
 )
 
+# --- action units (pipeline/action_units.py: mappings, fit and normalisation in its docstring) ------
+AUS = TableSpec(
+    "aus/aus.parquet",
+    pa.schema([
+        ("frame_idx", pa.int32()),
+        # OpenFace-style intensities, per-subject normalised to [0, 5], finite on every frame
+        ("au01_r", pa.float32()), ("au02_r", pa.float32()), ("au04_r", pa.float32()),
+        ("au12_r", pa.float32()), ("au15_r", pa.float32()), ("au20_r", pa.float32()),
+        ("au25_r", pa.float32()), ("au26_r", pa.float32()), ("au45_r", pa.float32()),
+        # raw pose-free geometric signals (tracking/canonical.npz)
+        ("ear", pa.float32()),           # eye aspect ratio, mean of both eyes (lid / corner distance)
+        ("lip_gap", pa.float32()),       # inner-lip distance 13-14 / subject's median face height 10-152
+        ("jaw_drop", pa.float32()),      # nose tip 1 - chin 152 distance / the same face height
+        ("filled", pa.bool_()),          # no landmarks on this frame: blendshapes interpolated in time
+    ]),
+)
+AUS_STATS = JsonSpec(
+    "aus/aus.json",
+    required={
+        "n_frames": int, "fps": (int, float), "duration_sec": (int, float),
+        "filled_frames": int,            # rows of aus.parquet with filled = true
+        "geometry_source": str,          # "landmarks" | "canonical": the points the geometric signals come from
+        "canonical_ear_r": (float, type(None)),  # corr. of the EAR of canonical.npz vs the landmarks' (None: not given)
+        "blink_threshold": (int, float),
+        "blink_count": int,              # AU45 excursions above blink_threshold (action_units.detect_blinks)
+        "blinks_per_minute": (int, float),
+        "blink_frames": list,            # frame_idx of each blink's AU45 peak
+        "normalisation": dict,           # au -> {"low", "high", "span"}: signal values mapped to 0 and high_value
+        "geometry_fit": dict,            # au -> {"geometry", "r", "slope", "intercept", "weight"} (AU25, AU26, AU45)
+        "config": dict,                  # the action_units config used
+    },
+)
+
 # --- audio features (audio/<clip>.npz + audio/<clip>.parquet; <clip> = "self" for the subject's own audio)
 AUDIO_FEATURES = ArraySpec(
     "audio/<clip>.npz",
@@ -587,5 +620,137 @@ STAGE1_METRICS = JsonSpec(
         "mouth_corr": float,             # Pearson r of predicted vs tracked mouth opening (test split)
         "smoothing_lag_frames": int,     # lag of the post-smoothing (best cross-correlation), 0 = none
         "best_step": int, "curve": list, "train_seconds": float,
+    },
+)
+
+
+# --- stage 2: head NeRF (pipeline/stage2/cache.py, train.py; docs/stage2.md) ---------------
+@dataclass(frozen=True)
+class NpySpec:
+    """A raw ``.npy`` array read memory-mapped (bounded host RAM): fixed dtype and rank."""
+
+    name: str
+    dtype: str
+    ndim: int
+
+    @contextmanager
+    def create(self, path: Path | str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        """Yield a writable memmap of ``shape`` on a temporary file; renamed into place if the block succeeds."""
+        if len(shape) != self.ndim:
+            raise ArtifactError(path, f"{self.name}: rank {len(shape)}, expected {self.ndim}")
+        with atomic_output(path) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=tuple(shape))
+            yield arr
+            arr.flush()
+            del arr
+
+    def read(self, path: Path | str, mmap: bool = True) -> np.ndarray:
+        path = Path(path)
+        _require_file(path)
+        try:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ArtifactError(path, f"not a readable .npy file ({exc})") from exc
+        if arr.dtype != np.dtype(self.dtype) or arr.ndim != self.ndim:
+            raise ArtifactError(path, f"{self.name}: {arr.dtype}[{arr.ndim}d], expected {self.dtype}[{self.ndim}d]")
+        return arr
+
+
+# cache_frames: the crop video and the label maps at stage2.image_size, decoded once on the CPU side so
+# the GPU job needs no ffmpeg; frame i = crop frame i = row i of parsing/labels.npz.
+STAGE2_FRAMES = NpySpec("stage2/frames.npy", "uint8", 4)   # [N, S, S, 3] RGB
+STAGE2_LABELS = NpySpec("stage2/labels.npy", "uint8", 3)   # [N, S, S] LABEL_* values (nearest-neighbour resize)
+STAGE2_CACHE = JsonSpec(
+    "stage2/cache.json",
+    required={"n_frames": int, "size": int,          # S
+              "crop_size": int,                       # crop/video.mp4 side the cache was resized from
+              "video_sha256": str, "labels_sha256": str},
+)
+# stage2/head.pt: torch state dict of pipeline.stage2.field.LandmarkField (weights only, loads with
+# torch.load(weights_only=True)), head-space normalised coordinates.
+STAGE2_HEAD = JsonSpec(
+    "stage2/head.json",
+    required={
+        "model_config": dict,            # Stage2ModelConfig fields
+        "train_config": dict,            # Stage2TrainConfig fields
+        "audio_in_dim": int,             # D of audio/self.npz features (field constructor argument)
+        "head_space": dict,              # {"center_cm": [3], "scale_per_cm", "radius_cm", "bound"}: x_n = (x_cm - c) s
+        "occupancy": dict,               # {"resolution", "occupied_fraction"}
+        "camera": dict,                  # {"focal_px", "cx", "cy", "size"} at the training image size
+        "au45_source": str,              # "aus/aus.parquet" | "landmarks blendshapes (fallback)"
+        "steps": int,
+    },
+)
+# stage2/checkpoint.pt (torch.load(weights_only=True)): {"step", "model", "optimizer", "scheduler", "occupancy",
+# "error_maps" [N, G, G], "rng_torch", "rng_cuda", "rng_sampler" (torch.Generator state), "rng_numpy" (PCG64
+# state as int64 words), "curve" [K, 4], "wall_seconds", "config_hash"} - written atomically every
+# stage2.checkpoint_every steps and on SIGTERM; deleted-never (a re-run resumes from it).
+STAGE2_METRICS = JsonSpec(
+    "stage2/metrics.json",
+    required={
+        "steps": int, "train_seconds": (int, float), "steps_per_sec": (int, float), "device": str,
+        "resumed_from": (int, type(None)),   # step of the checkpoint this run resumed from (None: fresh)
+        "curve": list,                   # [{"step", "loss", "psnr", "seconds"}] train batches (PSNR of colour rays)
+        "eval_curve": list,              # [{"step", "seconds", "psnr_head", "ssim_head"}] test split during training
+        "test_frames": int,
+        "psnr_head": float, "ssim_head": float,   # test split, over the head mask (labels 3-7), render over the plate
+        "psnr_head_baseline": float,     # the background plate alone over the same pixels
+        "lpips": (str, float),           # "unavailable: ..." (no backbone weights locally)
+    },
+)
+
+# --- torso (pipeline/torso.py) --------------------------------------------------------------
+# torso/torso.pt: torch state_dict of pipeline.torso.TorsoNet (weights only; the train-split mean torso
+# RGBA it refines is a buffer of the net); torso/torso.json: its constructor arguments + pose normalisation.
+TORSO_POSE_COLUMNS = ("yaw_rad", "pitch_rad", "roll_rad", "tx", "ty", "tz")  # tracks.parquet columns, in order
+TORSO_MODEL = JsonSpec(
+    "torso/torso.json",
+    required={
+        "image_size": int,               # network resolution (square)
+        "crop_size": int,                # crop/video.mp4 size the RGBA is upsampled to
+        "base_channels": int, "depth": int, "style_dim": int, "flow_scale": (int, float),
+        "pose_columns": list,            # TORSO_POSE_COLUMNS
+        "pose_mean": list,               # train-split mean / std of the pose columns (the net sees z-scores)
+        "pose_std": list,
+        "config": dict,                  # the torso config it was trained with
+    },
+)
+TORSO_METRICS = JsonSpec(
+    "torso/metrics.json",
+    required={
+        "test_frames": int, "eval_size": int,
+        "psnr_torso_db": float,          # test split, torso composited over parsing/background.png vs the
+                                         # tracked torso over the plate, on the dilated true torso+neck mask
+        "psnr_torso_mean_db": float,     # the same for the baseline: train-split mean torso RGBA (no pose)
+        "alpha_iou": float,              # mean IoU of alpha > 0.5 vs the true matte (test split)
+        "alpha_iou_mean": float,         # the same for the mean torso
+        "steps": int, "train_seconds": float, "device": str,
+    },
+)
+
+# --- render (pipeline/render.py) ------------------------------------------------------------
+# video.mp4 (test split re-synthesised from its own audio) and drive/<clip>.mp4 (any driving wav):
+# H.264 yuv420p, 25 fps, render.size (crop size by default), AAC audio of exactly the rendered span.
+# Frames rendered where ffmpeg is absent (GPU machines) go to an npz first, muxed later on the CPU side:
+RENDER_FRAMES = ArraySpec(
+    "render/<name>.frames.npz",
+    keys={
+        "frames": ("uint8", 4),          # [N, H, W, 3] RGB
+        "fps": ("int32", 0),
+        "audio_start_sec": ("float64", 0),  # the audio span the frames belong to, in the audio file's time
+        "audio_end_sec": ("float64", 0),
+    },
+)
+RENDER_STATS = JsonSpec(
+    "render/<name>.json",
+    required={
+        "n_frames": int, "fps": int, "size": int, "audio": str,
+        "audio_start_sec": (int, float), "audio_end_sec": (int, float),
+        "head": str,                     # "stage2/head.pt" or "untrained" (random weights: tests only)
+        "compositing": str,              # "soft" | "hard"
+        "num_samples": int,              # head samples per ray
+        "frames_per_sec": (int, float),  # synthesis speed (head + torso + compositing), wall clock
+        "device": str,
+        "seam_jump": (float, type(None)),  # mean colour step (0-1) across the neck seam band; None: no seam seen
     },
 )

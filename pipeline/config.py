@@ -238,6 +238,39 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ActionUnitsConfig:
+    """extract_aus (pipeline/action_units.py: the mappings and the normalisation are documented there)."""
+
+    low_percentile: float = 5.0     # subject's percentile of each AU signal mapped to intensity 0
+    high_percentile: float = 99.0   # ... and the one mapped to high_value (linear, clipped to [0, 5])
+    high_value: float = 4.0         # OpenFace-like intensity of a clear activation
+    min_span: float = 0.1           # floor of (high - low) in blendshape units: an AU never shown stays near 0
+    geometry_source: str = "landmarks"  # "landmarks": 3D distance ratios of mediapipe's points (pose-invariant,
+                                    # keeps blinks) | "canonical": tracking/canonical.npz (smoothed low-rank fit)
+    geometry_weight: float = 0.5    # weight of the fitted geometric signal in AU26 and AU45 (0 = blendshapes only)
+    lip_gap_weight: float = 0.8     # the same in AU25: lip separation is what AU25 is; the blendshape is a proxy
+    min_geometry_r: float = 0.3     # geometry mixed in only where it correlates this well (expected sign)
+    smooth_sigma: float = 1.0       # centred temporal Gaussian (frames) on every AU but AU45 (0 = off)
+    blink_smooth_sigma: float = 0.0 # the same for AU45 (blinks last 3-6 frames)
+    blink_baseline_sec: float = 2.0 # AU45 = closure above its centred running median over this window (0 = off)
+    blink_threshold: float = 1.5    # AU45 peaks above this are blinks
+    blink_min_gap_sec: float = 0.25 # excursions above the threshold closer than this are one blink
+    blink_max_sec: float = 1.0      # longer excursions are not blinks (eyes kept closed / lowered)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ConfigError("action_units: need 0 <= low_percentile < high_percentile <= 100")
+        if not 0 < self.high_value <= 5 or self.min_span <= 0 or not 0 <= min(self.geometry_weight, self.lip_gap_weight) <= max(self.geometry_weight, self.lip_gap_weight) <= 1:
+            raise ConfigError("action_units: need 0 < high_value <= 5, min_span > 0, geometry_weight and lip_gap_weight in [0, 1]")
+        if min(self.smooth_sigma, self.blink_smooth_sigma, self.blink_min_gap_sec, self.blink_max_sec) < 0 or not -1 <= self.min_geometry_r <= 1:
+            raise ConfigError("action_units: smoothing and blink_min_gap_sec must be >= 0, min_geometry_r in [-1, 1]")
+        if self.geometry_source not in ("landmarks", "canonical") or self.blink_baseline_sec < 0:
+            raise ConfigError("action_units: geometry_source is 'landmarks' or 'canonical'; blink_baseline_sec >= 0")
+        if not 0 < self.blink_threshold < 5:
+            raise ConfigError(f"action_units.blink_threshold must be in (0, 5), got {self.blink_threshold}")
+
+
+@dataclass(frozen=True)
 class Stage1Config:
     """train_audio2lmk / predict_landmarks (pipeline/stage1/)."""
 
@@ -269,3 +302,138 @@ class Stage1Config:
             raise ConfigError("stage1: d_model must be even and divisible by n_heads")
         if not 0 < self.val_fraction < 0.5 or self.smooth_sigma < 0:
             raise ConfigError("stage1: need 0 < val_fraction < 0.5 and smooth_sigma >= 0")
+
+
+@dataclass(frozen=True)
+class Stage2TrainConfig:
+    """cache_frames / train_head (pipeline/stage2/cache.py, train.py): the training half of the ``stage2`` section.
+
+    The ``stage2`` section of config.yaml holds the keys of both :class:`Stage2ModelConfig` and this class;
+    :func:`stage2_configs` splits it (unknown keys are an error)."""
+
+    image_size: int = 0             # frames/labels cached and trained at this size (px); 0 = the crop size
+    device: str = "auto"            # "auto" | "cpu" | "cuda"
+    threads: int = 2                # torch CPU threads
+    amp: bool = False               # bf16 autocast of the field on CUDA (ignored on CPU)
+    deterministic: bool = False     # torch deterministic algorithms (a resumed run then equals an uninterrupted one)
+    seed: int = 0
+    steps: int = 30000              # optimisation steps (upper bound when max_minutes > 0)
+    max_minutes: float = 0.0        # wall-clock budget of the training loop (0 = none); phases follow max(step, time)
+    lr: float = 1e-2                # hash-grid tables (Adam)
+    lr_net: float = 1e-3            # MLPs, landmark / audio encoders
+    lr_final_factor: float = 0.1    # exponential decay to lr * factor at the end
+    rays_per_batch: int = 4096
+    frames_per_batch: int = 4       # frames whose rays make up one batch
+    head_margin: float = 0.05       # background band around the head mask sampled too (x image size)
+    error_map_size: int = 64        # per-frame error map resolution (cells per side)
+    error_map_mix: float = 0.5      # share of rays drawn by the error map (rest uniform over the region)
+    error_map_ema: float = 0.1      # weight of a new loss value in a cell's EMA
+    loss: str = "l2"                # colour loss: "l1" | "l2" | "smooth_l1"
+    opacity_weight: float = 0.01    # BCE of head opacity vs the head mask (labels 3-7)
+    eyes_fraction: float = 0.1      # eyes fine-tuning phase (patches around the eyes) before the lips phase
+    lips_fraction: float = 0.1      # last fraction of training: lips fine-tuning phase (patches around the lips)
+    patch_size: int = 32            # fine-tuning patch side (px at 512, scaled with image_size)
+    patch_share: float = 0.5        # share of the batch's rays given to patches during the phases
+    ssim_weight: float = 0.1        # patch loss weights (1 - SSIM, image-gradient L1)
+    grad_weight: float = 0.1
+    occupancy_every: int = 16       # occupancy-grid update period (steps)
+    occupancy_frames: int = 4       # frames whose max density the grid keeps at each update
+    checkpoint_every: int = 1000
+    log_every: int = 50             # train-curve points (step, loss, PSNR, seconds)
+    eval_every: int = 0             # test-split PSNR/SSIM every k steps (0 = only at the end)
+    eval_max_frames: int = 50       # test frames evaluated (evenly spaced; 0 = all)
+    strip_frames: int = 3           # test frames in stage2/test_strip.png
+    head_radius: float = 1.6        # head sphere radius, x half the largest extent of the mean landmark shape
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"stage2.device: {self.device!r} is not one of auto, cpu, cuda")
+        if self.loss not in ("l1", "l2", "smooth_l1"):
+            raise ConfigError(f"stage2.loss: {self.loss!r} is not one of l1, l2, smooth_l1")
+        for key in ("threads", "steps", "rays_per_batch", "frames_per_batch", "error_map_size", "patch_size",
+                    "occupancy_every", "occupancy_frames", "checkpoint_every", "log_every", "strip_frames"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"stage2.{key} must be >= 1, got {getattr(self, key)}")
+        if self.image_size < 0 or self.image_size % 2 or 0 < self.image_size < 16:
+            raise ConfigError(f"stage2.image_size must be 0 or even and >= 16, got {self.image_size}")
+        if min(self.lr, self.lr_net, self.lr_final_factor, self.head_radius) <= 0:
+            raise ConfigError("stage2: lr, lr_net, lr_final_factor and head_radius must be > 0")
+        if not (0 <= self.eyes_fraction and 0 <= self.lips_fraction and self.eyes_fraction + self.lips_fraction < 1):
+            raise ConfigError("stage2: eyes_fraction, lips_fraction >= 0 with a sum < 1")
+        if not (0 <= self.error_map_mix <= 1 and 0 < self.error_map_ema <= 1 and 0 < self.patch_share < 1):
+            raise ConfigError("stage2: error_map_mix in [0, 1], error_map_ema in (0, 1], patch_share in (0, 1)")
+        if min(self.max_minutes, self.head_margin, self.opacity_weight, self.ssim_weight, self.grad_weight,
+               self.eval_every, self.eval_max_frames) < 0:
+            raise ConfigError("stage2: max_minutes, head_margin, loss weights, eval_every, eval_max_frames >= 0")
+
+
+def stage2_configs(data: Mapping[str, Any] | str | None) -> tuple[Stage2ModelConfig, Stage2TrainConfig]:
+    """Split the ``stage2`` section into its model and training halves; unknown keys are an error."""
+    if isinstance(data, str):
+        data = json.loads(data) if data.strip() else {}
+    data = dict(data or {})
+    model_keys = {f.name for f in fields(Stage2ModelConfig)}
+    train_keys = {f.name for f in fields(Stage2TrainConfig)}
+    unknown = sorted(set(data) - model_keys - train_keys)
+    if unknown:
+        raise ConfigError(f"stage2: unknown config keys {unknown}; known: {sorted(model_keys | train_keys)}")
+    model = from_mapping(Stage2ModelConfig, {k: v for k, v in data.items() if k in model_keys}, "stage2")
+    train = from_mapping(Stage2TrainConfig, {k: v for k, v in data.items() if k in train_keys}, "stage2")
+    return model, train
+
+
+@dataclass(frozen=True)
+class TorsoConfig:
+    """train_torso (pipeline/torso.py): pose-modulated U-Net from head pose to the torso+neck RGBA."""
+
+    image_size: int = 128           # network resolution (square); the RGBA is upsampled to the crop size
+    base_channels: int = 32         # channels of the first U-Net level (doubling per level, capped at 8x)
+    depth: int = 4                  # down-sampling levels
+    style_dim: int = 64             # pose code that modulates every conv (FiLM)
+    steps: int = 3000
+    batch: int = 8
+    lr: float = 2e-3
+    alpha_weight: float = 1.0       # weight of the alpha BCE against the alpha-weighted RGB L1
+    flow_scale: float = 0.15        # largest warp of the mean torso, in units of the half image
+    eval_size: int = 0              # test PSNR resolution (0 = image_size)
+    threads: int = 2
+    seed: int = 0
+    device: str = "auto"            # "auto" | "cpu" | "cuda"
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size % (2 ** self.depth):
+            raise ConfigError(f"torso.image_size must be >= 16 and divisible by 2**depth, got {self.image_size}")
+        if self.base_channels < 4 or self.depth < 1 or self.style_dim < 1 or self.steps < 1 or self.batch < 1:
+            raise ConfigError("torso: need base_channels >= 4, depth, style_dim, steps, batch >= 1")
+        if self.lr <= 0 or self.alpha_weight < 0 or not 0 <= self.flow_scale <= 1 or self.eval_size < 0:
+            raise ConfigError("torso: need lr > 0, alpha_weight >= 0, flow_scale in [0, 1], eval_size >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"torso.device: {self.device!r} is not one of auto, cpu, cuda")
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """render_video / drive_video (pipeline/render.py, pipeline/compositing.py, pipeline/motion.py)."""
+
+    size: int = 0                   # output width = height in px (0 = the crop size)
+    num_samples: int = 0            # samples per ray of the head (0 = the trained head's stage2.num_samples)
+    ray_chunk: int = 16384          # rays per renderer call
+    batch_frames: int = 4           # frames synthesised per step
+    compositing: str = "soft"       # "soft" (feathered neck seam) | "hard" (binary alphas, for comparison)
+    feather: float = 0.015          # soft seam: Gaussian sigma of the head alpha in the neck band, x output size
+    pose_smooth_sigma: float = 2.0  # drive: temporal Gaussian (frames) on the replayed poses
+    blinks: bool = True             # drive: sample blinks from the subject's AU45 statistics
+    seed: int = 0                   # drive: blink sampling
+    crf: int = 18                   # x264 quality of the mp4
+    threads: int = 2
+    device: str = "auto"            # "auto" | "cpu" | "cuda"
+
+    def __post_init__(self) -> None:
+        if self.size < 0 or self.size % 2 or self.num_samples < 0 or self.ray_chunk < 1 or self.batch_frames < 1:
+            raise ConfigError("render: size must be even and >= 0, num_samples >= 0, ray_chunk and batch_frames >= 1")
+        if self.compositing not in ("soft", "hard"):
+            raise ConfigError(f"render.compositing: {self.compositing!r} is not one of soft, hard")
+        if self.feather < 0 or self.pose_smooth_sigma < 0 or not 0 <= self.crf <= 51:
+            raise ConfigError("render: need feather >= 0, pose_smooth_sigma >= 0, crf in [0, 51]")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"render.device: {self.device!r} is not one of auto, cpu, cuda")

@@ -101,7 +101,7 @@ def image_size(size: int | None, crop_meta: Path | str | None, landmarks: Path) 
         return int(size)
     if crop_meta and Path(crop_meta).is_file():
         return int(CROP_META.read(crop_meta)["size"])
-    raise TrackingError(landmarks, "crop size unknown: pass --crop-meta (crop/crop.json) or --size")
+    raise TrackingError(crop_meta or landmarks, "crop size unknown: no crop/crop.json there and no size given")
 
 
 def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = TrackingConfig(), *,
@@ -119,9 +119,9 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
     from pipeline import tracking_plots
 
     landmarks, outdir = Path(landmarks), Path(outdir)
+    frame_idx, obs, weight = read_observations(landmarks, cfg)
     W = H = image_size(size, crop_meta, landmarks)
     cx, cy = W / 2.0, H / 2.0
-    frame_idx, obs, weight = read_observations(landmarks, cfg)
     N = len(frame_idx)
     split = INGEST_META.read(meta)["split"] if meta else {"train": [0, N], "test": [N, N]}
     task = mp_models.locate(mp_models.FACE_LANDMARKER, cfg.model_path)

@@ -117,14 +117,28 @@ class Processed:
     def tracking(self, clip: str) -> dict:
         """track_face on the clip's landmarks -> <dir>/tracking/; returns the metrics.json dict."""
         from pipeline import tracking
+        from pipeline.config import TrackingConfig
 
         def build():
             self.landmarks(clip)  # also runs ingest and crop
             d = self.dir(clip)
-            return tracking.run(d / "landmarks" / "landmarks.parquet", d / "tracking", crop_meta=d / "crop" / "crop.json",
-                                meta=d / "ingest" / "meta.json", video=d / "crop" / "video.mp4")
+            return tracking.run(d / "landmarks" / "landmarks.parquet", d / "tracking", TrackingConfig(iters=60),
+                                crop_meta=d / "crop" / "crop.json", meta=d / "ingest" / "meta.json",
+                                video=d / "crop" / "video.mp4")
 
         return self._once("tracking", clip, build)
+
+    def aus(self, clip: str) -> dict:
+        """extract_aus on the clip's landmarks + canonical track -> <dir>/aus/; returns the aus.json dict."""
+        from pipeline import action_units
+
+        def build():
+            self.tracking(clip)  # also runs ingest, crop and landmarks
+            d = self.dir(clip)
+            return action_units.run(d / "landmarks" / "landmarks.parquet", d / "tracking" / "canonical.npz",
+                                    d / "aus", meta=d / "ingest" / "meta.json")
+
+        return self._once("aus", clip, build)
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,15 @@ from pipeline.artifacts import (LABEL_BACKGROUND, LABEL_EYES, LABEL_FACE, LABEL_
                                 LABEL_NECK, LABEL_TORSO, LANDMARKS, PARSING_LABELS, PARSING_STATS, PARSING_TORSO,
                                 ArtifactError, ArraySpec, Provenance, fixed_list_column, npz_iter_rows, npz_stream)
 from pipeline.background import PlateAccumulator
+from pipeline.errors import PipelineError
 from pipeline.parsing import load_landmarks, read_background
 from pipeline.parsing_geometry import (FACE_OVAL, LEFT_EYE, LIPS_INNER, LIPS_OUTER, RIGHT_EYE, HysteresisMatte,
                                        chain_loop, inner_lip_distance)
 
-# The four short clips keep the file inside its CI budget; the long ones (cnn 71 s, macron 50 s) are
-# measured by bench/parsing_clips.py (BENCHMARKS.md).
-PARSED_CLIPS = ["talk_mimictalk_trump_en", "talk_sadtalker_katiehill_en", "talk_videoretalking_4_en",
-                "talk_mimictalk_german_de"]
+from conftest import CLIPS
+
+# Every real clip, parsed once through the session cache at the fixture's crop size.
+PARSED_CLIPS = CLIPS
 PROV = Provenance("0" * 64, "test")
 
 
@@ -93,6 +94,25 @@ def test_plate_is_median_of_background_and_inpaints_holes():
     hole = ~seen
     assert hole.any() and np.abs(out.astype(int) - bg)[hole].mean() < 25.0   # inpainted, not white/black
     assert plate.sample_error(out) < 4.0
+
+
+def test_landmark_rows_without_a_face_take_the_nearest_mesh(tmp_path):
+    n = 7
+    pts = np.arange(n, dtype=np.float32)[:, None, None] + np.zeros((n, 478, 3), np.float32)
+    pts[[0, 3, 4]] = np.nan                           # NaN rows, as the landmark stage leaves long gaps
+    path = tmp_path / "landmarks.parquet"
+    LANDMARKS.write(path, {"frame_idx": np.arange(n, dtype=np.int32), "detected": ~np.isnan(pts[:, 0, 0]),
+                           "interpolated": np.zeros(n, bool), "landmarks": pts,
+                           "blendshapes": np.zeros((n, 52)), "pose": np.zeros((n, 16))}, PROV)
+    got, missing = load_landmarks(path)
+    assert missing.tolist() == [True, False, False, True, True, False, False]
+    assert got[:, 0, 0].tolist() == [1, 1, 2, 2, 5, 5, 6]
+    pts[:] = np.nan
+    LANDMARKS.write(path, {"frame_idx": np.arange(n, dtype=np.int32), "detected": np.zeros(n, bool),
+                           "interpolated": np.zeros(n, bool), "landmarks": pts,
+                           "blendshapes": np.zeros((n, 52)), "pose": np.zeros((n, 16))}, PROV)
+    with pytest.raises(PipelineError, match="no frame has landmarks"):
+        load_landmarks(path)
 
 
 def test_hysteresis_matte_damps_boundary_noise():
@@ -172,7 +192,7 @@ def test_parsing_real_clip(processed, clip):
 def test_cli_refuses_mismatched_landmarks(processed, tmp_path, capsys):
     from pipeline.parsing import main
 
-    clip = PARSED_CLIPS[0]
+    clip = "talk_mimictalk_trump_en"
     processed.landmarks(clip)
     d = processed.dir(clip)
     table = LANDMARKS.read(d / "landmarks" / "landmarks.parquet").slice(0, 50)

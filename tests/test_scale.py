@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -78,3 +79,94 @@ def test_slurm_two_subjects_match_local_run(tmp_path):
     for s in subjects:
         assert _deterministic_outputs(cluster, s) == _deterministic_outputs(local, s), s
         assert (cluster / "logs" / "ingest_video" / f"{s}.log").is_file()
+
+
+# ----------------------------------------------------------------------------- incremental / resume
+
+PREPROCESS = ["landmarks/landmarks.parquet", "audio/self.npz"]
+
+
+def _run(workdir: Path, targets: list[str], *extra: str, overlay: Path | None = None,
+         check: bool = True) -> subprocess.CompletedProcess:
+    configs = [TINY, str(overlay)] if overlay else [TINY]
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *targets, *extra, "--cores", "2",
+                           "--configfile", *configs], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> job count ({} when nothing is to be done)."""
+    jobs, inside = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            inside = True
+            continue
+        if inside and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def demo_built(tmp_path_factory) -> Path:
+    """The demo subject built through preprocessing once (tiny profile)."""
+    workdir = tmp_path_factory.mktemp("incremental")
+    _run(workdir, [f"results/demo/{t}" for t in PREPROCESS])
+    return workdir
+
+
+def test_noop_rerun_has_nothing_to_do(demo_built):
+    proc = _run(demo_built, [f"results/demo/{t}" for t in PREPROCESS], "-n")
+    assert planned_jobs(proc.stdout + proc.stderr) == {}
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_param_change_reruns_that_stage_and_descendants_only(demo_built):
+    overlay = demo_built / "overlay.yaml"
+    overlay.write_text("landmarks:\n  max_gap: 4\n")
+    proc = _run(demo_built, [f"results/demo/{t}" for t in PREPROCESS], "-n", overlay=overlay)
+    assert planned_jobs(proc.stdout + proc.stderr) == {"detect_landmarks": 1}
+    overlay.write_text("audio:\n  n_mels: 64\n")
+    proc = _run(demo_built, [f"results/demo/{t}" for t in PREPROCESS], "-n", overlay=overlay)
+    assert planned_jobs(proc.stdout + proc.stderr) == {"extract_audio_features": 1}
+
+
+def test_code_change_reruns_that_stage_and_descendants_only(demo_built):
+    """Editing a module re-runs its rules (Snakemake compares content, so a bare touch does not)."""
+    module = REPO / "pipeline" / "crop.py"
+    original, st = module.read_bytes(), module.stat()
+    try:
+        module.write_bytes(original + b"\n# an edit\n")
+        os.utime(module, (time.time() + 5, time.time() + 5))
+        proc = _run(demo_built, [f"results/demo/{t}" for t in PREPROCESS], "-n")
+    finally:
+        module.write_bytes(original)
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert planned_jobs(proc.stdout + proc.stderr) == {"crop_faces": 1, "detect_landmarks": 1}
+
+
+def test_resume_after_kill_keeps_finished_work(tmp_path):
+    """SIGKILL the whole workflow mid-run; --rerun-incomplete finishes without redoing finished jobs."""
+    targets = [f"results/demo/{t}" for t in PREPROCESS]
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), *targets, "--cores", "1", "--configfile", TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    crop = tmp_path / "results/demo/crop/video.mp4"
+    started = tmp_path / "logs/detect_landmarks/demo.log"  # with one core, crop_faces has finished by then
+    deadline = time.time() + 600
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert started.exists() and crop.exists(), "the landmarks stage never started"
+    time.sleep(1.0)  # landmark detection is running now
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_mtime = crop.stat().st_mtime_ns
+    _run(tmp_path, targets, "--unlock")  # a killed Snakemake leaves its lock behind
+    out = _run(tmp_path, targets, "--rerun-incomplete")
+    assert crop.stat().st_mtime_ns == finished_mtime, "a finished artifact was recomputed"
+    for t in targets:
+        assert (tmp_path / t).is_file()
+    assert "crop_faces" not in planned_jobs(out.stdout + out.stderr)

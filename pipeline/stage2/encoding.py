@@ -154,7 +154,9 @@ class TorchHashGrid(nn.Module):
         idx = idx.reshape(n, -1)
         if not dense:
             idx = torch.bitwise_and(idx, (1 << self.spec.log2_hashmap_size) - 1)
-        feats = self.table[idx + self.offsets[level]]               # [N, 2^d, F]
+        rows = (idx + self.offsets[level]).reshape(-1)
+        # index_select is ~3x faster than advanced indexing on CPU (same gradient: index_add)
+        feats = self.table.index_select(0, rows).view(n, -1, self.spec.features_per_level)  # [N, 2^d, F]
         return torch.einsum("nc,ncf->nf", w.reshape(n, -1).to(feats.dtype), feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

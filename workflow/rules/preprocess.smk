@@ -154,3 +154,30 @@ rule track_face:
         "python -m pipeline.tracking --landmarks {input.landmarks:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
         " --video {input.video:q} --outdir results/{wildcards.subject}/tracking --threads {threads}"
         " --config {params.cfg:q} > {log:q} 2>&1"
+
+
+rule extract_aus:
+    """Action units on OpenFace's 0-5 scale (AU01-26, AU45 blink) from blendshapes + pose-free geometry; blinks."""
+    input:
+        landmarks="results/{subject}/landmarks/landmarks.parquet",
+        canonical="results/{subject}/tracking/canonical.npz",
+        meta="results/{subject}/ingest/meta.json",
+        code=code("action_units"),
+    output:
+        aus="results/{subject}/aus/aus.parquet",
+        stats="results/{subject}/aus/aus.json",
+    params:
+        cfg=lambda wc: stage_config("action_units"),
+    log:
+        "logs/extract_aus/{subject}.log",
+    conda:
+        "../../envs/preprocess.yaml"
+    benchmark:
+        "benchmarks/extract_aus/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m pipeline.action_units --landmarks {input.landmarks:q} --canonical {input.canonical:q}"
+        " --meta {input.meta:q} --outdir results/{wildcards.subject}/aus --config {params.cfg:q} > {log:q} 2>&1"

@@ -1,0 +1,92 @@
+"""Rule ``cache_frames``: decode the crop video and the label maps once into memory-mappable uint8 caches.
+
+``results/<s>/stage2/{frames.npy, labels.npy, cache.json}`` at ``stage2.image_size`` (0 = the crop size):
+frames ``[N, S, S, 3]`` RGB (area resize), labels ``[N, S, S]`` (nearest resize). Training memory-maps both
+(``np.load(mmap_mode='r')``), so host RAM stays bounded for any clip length (a 5-minute clip at 512² is a
+5.9 GB file on disk, a few MB resident). This runs on the CPU side (ffmpeg through ``pipeline.media``); the GPU
+job (``pipeline.stage2.train``) then needs torch, numpy, pandas, pyarrow and opencv only.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, ArtifactError,
+                                Provenance, config_hash, file_sha256, npz_iter_rows)
+from pipeline.cli import guarded, parser
+from pipeline.config import Stage2TrainConfig, stage2_configs
+
+log = logging.getLogger("pipeline.stage2.cache")
+
+
+def _labels_shape(path: Path) -> tuple[int, int, int]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf, zf.open("labels.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2TrainConfig = Stage2TrainConfig(),
+        chunk: int = 32) -> dict:
+    """Write ``frames.npy``, ``labels.npy`` and ``cache.json`` under ``outdir``; return cache.json's dict."""
+    from pipeline import media
+    from tqdm import tqdm
+
+    video, labels, outdir = Path(video), Path(labels), Path(outdir)
+    try:
+        n, h, w = _labels_shape(labels)
+    except (KeyError, OSError, ValueError) as exc:
+        raise ArtifactError(labels, f"cannot read the label map header ({exc})") from exc
+    if h != w:
+        raise ArtifactError(labels, f"label maps are {w}x{h}; the crop must be square")
+    size = cfg.image_size or h
+    info = media.probe(video).video
+    if info is None or (info.width, info.height) != (w, h):
+        got = "no video stream" if info is None else f"{info.width}x{info.height}"
+        raise ArtifactError(video, f"crop video has {got}, labels are {w}x{h}")
+    prov = Provenance(file_sha256(video), config_hash({"image_size": size}))
+    with STAGE2_FRAMES.create(outdir / "frames.npy", (n, size, size, 3)) as frames:
+        i = 0
+        for block in tqdm(media.iter_frames(video, w, h, chunk=chunk), desc="cache frames", unit="chunk"):
+            if i + len(block) > n:
+                raise ArtifactError(video, f"more frames than the {n} label maps of {labels}")
+            for img in block:
+                frames[i] = resize(img, size)
+                i += 1
+        if i != n:
+            raise ArtifactError(video, f"decoded {i} frames, {labels} has {n} label maps")
+    with STAGE2_LABELS.create(outdir / "labels.npy", (n, size, size)) as out:
+        i = 0
+        for block in npz_iter_rows(labels, "labels", chunk):
+            for lab in block:
+                out[i] = resize(lab, size, nearest=True)
+                i += 1
+    doc = {"n_frames": int(n), "size": int(size), "crop_size": int(h), "video_sha256": prov.source_sha256,
+           "labels_sha256": file_sha256(labels), "label_names": list(PARSING_LABEL_NAMES)}
+    STAGE2_CACHE.write(outdir / "cache.json", doc, prov)
+    log.info("cached %d frames at %d px (crop %d px) -> %s", n, size, h, outdir)
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("Decode the crop video and label maps into uint8 .npy caches for stage 2.", ["video", "labels", "outdir"])
+    args = p.parse_args(argv)
+    _, cfg = stage2_configs(args.config)
+    guarded(lambda: run(args.video, args.labels, args.outdir, cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Training data of the head NeRF: one subject's artifacts, normalised head space, memory-mapped frames.
+
+Files read from a subject folder ``results/<s>/`` (everything the GPU machine needs; no video decoding):
+
+* ``stage2/frames.npy``, ``stage2/labels.npy``, ``stage2/cache.json`` (rule ``cache_frames``, uint8 memmaps);
+* ``tracking/transforms.json`` (camera-to-head 4x4 per frame, cm; focal_px, cx, cy at the crop size);
+* ``tracking/canonical.npz`` (pose-free landmarks [N, 478, 3] cm: the field's conditioning);
+* ``parsing/background.png`` (the background plate: the colour behind every ray);
+* ``audio/self.npz`` (features [N, W, D]);
+* ``aus/aus.parquet`` (``au45_r``), or when it is absent ``landmarks/landmarks.parquet``: AU45 = 5 x mean of the
+  ``eyeBlinkLeft``/``eyeBlinkRight`` blendshapes (the fallback is recorded as ``au45_source``);
+* ``ingest/meta.json`` (the train/test split).
+
+Head space normalisation (:class:`HeadSpace`): one similarity per subject, ``x_n = (x_cm - c) * s``, applied to
+the camera positions and to the landmarks alike (rotations unchanged). ``c`` is the centre of the mean landmark
+shape's bounding box moved up by 0.15 and back by 0.25 of its largest extent E (hair above the forehead, the
+skull behind the face); the head sphere has radius ``head_radius * E / 2`` and maps onto the sphere inscribed
+in the field's cube ``[-bound, bound]^3``. The renderer takes near/far from the cube; the camera faces the head
+(about 4 head radii away), so for the rays that matter the cube's chord is the sphere's to within a few percent,
+and the occupancy grid drops the empty corners.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
+                                LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
+                                STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
+                                fixed_list_column)
+from pipeline.stage2.renderer import camera_rays
+
+log = logging.getLogger("pipeline.stage2.data")
+
+HEAD_MIN_LABEL = LABEL_FACE          # labels 3..7: face, hair, lips, mouth, eyes
+REQUIRED_FILES = ("stage2/frames.npy", "stage2/labels.npy", "stage2/cache.json", "tracking/transforms.json",
+                  "tracking/canonical.npz", "parsing/background.png", "audio/self.npz", "ingest/meta.json")
+AU_FILE, AU_FALLBACK = "aus/aus.parquet", "landmarks/landmarks.parquet"
+
+
+@dataclass(frozen=True)
+class HeadSpace:
+    center_cm: tuple[float, float, float]
+    scale: float            # normalised units per cm
+    radius_cm: float
+    bound: float
+
+    @classmethod
+    def from_landmarks(cls, mean_shape: np.ndarray, head_radius: float, bound: float) -> "HeadSpace":
+        lo, hi = mean_shape.min(0), mean_shape.max(0)
+        extent = float((hi - lo).max())
+        c = (lo + hi) / 2 + np.array([0.0, 0.15, -0.25]) * extent
+        radius = head_radius * extent / 2
+        return cls(tuple(float(v) for v in c), bound / radius, radius, bound)
+
+    def points(self, x_cm: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x_cm, np.float64) - np.array(self.center_cm)) * self.scale).astype(np.float32)
+
+    def c2w(self, c2w_cm: np.ndarray) -> np.ndarray:
+        out = np.array(c2w_cm, np.float64, copy=True)
+        out[..., :3, 3] = (out[..., :3, 3] - np.array(self.center_cm)) * self.scale
+        return out.astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"center_cm": list(self.center_cm), "scale_per_cm": self.scale, "radius_cm": self.radius_cm,
+                "bound": self.bound}
+
+
+@dataclass(frozen=True)
+class Camera:
+    focal: float
+    cx: float
+    cy: float
+    size: int
+
+    def to_json(self) -> dict:
+        return {"focal_px": self.focal, "cx": self.cx, "cy": self.cy, "size": self.size}
+
+
+def _fit_length(a: np.ndarray, n: int, path: Path, what: str, slack: int = 2) -> np.ndarray:
+    """``a`` with exactly ``n`` rows: edge-padded / cut when it differs by at most ``slack`` frames."""
+    if abs(len(a) - n) > slack:
+        raise ArtifactError(path, f"{what} has {len(a)} frames, the crop has {n}")
+    if len(a) < n:
+        a = np.concatenate([a, np.repeat(a[-1:], n - len(a), axis=0)])
+    return a[:n]
+
+
+def load_au45(root: Path, n: int) -> tuple[np.ndarray, str]:
+    """AU45 per frame (0-5) and where it came from (aus.parquet, else the blink blendshapes x 5)."""
+    if (root / AU_FILE).is_file():
+        au = AUS.read_pandas(root / AU_FILE)["au45_r"].to_numpy(np.float32)
+        return _fit_length(au, n, root / AU_FILE, "au45_r"), AU_FILE
+    path = root / AU_FALLBACK
+    if not path.is_file():
+        raise ArtifactError(root / AU_FILE, f"not found, and no {AU_FALLBACK} for the blendshape fallback")
+    table = LANDMARKS.read(path)
+    bs = fixed_list_column(table, "blendshapes", (len(BLENDSHAPE_NAMES),))
+    ids = [BLENDSHAPE_NAMES.index("eyeBlinkLeft"), BLENDSHAPE_NAMES.index("eyeBlinkRight")]
+    au = np.nan_to_num(bs[:, ids].mean(1) * 5.0).astype(np.float32)
+    log.warning("%s missing: AU45 = 5 x mean(eyeBlinkLeft, eyeBlinkRight) from %s", root / AU_FILE, path)
+    return _fit_length(au, n, path, "blendshapes"), "landmarks blendshapes (fallback)"
+
+
+class SubjectData:
+    """Everything a training run reads, with per-frame conditioning as tensors on ``device``."""
+
+    def __init__(self, root: Path | str, head_radius: float = 1.6, bound: float = 1.0,
+                 device: torch.device | str = "cpu"):
+        root = Path(root)
+        self.root = root
+        missing = [f for f in REQUIRED_FILES if not (root / f).is_file()]
+        if missing:
+            raise ArtifactError(root / missing[0], f"missing stage-2 input(s) {missing} under {root}")
+        cache = STAGE2_CACHE.read(root / "stage2/cache.json")
+        self.frames = STAGE2_FRAMES.read(root / "stage2/frames.npy")
+        self.labels = STAGE2_LABELS.read(root / "stage2/labels.npy")
+        n, s = cache["n_frames"], cache["size"]
+        if self.frames.shape != (n, s, s, 3) or self.labels.shape != (n, s, s):
+            raise ArtifactError(root / "stage2/frames.npy", f"cache shapes {self.frames.shape}, {self.labels.shape} "
+                                f"disagree with cache.json ({n} frames at {s} px)")
+        self.n, self.size = n, s
+        tr = TRANSFORMS.read(root / "tracking/transforms.json")
+        if len(tr["frames"]) != n or tr["w"] != tr["h"] or tr["w"] != cache["crop_size"]:
+            raise ArtifactError(root / "tracking/transforms.json", f"{len(tr['frames'])} frames at {tr['w']}x{tr['h']}, "
+                                f"the frame cache has {n} frames from a {cache['crop_size']} px crop")
+        k = s / tr["w"]
+        self.camera = Camera(tr["focal_px"] * k, tr["cx"] * k, tr["cy"] * k, s)
+        c2w = np.array([f["transform_matrix"] for f in tr["frames"]], np.float64)
+        meta = INGEST_META.read(root / "ingest/meta.json")
+        (a, b), (c, d) = meta["split"]["train"], meta["split"]["test"]
+        if not (0 <= a < b <= c < d <= n):
+            raise ArtifactError(root / "ingest/meta.json", f"split {meta['split']} does not fit {n} frames")
+        self.train_ids, self.test_ids = np.arange(a, b), np.arange(c, d)
+        lms = CANONICAL_LANDMARKS.read(root / "tracking/canonical.npz")["landmarks"]
+        lms = _fit_length(lms, n, root / "tracking/canonical.npz", "landmarks", slack=0)
+        self.head_space = HeadSpace.from_landmarks(lms[a:b].mean(0), head_radius, bound)
+        audio = AUDIO_FEATURES.read(root / "audio/self.npz")["features"]
+        audio = _fit_length(audio, n, root / "audio/self.npz", "features")
+        au45, self.au45_source = load_au45(root, n)
+        plate = cv2.imread(str(root / "parsing/background.png"), cv2.IMREAD_COLOR)
+        if plate is None:
+            raise ArtifactError(root / "parsing/background.png", "not a readable image")
+        plate = cv2.cvtColor(plate, cv2.COLOR_BGR2RGB)
+        self.plate = cv2.resize(plate, (s, s), interpolation=cv2.INTER_AREA) if plate.shape[0] != s else plate
+        self.device = torch.device(device)
+        self.c2w = torch.from_numpy(self.head_space.c2w(c2w)).to(self.device)
+        self.landmarks = torch.from_numpy(self.head_space.points(lms)).to(self.device)
+        self.audio = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(self.device)
+        self.au45 = torch.from_numpy(au45).to(self.device)
+        self.plate_t = torch.from_numpy(self.plate).to(self.device).float() / 255.0
+        self.audio_dim = int(audio.shape[-1])
+
+    def conditioning(self, frame_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(np.asarray(frame_ids), dtype=torch.int64, device=self.device)
+        return self.landmarks[idx], self.audio[idx], self.au45[idx]
+
+    def rays(self, frame_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head-space origins and unit directions of pixel centres ``(rows, cols)`` of frames ``frame_ids``."""
+        uv = torch.from_numpy(np.stack([cols, rows], -1).astype(np.float32) + 0.5).to(self.device)
+        c2w = self.c2w[torch.as_tensor(np.asarray(frame_ids), dtype=torch.int64, device=self.device)]
+        cam = self.camera
+        return camera_rays(c2w, uv, cam.focal, cam.cx, cam.cy)
+
+    def head_mask(self, f: int) -> np.ndarray:
+        return np.asarray(self.labels[f]) >= HEAD_MIN_LABEL
+
+    def region(self, f: int, margin_px: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of frame ``f`` and the sampling region: the head mask dilated by ``margin_px``."""
+        lab = np.asarray(self.labels[f])
+        head = (lab >= HEAD_MIN_LABEL).astype(np.uint8)
+        if margin_px > 0:
+            k = 2 * margin_px + 1
+            head = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        return lab, head.astype(bool)
+
+    def to_json(self) -> dict:
+        return {"n_frames": self.n, "size": self.size, "train": [int(self.train_ids[0]), int(self.train_ids[-1]) + 1],
+                "test": [int(self.test_ids[0]), int(self.test_ids[-1]) + 1], "au45_source": self.au45_source}
+
+
+def color_weight(labels: np.ndarray) -> np.ndarray:
+    """1 where a pixel counts in the head colour loss, 0 on torso and neck (the torso model's job)."""
+    return ((labels != LABEL_TORSO) & (labels != LABEL_NECK)).astype(np.float32)
+
+
+def patch_center(labels: np.ndarray, part: str, rng: np.random.Generator) -> tuple[float, float] | None:
+    """(row, col) centre of the lips (labels 5-6) or of one eye (label 7, left/right at random), None if absent."""
+    if part == "lips":
+        rows, cols = np.nonzero((labels == LABEL_LIPS) | (labels == LABEL_MOUTH))
+    else:
+        rows, cols = np.nonzero(labels == LABEL_EYES)
+        if len(cols):
+            side = cols < np.median(cols) if rng.random() < 0.5 else cols >= np.median(cols)
+            rows, cols = (rows[side], cols[side]) if side.any() else (rows, cols)
+    if not len(rows):
+        return None
+    return float(rows.mean()), float(cols.mean())
+
+
+def describe_inputs() -> str:
+    """The files a training run needs (for the CLI's help and the GPU instructions)."""
+    return json.dumps([*REQUIRED_FILES, f"{AU_FILE} (or {AU_FALLBACK})"])

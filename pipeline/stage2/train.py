@@ -1,0 +1,297 @@
+"""Rule ``train_head``: train the landmark-conditioned head NeRF of one subject (docs/stage2.md, "Training").
+
+``python -m pipeline.stage2.train --subject-dir results/<s> [--outdir results/<s>/stage2] --config '<stage2 JSON>'``
+reads only the files listed in :mod:`pipeline.stage2.data` (no video decoding: the GPU machines have no ffmpeg)
+and writes ``stage2/{head.pt, head.json, metrics.json, test_strip.png}`` plus ``stage2/checkpoint.pt``
+(every ``checkpoint_every`` steps, on SIGTERM, and at the end). Re-running resumes from an unfinished checkpoint
+of the same configuration (run-length keys such as ``steps`` or ``max_minutes`` may change); a finished or
+foreign one is ignored and training starts afresh.
+
+A step: rays of ``frames_per_batch`` train frames (:mod:`pipeline.stage2.sampling`), ``field.prepare`` of
+those frames, packed volume rendering over the background plate, colour loss on non-torso rays + head-opacity
+BCE (+ SSIM and gradient losses on lips / eyes patches in the fine-tuning phases), Adam (hash tables at ``lr``,
+networks at ``lr_net``, exponential decay to ``lr_final_factor``), error-map EMA update, occupancy-grid update
+every ``occupancy_every`` steps. Progress (which drives the phases and the learning rate) is
+``max(step / steps, elapsed / max_minutes)``, so a wall-clock budget still ends with the fine-tuning phases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import STAGE2_HEAD, STAGE2_METRICS, ArtifactError, Provenance, atomic_output, config_hash
+from pipeline.cli import guarded, parser
+from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
+from pipeline.stage2 import checkpoint as ckpt
+from pipeline.stage2.data import SubjectData, describe_inputs
+from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip
+from pipeline.stage2.field import LandmarkField
+from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, psnr_from_mse, ssim_loss,
+                                    to_patches)
+from pipeline.stage2.occupancy import OccupancyGrid
+from pipeline.stage2.renderer import VolumeRenderer
+from pipeline.stage2.sampling import RaySampler, phase_at
+
+log = logging.getLogger("pipeline.stage2.train")
+
+RUN_LENGTH_KEYS = ("steps", "max_minutes", "checkpoint_every", "log_every", "eval_every", "eval_max_frames",
+                   "strip_frames", "device", "threads")
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM during training: a checkpoint was written; re-running resumes."""
+
+
+class AutocastField:
+    """The field under bf16 autocast (CUDA), returning float32 density and colour to the renderer."""
+
+    def __init__(self, field: LandmarkField, device_type: str):
+        self.field, self.device_type = field, device_type
+
+    def density(self, x, frame, ctx):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.field.density(x, frame, ctx).float()
+
+    def __call__(self, x, d, frame, ctx):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            sigma, rgb = self.field(x, d, frame, ctx)
+        return sigma.float(), rgb.float()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("stage2.device is cuda but CUDA is not available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
+    train = {k: v for k, v in asdict(tcfg).items() if k not in RUN_LENGTH_KEYS}
+    return config_hash({"model": asdict(mcfg), "train": train})
+
+
+def build(data: SubjectData, mcfg: Stage2ModelConfig, device: torch.device):
+    field = LandmarkField(mcfg, audio_in_dim=data.audio_dim).to(device)
+    occ = OccupancyGrid(field.aabb, mcfg.occupancy_resolution, mcfg.occupancy_decay, mcfg.occupancy_threshold,
+                        warmup_updates=4).to(device)
+    renderer = VolumeRenderer(field.aabb, mcfg.num_samples, occ, mcfg.early_stop_eps).to(device)
+    return field, occ, renderer
+
+
+def optimizer(field: LandmarkField, tcfg: Stage2TrainConfig) -> torch.optim.Adam:
+    grid = list(field.encoding.parameters())
+    ids = {id(p) for p in grid}
+    rest = [p for p in field.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"params": grid, "lr": tcfg.lr}, {"params": rest, "lr": tcfg.lr_net}],
+                            betas=(0.9, 0.99), eps=1e-15)
+
+
+def setup_torch(tcfg: Stage2TrainConfig, device: torch.device) -> None:
+    if device.type == "cpu":
+        torch.set_num_threads(tcfg.threads)
+    if tcfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(tcfg.seed)
+
+
+class Trainer:
+    """State of one training run (model, optimiser, sampler, RNGs, curve); :meth:`fit` runs the loop."""
+
+    def __init__(self, data: SubjectData, mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig, outdir: Path,
+                 device: torch.device):
+        self.data, self.mcfg, self.tcfg, self.outdir, self.device = data, mcfg, tcfg, outdir, device
+        self.field, self.occ, self.renderer = build(data, mcfg, device)
+        self.render_field = AutocastField(self.field, device.type) if tcfg.amp and device.type == "cuda" else self.field
+        self.opt = optimizer(self.field, tcfg)
+        self.progress = 0.0
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: tcfg.lr_final_factor ** self.progress)
+        self.rng = np.random.default_rng(tcfg.seed)
+        self.gen = torch.Generator().manual_seed(tcfg.seed)
+        self.sampler = RaySampler(data, tcfg, self.rng)
+        self.step, self.wall_prev, self.curve, self.eval_curve = 0, 0.0, [], []
+        self.resumed_from: int | None = None
+        self.hash = resume_hash(mcfg, tcfg)
+        self.margin = self.sampler.margin
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self, complete: bool) -> dict:
+        return {"step": self.step, "complete": complete, "config_hash": self.hash,
+                "model": self.field.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "occupancy": self.occ.state_dict(),
+                "error_maps": self.sampler.error_maps, "wall_seconds": self.wall_prev,
+                "curve": torch.tensor([[c["step"], c["loss"], c["psnr"], c["seconds"]] for c in self.curve],
+                                      dtype=torch.float64).reshape(-1, 4),
+                "eval_curve": torch.tensor([[c["step"], c["seconds"], c["psnr_head"], c["ssim_head"]]
+                                            for c in self.eval_curve], dtype=torch.float64).reshape(-1, 4),
+                **ckpt.rng_states(self.gen, self.rng)}
+
+    def try_resume(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        st = ckpt.load(path, self.device)
+        if st["config_hash"] != self.hash or bool(st["complete"]):
+            why = "finished" if bool(st["complete"]) else "made with another configuration"
+            log.warning("%s is %s: starting afresh", path, why)
+            return
+        self.field.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.occ.load_state_dict(st["occupancy"])
+        self.sampler.error_maps = st["error_maps"].cpu().float()
+        self.step, self.wall_prev = int(st["step"]), float(st["wall_seconds"])
+        self.curve = [dict(zip(("step", "loss", "psnr", "seconds"), r)) for r in st["curve"].tolist()]
+        self.eval_curve = [dict(zip(("step", "seconds", "psnr_head", "ssim_head"), r)) for r in st["eval_curve"].tolist()]
+        for c in self.curve + self.eval_curve:
+            c["step"] = int(c["step"])
+        ckpt.restore_rng(st, self.gen, self.rng)
+        self.resumed_from = self.step
+        log.info("resumed from %s at step %d (%.1f s trained before)", path, self.step, self.wall_prev)
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, phase: str) -> tuple[float, float]:
+        tcfg = self.tcfg
+        batch = self.sampler.sample(phase)
+        ctx = self.field.prepare(*self.data.conditioning(batch.frames))
+        out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame, batch.background,
+                                   stratified=True, generator=self.gen)
+        loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
+        if tcfg.opacity_weight > 0:
+            loss = loss + tcfg.opacity_weight * opacity_loss(out.opacity, batch.alpha)
+        if batch.n_patches:
+            args = (batch.patch_start, batch.n_patches, batch.patch_size)
+            pred, gt = to_patches(out.rgb, *args), to_patches(batch.rgb, *args)
+            loss = loss + tcfg.ssim_weight * ssim_loss(pred, gt) + tcfg.grad_weight * gradient_loss(pred, gt)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        with torch.no_grad():
+            w = batch.color_w
+            self.sampler.update_errors(batch, per_ray * w)
+            mse = float((((out.rgb - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1))
+        return float(loss), mse
+
+    @torch.no_grad()
+    def update_occupancy(self) -> float:
+        k = min(self.tcfg.occupancy_frames, len(self.data.train_ids))
+        frames = self.rng.choice(self.data.train_ids, size=k, replace=False)
+        ctx = self.field.prepare(*self.data.conditioning(frames))
+        return self.occ.update(self.field.density_fn(ctx), n_cells=self.occ.n_cells // 4, generator=self.gen)
+
+    def evaluate(self, frames: np.ndarray, keep: int = 0):
+        return evaluate(self.field, self.renderer, self.data, frames, self.margin, keep)
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        tcfg = self.tcfg
+        path = self.outdir / "checkpoint.pt"
+        budget = tcfg.max_minutes * 60.0
+        start, step0, eval_sec, wall0 = time.time(), self.step, 0.0, self.wall_prev
+        elapsed = lambda: self.wall_prev + time.time() - start - eval_sec  # noqa: E731
+        from tqdm import tqdm
+
+        bar = tqdm(total=tcfg.steps, initial=self.step, desc="train_head", unit="step", mininterval=5)
+        with ckpt.StopFlag() as stop:
+            while self.step < tcfg.steps and not (budget and elapsed() >= budget):
+                self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)
+                loss, mse = self.train_step(phase_at(self.progress, tcfg))
+                self.step += 1
+                bar.update(1)
+                if self.step % tcfg.occupancy_every == 0:
+                    self.update_occupancy()
+                if self.step % tcfg.log_every == 0 or self.step == 1:
+                    self.curve.append({"step": self.step, "loss": loss, "psnr": psnr_from_mse(mse),
+                                       "seconds": round(elapsed(), 3)})
+                    log.info("step %d %s loss %.5f psnr %.2f", self.step, phase_at(self.progress, tcfg), loss,
+                             psnr_from_mse(mse))
+                if tcfg.eval_every and self.step % tcfg.eval_every == 0:
+                    t0 = time.time()
+                    m, _ = self.evaluate(eval_frames(self.data.test_ids, tcfg.eval_max_frames))
+                    self.eval_curve.append({"step": self.step, "seconds": round(elapsed(), 3),
+                                            "psnr_head": m["psnr_head"], "ssim_head": m["ssim_head"]})
+                    log.info("step %d test head PSNR %.2f SSIM %.3f", self.step, m["psnr_head"], m["ssim_head"])
+                    eval_sec += time.time() - t0
+                if self.step % tcfg.checkpoint_every == 0 or stop.stop:
+                    self.wall_prev, start, eval_sec = elapsed(), time.time(), 0.0
+                    ckpt.save(path, self.state(complete=False))
+                    log.info("checkpoint at step %d -> %s", self.step, path)
+                if stop.stop:
+                    bar.close()
+                    raise TrainingInterrupted(f"stopped by SIGTERM at step {self.step}; re-run to resume")
+        bar.close()
+        self.wall_prev = elapsed()
+        ran, this_run = self.step - step0, self.wall_prev - wall0
+        return {"steps": self.step, "train_seconds": round(self.wall_prev, 2),
+                "steps_per_sec": round(ran / this_run, 3) if ran and this_run > 0 else 0.0}
+
+
+def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2ModelConfig = Stage2ModelConfig(),
+        tcfg: Stage2TrainConfig = Stage2TrainConfig()) -> dict:
+    subject_dir = Path(subject_dir)
+    outdir = Path(outdir) if outdir else subject_dir / "stage2"
+    device = resolve_device(tcfg.device)
+    setup_torch(tcfg, device)
+    data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device)
+    if tcfg.image_size and data.size != tcfg.image_size:
+        raise ArtifactError(subject_dir / "stage2/frames.npy", f"cached at {data.size} px, stage2.image_size is "
+                            f"{tcfg.image_size}: re-run cache_frames")
+    log.info("%s: %d frames at %d px (train %d, test %d) on %s; AU45 from %s", subject_dir, data.n, data.size,
+             len(data.train_ids), len(data.test_ids), device, data.au45_source)
+    trainer = Trainer(data, mcfg, tcfg, outdir, device)
+    trainer.try_resume(outdir / "checkpoint.pt")
+    fit = trainer.fit()
+    frames = eval_frames(data.test_ids, tcfg.eval_max_frames)
+    t0 = time.time()
+    final, pairs = trainer.evaluate(frames, keep=tcfg.strip_frames)
+    log.info("test head PSNR %.2f dB (plate baseline %.2f dB), SSIM %.3f over %d frames (%.1f s)", final["psnr_head"],
+             final["psnr_head_baseline"], final["ssim_head"], len(frames), time.time() - t0)
+    prov = Provenance(json.loads((subject_dir / "stage2/cache.json").read_text())["video_sha256"],
+                      config_hash({"model": asdict(mcfg), "train": asdict(tcfg)}))
+    with atomic_output(outdir / "head.pt") as tmp:
+        torch.save({k: v.cpu() for k, v in trainer.field.state_dict().items()}, tmp)
+    occ_frac = float(trainer.occ.binary.float().mean())
+    STAGE2_HEAD.write(outdir / "head.json", {
+        "model_config": asdict(mcfg), "train_config": asdict(tcfg), "audio_in_dim": data.audio_dim,
+        "head_space": data.head_space.to_json(), "camera": data.camera.to_json(),
+        "occupancy": {"resolution": mcfg.occupancy_resolution, "occupied_fraction": occ_frac},
+        "au45_source": data.au45_source, "steps": fit["steps"], "data": data.to_json()}, prov)
+    write_strip(outdir / "test_strip.png", pairs)
+    metrics = {"steps": fit["steps"], "train_seconds": fit["train_seconds"], "steps_per_sec": fit["steps_per_sec"],
+               "device": str(device), "resumed_from": trainer.resumed_from, "curve": trainer.curve,
+               "eval_curve": trainer.eval_curve, **final, "lpips": LPIPS_STATUS,
+               "baseline_gain_db": final["psnr_head"] - final["psnr_head_baseline"],
+               "eval_seconds": round(time.time() - t0, 2), "image_size": data.size,
+               "occupied_fraction": occ_frac, "au45_source": data.au45_source}
+    STAGE2_METRICS.write(outdir / "metrics.json", metrics, prov)
+    ckpt.save(outdir / "checkpoint.pt", trainer.state(complete=True))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(f"Train the head NeRF of one subject. Reads, under --subject-dir: {describe_inputs()}.",
+               ["subject_dir"])
+    p.add_argument("--outdir", default=None, help="default: <subject-dir>/stage2")
+    args = p.parse_args(argv)
+    mcfg, tcfg = stage2_configs(args.config)
+
+    def body() -> None:
+        try:
+            run(args.subject_dir, args.outdir, mcfg, tcfg)
+        except TrainingInterrupted as exc:
+            log.warning("%s", exc)
+            sys.exit(ckpt.EXIT_INTERRUPTED)
+
+    guarded(body)
+
+
+if __name__ == "__main__":
+    main()

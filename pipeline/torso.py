@@ -1,0 +1,356 @@
+"""Rule ``train_torso``: a pose-modulated U-Net from the head pose to the torso+neck RGBA of a frame.
+
+Inputs: ``crop/video.mp4`` (RGB), ``parsing/torso.npz`` (soft torso+neck matte, head removed),
+``parsing/background.png`` (for the metric), ``tracking/tracks.parquet`` (head pose) and the split of
+``tracking/transforms.json``. Outputs ``torso/torso.pt`` (weights only), ``torso/torso.json``
+(:data:`~pipeline.artifacts.TORSO_MODEL`) and ``torso/metrics.json`` (:data:`~pipeline.artifacts.TORSO_METRICS`).
+
+Model (StyleUNet-like, small): the pose ``p`` = z-scored (yaw, pitch, roll, tx, ty, tz) goes through a
+mapping MLP to a style code that modulates every conv of a U-Net (FiLM: per-channel scale and shift).
+The U-Net's input is the train-split *mean torso* (RGB, alpha; a buffer of the net) plus pixel
+coordinates; it outputs a flow (the torso follows the head, mostly by translation) that warps the
+mean torso, and residual logits for RGB and alpha. The last conv starts at zero, so an untrained
+net reproduces the mean torso exactly: training can only start from the baseline it is measured
+against. Network resolution ``torso.image_size``; the RGBA is upsampled to the crop size.
+
+Loss: L1 on RGB weighted by the true alpha + ``alpha_weight`` x BCE on alpha. Frames are decoded once
+into uint8 memmaps at network size (a temporary folder), never held as float.
+Metric: on the test split, the torso composited over the background plate is compared with the true
+torso (crop frame x matte) over the same plate, on the true torso+neck mask dilated by 2 px, as PSNR;
+the baseline is the mean torso RGBA. Importable with torch, numpy, pandas, pyarrow and opencv alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.artifacts import (PARSING_TORSO, TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS,
+                                Provenance, atomic_output, config_hash, npz_iter_rows, read_provenance)
+from pipeline.cli import guarded, parser
+from pipeline.config import TorsoConfig, from_mapping
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline.torso")
+
+
+class TorsoError(PipelineError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------- network
+
+class ModConv(nn.Module):
+    """3x3 conv -> GroupNorm -> FiLM(style) -> LeakyReLU."""
+
+    def __init__(self, cin: int, cout: int, style_dim: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.norm = nn.GroupNorm(min(8, cout // 4) or 1, cout, affine=False)
+        self.film = nn.Linear(style_dim, 2 * cout)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(s)[:, :, None, None].chunk(2, dim=1)
+        return F.leaky_relu(self.norm(self.conv(x)) * (1 + scale) + shift, 0.2)
+
+
+class TorsoNet(nn.Module):
+    """Pose [B, P] (z-scores) -> torso RGB [B, 3, S, S] and alpha [B, 1, S, S] in [0, 1]."""
+
+    def __init__(self, mean_rgba: torch.Tensor, pose_dim: int = len(TORSO_POSE_COLUMNS), base_channels: int = 32,
+                 depth: int = 4, style_dim: int = 64, flow_scale: float = 0.15):
+        super().__init__()
+        size = int(mean_rgba.shape[-1])
+        self.register_buffer("mean_rgba", mean_rgba.reshape(4, size, size).float().clone())
+        v, u = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+        self.register_buffer("grid", torch.stack([u, v], -1)[None])          # [1, S, S, 2] (x, y)
+        self.flow_scale = float(flow_scale)
+        self.mapping = nn.Sequential(nn.Linear(pose_dim, style_dim), nn.LeakyReLU(0.2),
+                                     nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
+        ch = [min(base_channels * 2**i, base_channels * 8) for i in range(depth + 1)]
+        self.inp = ModConv(6, ch[0], style_dim)
+        self.down = nn.ModuleList(ModConv(ch[i], ch[i + 1], style_dim, stride=2) for i in range(depth))
+        self.mid = ModConv(ch[depth], ch[depth], style_dim)
+        self.up = nn.ModuleList(ModConv(ch[i + 1] + ch[i], ch[i], style_dim) for i in reversed(range(depth)))
+        self.out = nn.Conv2d(ch[0], 6, 3, 1, 1)                               # flow (2), rgb (3), alpha (1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = pose.shape[0]
+        s = self.mapping(pose)
+        mean = self.mean_rgba[None].expand(b, -1, -1, -1)
+        x = self.inp(torch.cat([mean, self.grid.permute(0, 3, 1, 2).expand(b, -1, -1, -1)], 1), s)
+        skips = [x]
+        for layer in self.down:
+            x = layer(x, s)
+            skips.append(x)
+        x = self.mid(skips.pop(), s)
+        for layer in self.up:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+            x = layer(torch.cat([x, skips.pop()], 1), s)
+        o = self.out(x)
+        flow = torch.tanh(o[:, :2]).permute(0, 2, 3, 1) * self.flow_scale
+        warped = F.grid_sample(mean, self.grid.expand(b, -1, -1, -1) + flow, mode="bilinear",
+                               padding_mode="border", align_corners=True)
+        logits = torch.logit(warped.clamp(1e-3, 1 - 1e-3)) + o[:, 2:]
+        return torch.sigmoid(logits[:, :3]), torch.sigmoid(logits[:, 3:])
+
+
+# ----------------------------------------------------------------------------- loading
+
+class Torso:
+    """A trained torso model: ``predict(poses [B, 6] raw pose columns, size) -> (rgb [B,3,H,W], alpha [B,1,H,W])``."""
+
+    def __init__(self, net: TorsoNet, pose_mean: np.ndarray, pose_std: np.ndarray, crop_size: int):
+        self.net = net.eval()
+        self.pose_mean = torch.as_tensor(pose_mean, dtype=torch.float32)
+        self.pose_std = torch.as_tensor(pose_std, dtype=torch.float32)
+        self.crop_size = crop_size
+
+    def to(self, device: torch.device | str) -> "Torso":
+        self.net.to(device)
+        return self
+
+    @torch.no_grad()
+    def predict(self, poses: np.ndarray | torch.Tensor, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.net.mean_rgba.device
+        p = (torch.as_tensor(poses, dtype=torch.float32, device=dev) - self.pose_mean.to(dev)) / self.pose_std.to(dev)
+        rgb, alpha = self.net(p)
+        size = size or self.crop_size
+        if size != rgb.shape[-1]:
+            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False)
+            alpha = F.interpolate(alpha, size=(size, size), mode="bilinear", align_corners=False)
+        return rgb.clamp(0, 1), alpha.clamp(0, 1)
+
+
+def load(model_dir: Path | str, device: torch.device | str = "cpu") -> Torso:
+    model_dir = Path(model_dir)
+    meta = TORSO_MODEL.read(model_dir / "torso.json")
+    s = meta["image_size"]
+    net = TorsoNet(torch.zeros(4, s, s), len(meta["pose_columns"]), meta["base_channels"], meta["depth"],
+                   meta["style_dim"], meta["flow_scale"])
+    try:
+        net.load_state_dict(torch.load(model_dir / "torso.pt", map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError) as exc:
+        raise TorsoError(model_dir / "torso.pt", f"cannot load weights ({exc})") from exc
+    return Torso(net, np.array(meta["pose_mean"]), np.array(meta["pose_std"]), meta["crop_size"]).to(device)
+
+
+def read_poses(tracks: Path | str) -> np.ndarray:
+    """[N, 6] pose columns (TORSO_POSE_COLUMNS) of tracks.parquet, in frame order."""
+    df = TRACKS.read_pandas(tracks)
+    if not np.array_equal(df["frame_idx"].to_numpy(), np.arange(len(df))):
+        raise TorsoError(tracks, "frame_idx is not 0..N-1")
+    poses = df[list(TORSO_POSE_COLUMNS)].to_numpy(np.float64)
+    bad = np.flatnonzero(~np.isfinite(poses).all(1))
+    if len(bad):
+        raise TorsoError(tracks, f"non-finite pose at frame {int(bad[0])}")
+    return poses
+
+
+# ----------------------------------------------------------------------------- data
+
+def read_frames_cv2(video: Path | str, size: int, n_expected: int | None = None):
+    """Yield RGB uint8 frames of ``video`` resized to ``size``² (opencv: no ffmpeg binary needed)."""
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise TorsoError(video, "cannot open video")
+    i = 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if bgr.shape[0] != size or bgr.shape[1] != size:
+                bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            i += 1
+    finally:
+        cap.release()
+    if n_expected is not None and i != n_expected:
+        raise TorsoError(video, f"decoded {i} frames, expected {n_expected}")
+
+
+def build_cache(video: Path, torso_npz: Path, n: int, size: int, folder: Path) -> tuple[np.memmap, np.memmap]:
+    """uint8 memmaps ``rgb [N, S, S, 3]`` and ``alpha [N, S, S]`` at network size (streamed in)."""
+    rgb = np.lib.format.open_memmap(folder / "rgb.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    alpha = np.lib.format.open_memmap(folder / "alpha.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+    for i, frame in enumerate(read_frames_cv2(video, size, n)):
+        rgb[i] = frame
+    i = 0
+    for chunk in npz_iter_rows(torso_npz, "alpha", chunk=32):
+        for a in chunk:
+            if i >= n:
+                raise TorsoError(torso_npz, f"more alpha rows than the {n} frames of {video}")
+            alpha[i] = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
+            i += 1
+    if i != n:
+        raise TorsoError(torso_npz, f"{i} alpha rows but {n} frames in {video}")
+    rgb.flush()
+    alpha.flush()
+    return rgb, alpha
+
+
+def batch_tensors(rgb: np.ndarray, alpha: np.ndarray, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = np.sort(idx)
+    x = torch.from_numpy(np.ascontiguousarray(rgb[idx])).to(device).permute(0, 3, 1, 2).float() / 255.0
+    a = torch.from_numpy(np.ascontiguousarray(alpha[idx])).to(device)[:, None].float() / 255.0
+    return x, a
+
+
+def mean_torso(rgb: np.ndarray, alpha: np.ndarray, frames: np.ndarray, chunk: int = 64) -> torch.Tensor:
+    """Train-split mean torso [4, S, S]: alpha-weighted mean colour and mean alpha."""
+    s = rgb.shape[1]
+    num = np.zeros((s, s, 3))
+    den = np.zeros((s, s))
+    for k in range(0, len(frames), chunk):
+        f = frames[k:k + chunk]
+        a = alpha[f].astype(np.float64) / 255.0
+        num += (rgb[f].astype(np.float64) / 255.0 * a[..., None]).sum(0)
+        den += a.sum(0)
+    colour = num / np.maximum(den, 1e-6)[..., None]
+    filler = num.sum((0, 1)) / max(den.sum(), 1e-6)          # where the torso never is: its average colour
+    colour = np.where(den[..., None] > 1e-3, colour, filler)
+    mean = np.concatenate([colour.transpose(2, 0, 1), (den / len(frames))[None]], 0)
+    return torch.from_numpy(mean).float()
+
+
+# ----------------------------------------------------------------------------- metric
+
+def psnr(mse: float) -> float:
+    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
+
+
+@torch.no_grad()
+def evaluate(net: TorsoNet, poses_z: torch.Tensor, rgb: np.ndarray, alpha: np.ndarray, frames: np.ndarray,
+             background: np.ndarray, device: torch.device, size: int) -> dict:
+    """Test-split PSNR on (dilated) torso pixels and alpha IoU, for the net and the mean torso (module doc)."""
+    bg = torch.from_numpy(cv2.resize(background, (size, size), interpolation=cv2.INTER_AREA)).to(device)
+    bg = bg.permute(2, 0, 1)[None].float() / 255.0
+    mean_rgb, mean_a = net.mean_rgba[None, :3], net.mean_rgba[None, 3:]
+    kernel = torch.ones(1, 1, 5, 5, device=device)
+    sums = {"net": [0.0, 0.0], "mean": [0.0, 0.0]}
+    ious: dict[str, list[float]] = {"net": [], "mean": []}
+    for k in range(0, len(frames), 16):
+        f = frames[k:k + 16]
+        x, a = batch_tensors(rgb, alpha, f, device)
+        p_rgb, p_a = net(poses_z[f])
+        preds = {"net": (p_rgb, p_a), "mean": (mean_rgb.expand_as(p_rgb), mean_a.expand_as(p_a))}
+        resize = (lambda t: F.interpolate(t, size=(size, size), mode="area")) if size != x.shape[-1] else (lambda t: t)
+        x, a = resize(x), resize(a)
+        target = a * x + (1 - a) * bg
+        mask = (F.conv2d((a > 0.5).float(), kernel, padding=2) > 0).float()
+        for name, (c, al) in preds.items():
+            c, al = resize(c), resize(al)
+            comp = al * c + (1 - al) * bg
+            sums[name][0] += float((((comp - target) ** 2) * mask).sum())
+            sums[name][1] += float(mask.sum()) * 3
+            inter = ((al > 0.5) & (a > 0.5)).flatten(1).sum(1).float()
+            union = ((al > 0.5) | (a > 0.5)).flatten(1).sum(1).float().clamp_min(1)
+            ious[name] += (inter / union).tolist()
+    return {"psnr_torso_db": psnr(sums["net"][0] / max(sums["net"][1], 1)),
+            "psnr_torso_mean_db": psnr(sums["mean"][0] / max(sums["mean"][1], 1)),
+            "alpha_iou": float(np.mean(ious["net"])), "alpha_iou_mean": float(np.mean(ious["mean"]))}
+
+
+# ----------------------------------------------------------------------------- training
+
+def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, tracks: Path | str,
+        transforms: Path | str, outdir: Path | str, cfg: TorsoConfig = TorsoConfig()) -> dict:
+    """Train the torso model into ``outdir`` (torso.pt, torso.json, metrics.json); returns the metrics."""
+    outdir = Path(outdir)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, cfg.threads))
+    doc = TRANSFORMS.read(transforms)
+    crop_size = int(doc["w"])
+    poses = read_poses(tracks)
+    n = len(poses)
+    (a, b), (t0, t1) = doc["split"]["train"], doc["split"]["test"]
+    if not 0 <= a < b <= n or t1 > n:
+        raise TorsoError(transforms, f"split {doc['split']} does not fit the {n} tracked frames")
+    train = np.arange(a, b)
+    test = np.arange(t0, t1) if t1 > t0 else train[-max(1, len(train) // 11):]
+    bg = cv2.imread(str(background), cv2.IMREAD_COLOR)
+    if bg is None:
+        raise TorsoError(background, "cannot read the background plate")
+    bg = cv2.cvtColor(bg, cv2.COLOR_BGR2RGB)
+    pose_mean, pose_std = poses[train].mean(0), np.maximum(poses[train].std(0), 1e-6)
+    poses_z = torch.from_numpy((poses - pose_mean) / pose_std).float().to(device)
+    s = cfg.image_size
+    t_start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix=".torso_cache", dir=outdir.parent if outdir.parent.exists() else None) as tmp:
+            rgb, alpha = build_cache(Path(crop_video), Path(torso_npz), n, s, Path(tmp))
+            net = TorsoNet(mean_torso(rgb, alpha, train), len(TORSO_POSE_COLUMNS), cfg.base_channels, cfg.depth,
+                           cfg.style_dim, cfg.flow_scale).to(device)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
+            from tqdm import tqdm
+
+            for step in tqdm(range(cfg.steps), desc="train_torso", mininterval=5, disable=None):
+                idx = rng.choice(train, size=min(cfg.batch, len(train)), replace=False)
+                x, a_true = batch_tensors(rgb, alpha, idx, device)
+                p_rgb, p_a = net(poses_z[np.sort(idx)])
+                l_rgb = ((p_rgb - x).abs() * a_true).sum() / (3 * a_true.sum()).clamp_min(1.0)
+                l_a = F.binary_cross_entropy(p_a.clamp(1e-5, 1 - 1e-5), a_true)
+                loss = l_rgb + cfg.alpha_weight * l_a
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if step % max(1, cfg.steps // 10) == 0:
+                    log.info("step %d: rgb %.4f alpha %.4f", step, float(l_rgb), float(l_a))
+            train_seconds = time.perf_counter() - t_start
+            net.eval()
+            metrics = evaluate(net, poses_z, rgb, alpha, test, bg, device, cfg.eval_size or s)
+            del rgb, alpha
+    finally:
+        torch.set_num_threads(prev_threads)
+    metrics.update(test_frames=int(len(test)), eval_size=int(cfg.eval_size or s), steps=cfg.steps,
+                   train_seconds=round(train_seconds, 2), device=str(device))
+    log.info("torso test PSNR %.2f dB (mean torso %.2f dB), alpha IoU %.3f (mean %.3f)", metrics["psnr_torso_db"],
+             metrics["psnr_torso_mean_db"], metrics["alpha_iou"], metrics["alpha_iou_mean"])
+    try:
+        src = read_provenance(tracks).source_sha256
+    except PipelineError:
+        src = "unknown"
+    prov = Provenance(src, config_hash(cfg))
+    with atomic_output(outdir / "torso.pt") as tmp:
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
+    TORSO_MODEL.write(outdir / "torso.json", {
+        "image_size": s, "crop_size": crop_size, "base_channels": cfg.base_channels, "depth": cfg.depth,
+        "style_dim": cfg.style_dim, "flow_scale": cfg.flow_scale, "pose_columns": list(TORSO_POSE_COLUMNS),
+        "pose_mean": pose_mean.tolist(), "pose_std": pose_std.tolist(), "config": asdict(cfg)}, prov)
+    TORSO_METRICS.write(outdir / "metrics.json", metrics, prov)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser("Train the pose-conditioned torso model.",
+                  ["crop_video", "torso", "background", "tracks", "transforms", "outdir"]).parse_args(argv)
+    guarded(lambda: run(args.crop_video, args.torso, args.background, args.tracks, args.transforms, args.outdir,
+                        from_mapping(TorsoConfig, args.config, "torso")))
+
+
+if __name__ == "__main__":
+    main()
