@@ -22,6 +22,7 @@ wildcard_constraints:
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/audio.smk"
 include: "workflow/rules/stage1.smk"
+include: "workflow/rules/render.smk"
 
 
 rule all:

@@ -733,7 +733,7 @@ TORSO_METRICS = JsonSpec(
 # H.264 yuv420p, 25 fps, render.size (crop size by default), AAC audio of exactly the rendered span.
 # Frames rendered where ffmpeg is absent (GPU machines) go to an npz first, muxed later on the CPU side:
 RENDER_FRAMES = ArraySpec(
-    "render/<name>.frames.npz",
+    "<video>.frames.npz",
     keys={
         "frames": ("uint8", 4),          # [N, H, W, 3] RGB
         "fps": ("int32", 0),
@@ -742,7 +742,7 @@ RENDER_FRAMES = ArraySpec(
     },
 )
 RENDER_STATS = JsonSpec(
-    "render/<name>.json",
+    "<video>.json",
     required={
         "n_frames": int, "fps": int, "size": int, "audio": str,
         "audio_start_sec": (int, float), "audio_end_sec": (int, float),

@@ -282,8 +282,8 @@ class Stage1Config:
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    dropout: float = 0.1
-    max_components: int = 32        # PCA coefficients predicted per frame
+    dropout: float = 0.2
+    max_components: int = 16        # PCA coefficients (mouth + jaw region) predicted per frame
     val_fraction: float = 0.1       # last part of the train split held out for early stopping
     eval_every: int = 100
     patience: int = 6

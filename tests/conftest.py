@@ -128,6 +128,32 @@ class Processed:
 
         return self._once("tracking", clip, build)
 
+    def audio(self, clip: str) -> dict:
+        """extract_audio_features on the clip's own audio -> <dir>/audio/self.{npz,parquet}."""
+        from pipeline import audio_features
+
+        def build():
+            self.ingest(clip)
+            d = self.dir(clip)
+            return audio_features.run(d / "ingest" / "audio.wav", d / "audio" / "self.npz", d / "audio" / "self.parquet")
+
+        return self._once("audio", clip, build)
+
+    def stage1(self, clip: str) -> dict:
+        """train_audio2lmk (tests' size) -> <dir>/stage1/; returns metrics.json."""
+        from pipeline.config import Stage1Config
+        from pipeline.stage1 import train
+
+        def build():
+            self.tracking(clip)
+            self.audio(clip)
+            d = self.dir(clip)
+            return train.run(d / "audio" / "self.npz", d / "tracking" / "canonical.npz",
+                             d / "tracking" / "transforms.json", d / "stage1",
+                             Stage1Config(steps=400, d_model=64, eval_every=50, patience=4))
+
+        return self._once("stage1", clip, build)
+
     def aus(self, clip: str) -> dict:
         """extract_aus on the clip's landmarks + canonical track -> <dir>/aus/; returns the aus.json dict."""
         from pipeline import action_units

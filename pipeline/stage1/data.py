@@ -2,7 +2,10 @@
 
 Targets are the subject's pose-free (canonical) landmarks, expressed as offsets from the
 subject's mean train-split shape and compressed by PCA (``LandmarkBasis``): the network predicts
-K coefficients per frame, decoded linearly to all landmarks. Sequences of T consecutive frames
+K coefficients per frame, decoded linearly to all landmarks. Only the mouth and jaw region
+(``MOUTH_REGION``) moves: audio does not determine blinks or brows (the NeRF takes AU45 for the
+eyes), and fitting them from audio only adds noise targets to overfit. The coefficients share
+one scale, so the loss is the landmark-space squared error. Sequences of T consecutive frames
 are drawn from the train split; prediction slides T-frame windows with overlap and blends them
 with triangular weights; ``smooth_zero_lag`` is a centred (symmetric) Gaussian filter, so it
 cannot shift the mouth in time.
@@ -15,23 +18,36 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.metrics import LIP_IDS
+
+# Lips, the lower face-oval (jaw line) and the chin/lower-cheek points of the mediapipe mesh.
+JAW_IDS = [58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,
+           175, 199, 200, 18, 83, 313, 201, 421, 208, 428, 32, 262, 194, 418, 204, 424, 106, 335, 182, 406]
+MOUTH_REGION = np.array(sorted(set(LIP_IDS.tolist()) | set(JAW_IDS)))
+
 
 @dataclass
 class LandmarkBasis:
     mean: np.ndarray         # [P, 3] mean canonical shape of the train split
     components: np.ndarray   # [K, P*3] orthonormal PCA directions of the offsets
-    scale: np.ndarray        # [K] std of each coefficient on the train split (targets are whitened)
+    scale: np.ndarray        # [K] one shared value: RMS coefficient std on the train split
 
     @classmethod
-    def fit(cls, landmarks: np.ndarray, max_components: int, variance: float = 0.999) -> "LandmarkBasis":
-        x = landmarks.reshape(len(landmarks), -1).astype(np.float64)
-        mean = x.mean(0)
-        u, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    def fit(cls, landmarks: np.ndarray, max_components: int, variance: float = 0.99,
+            region: np.ndarray | None = MOUTH_REGION) -> "LandmarkBasis":
+        """PCA of the offsets from the mean; points outside ``region`` keep the mean shape."""
+        mean = landmarks.mean(0)
+        off = landmarks - mean
+        if region is not None:
+            keep = np.zeros(off.shape[1], bool)
+            keep[region] = True
+            off = off * keep[None, :, None]
+        x = off.reshape(len(off), -1).astype(np.float64)
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
         ratio = np.cumsum(s**2) / max(np.sum(s**2), 1e-12)
         k = int(min(max_components, np.searchsorted(ratio, variance) + 1, len(s)))
-        scale = s[:k] / np.sqrt(max(len(x) - 1, 1))
-        return cls(mean.reshape(-1, 3).astype(np.float32), vt[:k].astype(np.float32),
-                   np.maximum(scale, 1e-8).astype(np.float32))
+        rms = np.sqrt(np.mean(s[:k] ** 2) / max(len(x) - 1, 1))
+        return cls(mean.astype(np.float32), vt[:k].astype(np.float32), np.full(k, max(rms, 1e-8), np.float32))
 
     @property
     def k(self) -> int:

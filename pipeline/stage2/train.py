@@ -81,7 +81,7 @@ def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
 def build(data: SubjectData, mcfg: Stage2ModelConfig, device: torch.device):
     field = LandmarkField(mcfg, audio_in_dim=data.audio_dim).to(device)
     occ = OccupancyGrid(field.aabb, mcfg.occupancy_resolution, mcfg.occupancy_decay, mcfg.occupancy_threshold,
-                        warmup_updates=4).to(device)
+                        warmup_updates=2).to(device)
     renderer = VolumeRenderer(field.aabb, mcfg.num_samples, occ, mcfg.early_stop_eps).to(device)
     return field, occ, renderer
 

@@ -1,0 +1,128 @@
+"""The stage-2 head as the renderer sees it: load it, condition it per frame, render RGB + opacity.
+
+``HeadSpace`` maps the tracked head space (cm, tracking/transforms.json, canonical landmarks) into the
+field's normalised cube: ``x_n = (x_cm - center) * scale``; a camera-to-head transform keeps its rotation
+and maps its translation the same way (a similarity, so rays stay rays).
+
+``Head.render(c2w, landmarks, audio, au45, focal, cx, cy, size)`` renders B frames at ``size``² (the
+intrinsics are given at the crop size and rescaled) and returns the *premultiplied* colour (over black)
+``[B, 3, S, S]`` and the accumulated opacity ``[B, 1, S, S]``: the head layer of pipeline.compositing.
+
+``load_head(stage2_dir)`` reads the trained head (``stage2/head.json`` + weights-only ``stage2/head.pt``);
+``untrained_head(...)`` builds the same kind of field with random weights (tests of the render path
+where no trained head exists; the output then says ``head: untrained``).
+Importable with torch, numpy, pandas, pyarrow and opencv alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import STAGE2_HEAD
+from pipeline.config import Stage2ModelConfig, from_mapping
+from pipeline.errors import PipelineError
+from pipeline.stage2 import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
+from pipeline.stage2.data import HeadSpace
+
+
+class HeadError(PipelineError):
+    pass
+
+
+class Head:
+    def __init__(self, field: LandmarkField, renderer: VolumeRenderer, space: HeadSpace, source: str):
+        self.field, self.renderer, self.space, self.source = field.eval(), renderer.eval(), space, source
+
+    @property
+    def device(self) -> torch.device:
+        return self.field.aabb.device
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.field.audio_att is not None
+
+    def to(self, device: torch.device | str) -> "Head":
+        self.field.to(device)
+        self.renderer.to(device)
+        return self
+
+    def with_samples(self, num_samples: int) -> "Head":
+        if num_samples > 0:
+            self.renderer.num_samples = int(num_samples)
+        return self
+
+    @torch.no_grad()
+    def render(self, c2w: np.ndarray, landmarks: np.ndarray, audio: np.ndarray | None, au45: np.ndarray,
+               focal: float, cx: float, cy: float, crop_size: int, size: int,
+               ray_chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        b = len(c2w)
+        lm = torch.from_numpy(self.space.points(landmarks)).to(dev)
+        aud = torch.as_tensor(audio, dtype=torch.float32, device=dev) if self.uses_audio else None
+        ctx = self.field.prepare(lm, aud, torch.as_tensor(au45, dtype=torch.float32, device=dev))
+        k = size / crop_size
+        uv = pixel_centers(size, size, device=dev)
+        mats = torch.from_numpy(self.space.c2w(c2w)).to(dev)
+        pre = torch.empty(b, size * size, 3, device=dev)
+        alpha = torch.empty(b, size * size, device=dev)
+        black = torch.zeros(3, device=dev)
+        for f in range(b):
+            origins, dirs = camera_rays(mats[f], uv, focal * k, cx * k, cy * k)
+            for i in range(0, uv.shape[0], ray_chunk):
+                o, d = origins[i:i + ray_chunk], dirs[i:i + ray_chunk]
+                fr = torch.full((o.shape[0],), f, dtype=torch.int64, device=dev)
+                out = self.renderer.render(self.field, ctx, o, d, fr, black)
+                pre[f, i:i + ray_chunk] = out.rgb
+                alpha[f, i:i + ray_chunk] = out.opacity
+        pre = pre.reshape(b, size, size, 3).permute(0, 3, 1, 2)
+        alpha = alpha.reshape(b, 1, size, size)
+        return pre.clamp(0, 1), alpha.clamp(0, 1)
+
+
+def untrained_head(cfg: Stage2ModelConfig, landmarks_cm: np.ndarray, audio_in_dim: int | None,
+                   seed: int = 0) -> Head:
+    """A head field with random weights (render-path tests only), its space fitted to the landmarks."""
+    torch.manual_seed(seed)
+    if cfg.audio_dim > 0 and not audio_in_dim:
+        cfg = replace(cfg, audio_dim=0)
+    field = LandmarkField(cfg, audio_in_dim=audio_in_dim if cfg.audio_dim > 0 else None)
+    occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
+    renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps)
+    space = HeadSpace.from_landmarks(np.asarray(landmarks_cm, np.float64).reshape(-1, 478, 3).mean(0), 1.6, cfg.bound)
+    return Head(field, renderer, space, "untrained")
+
+
+def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Head:
+    """The trained head of ``stage2_dir``: head.json (STAGE2_HEAD) + head.pt (LandmarkField state dict).
+
+    The occupancy grid comes from ``checkpoint.pt`` when it is there (empty-space skipping); without it
+    every sample is evaluated, which gives the same image, only slower."""
+    stage2_dir = Path(stage2_dir)
+    meta = STAGE2_HEAD.read(stage2_dir / "head.json")
+    cfg = from_mapping(Stage2ModelConfig, meta["model_config"], f"{stage2_dir / 'head.json'}: model_config")
+    field = LandmarkField(cfg, audio_in_dim=meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
+    try:
+        field.load_state_dict(torch.load(stage2_dir / "head.pt", map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError) as exc:
+        raise HeadError(stage2_dir / "head.pt", f"cannot load the head weights ({exc})") from exc
+    occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
+    ckpt = stage2_dir / "checkpoint.pt"
+    if ckpt.is_file():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True).get("occupancy")
+            if state is not None:
+                occ.load_state_dict(state)
+        except (RuntimeError, OSError, AttributeError) as exc:
+            raise HeadError(ckpt, f"cannot read the occupancy grid ({exc})") from exc
+    hs = meta["head_space"]
+    try:
+        space = HeadSpace(tuple(float(v) for v in hs["center_cm"]), float(hs["scale_per_cm"]),
+                          float(hs["radius_cm"]), float(hs["bound"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HeadError(stage2_dir / "head.json", f"head_space malformed ({exc})") from exc
+    renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps)
+    return Head(field, renderer, space, "stage2/head.pt").to(device)

@@ -1,0 +1,92 @@
+"""Stage 1 on real clips: beats both baselines, tracks the mouth, is deterministic, drives any wav."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.artifacts import STAGE1_PRED, fixed_list_column
+from pipeline.config import Stage1Config
+from pipeline.metrics import best_lag, mouth_opening, rms_envelope
+from pipeline.stage1 import predict
+from pipeline.stage1.data import sliding_predict
+from pipeline.stage1.fit import fit
+from pipeline.stage1.io import load_features, load_targets
+
+from conftest import speech_path
+
+LONG_CLIPS = ["talk_dfrf_cnn_en", "talk_dfrf_macron_fr", "talk_mimictalk_german_de"]  # >= 20 s
+
+
+@pytest.mark.parametrize("clip", LONG_CLIPS)
+def test_beats_both_baselines(processed, clip):
+    m = processed.stage1(clip)
+    print(f"{clip}: LMD {m['lmd_px']:.2f} px | mean shape {m['lmd_px_mean_shape']:.2f} | "
+          f"linear {m['lmd_px_linear']:.2f} | mouth r {m['mouth_corr']:.2f} | best step {m['best_step']}")
+    assert m["lmd_px"] < m["lmd_px_mean_shape"]
+    assert m["lmd_px"] < m["lmd_px_linear"]
+    assert m["smoothing_lag_frames"] == 0
+    pred = STAGE1_PRED.read(processed.dir(clip) / "stage1" / "pred" / "self.parquet")
+    assert len(pred) == processed.ingest(clip)["n_frames"]
+
+
+@pytest.mark.parametrize("clip", ["talk_dfrf_cnn_en", "talk_dfrf_macron_fr"])
+def test_mouth_opening_follows_tracking(processed, clip):
+    assert processed.stage1(clip)["mouth_corr"] >= 0.6
+
+
+def test_same_seed_same_predictions(processed):
+    clip = "talk_mimictalk_german_de"
+    processed.tracking(clip)
+    processed.audio(clip)
+    d = processed.dir(clip)
+    feats = load_features(d / "audio" / "self.npz", True)
+    lms = load_targets(d / "tracking" / "canonical.npz", len(feats), d / "audio" / "self.npz")
+    cfg = Stage1Config(steps=30, d_model=32, eval_every=15)
+    a, b = (fit(feats, lms, [(0, 400)], cfg) for _ in range(2))
+    pa, pb = (sliding_predict(r.model, feats[400:], cfg.seq_len) for r in (a, b))
+    np.testing.assert_array_equal(pa, pb)
+    c = fit(feats, lms, [(0, 400)], Stage1Config(steps=30, d_model=32, eval_every=15, seed=1))
+    assert not np.array_equal(pa, sliding_predict(c.model, feats[400:], cfg.seq_len))
+
+
+@pytest.mark.parametrize("wav", ["speech_genefacepp_macron_fr", "speech_sadtalker_chinese_news_zh",
+                                 "speech_dreamtalk_german1_de"])
+def test_drive_with_other_languages(processed, tmp_path, wav):
+    from pipeline import audio_features
+
+    clip = "talk_dfrf_cnn_en"
+    processed.stage1(clip)
+    model_dir = processed.dir(clip) / "stage1"
+    audio_features.run(speech_path(wav), tmp_path / f"{wav}.npz", tmp_path / f"{wav}.parquet")
+    n = predict.run(tmp_path / f"{wav}.npz", model_dir, tmp_path / "pred.parquet")
+    info = sf.info(str(speech_path(wav)))
+    assert n == round(info.duration * 25)
+    table = STAGE1_PRED.read(tmp_path / "pred.parquet")
+    lms = fixed_list_column(table, "landmarks", (478, 3))
+    mouth = mouth_opening(lms)
+    assert np.isfinite(lms).all() and mouth.std() > 0
+    samples, sr = sf.read(str(speech_path(wav)), always_2d=True)
+    energy = rms_envelope(samples.mean(1), sr, 25, n)
+    lag, r = best_lag(mouth, energy, 2)
+    print(f"{wav}: mouth-energy r={r:.2f} at lag {lag}")
+    assert r > 0.2, f"predicted mouth motion does not follow the {wav} audio (r={r:.2f})"
+
+
+def test_predict_refuses_mismatched_features(processed, tmp_path):
+    from pipeline.artifacts import AUDIO_FEATURES
+    from pipeline.stage1.io import Stage1Error
+
+    clip = "talk_mimictalk_german_de"
+    processed.stage1(clip)
+    data = AUDIO_FEATURES.read(processed.dir(clip) / "audio" / "self.npz")
+    data["features"] = data["features"][..., :40]
+    data["columns"] = data["columns"][:40]
+    data["feat_mean"], data["feat_std"] = data["feat_mean"][:40], data["feat_std"][:40]
+    from pipeline.artifacts import Provenance
+
+    AUDIO_FEATURES.write(tmp_path / "bad.npz", data, Provenance("0" * 64, "x"))
+    with pytest.raises(Stage1Error, match="bad.npz.*feature size 40"):
+        predict.run(tmp_path / "bad.npz", processed.dir(clip) / "stage1", tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()

@@ -1,0 +1,187 @@
+"""Torso model, compositing (soft vs hard neck seam), test-split and driven rendering on a real clip.
+
+One real clip (talk_sadtalker_katiehill_en through the session's ``processed`` cache, crop 256 px); the
+torso trains at 48 px for a few hundred steps; stage 1 trains for a few steps (its own tests judge its
+quality). The head here is an *untrained* tiny stage-2 field (random weights): these tests check the
+render path (lengths, audio, compositing), not the head's look; the trained head is rendered by the
+workflow (``make demo`` -> results/demo/video.mp4).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import speech_path
+
+CLIP = "talk_sadtalker_katiehill_en"
+WAVS = ["speech_genefacepp_macron_fr", "speech_sadtalker_chinese_news_zh", "speech_dreamtalk_german1_de"]
+TORSO_CFG = dict(image_size=48, base_channels=12, depth=2, style_dim=32, steps=150, batch=6, lr=3e-3, threads=1)
+SIZE = 32  # rendered video size in these tests
+
+
+@pytest.fixture(scope="module")
+def subject(processed, tmp_path_factory) -> Path:
+    """A results/<s>-like folder: preprocessing (shared cache), audio features, tiny stage 1, torso."""
+    from pipeline import audio_features, torso
+    from pipeline.config import Stage1Config, TorsoConfig
+    from pipeline.stage1 import predict, train
+
+    processed.parsing(CLIP)
+    processed.aus(CLIP)  # also tracking
+    src = processed.dir(CLIP)
+    root = tmp_path_factory.mktemp("render") / CLIP
+    for part in ("ingest", "crop", "tracking", "parsing", "aus"):
+        shutil.copytree(src / part, root / part)
+    audio_features.run(root / "ingest/audio.wav", root / "audio/self.npz", root / "audio/self.parquet")
+    train.run(root / "audio/self.npz", root / "tracking/canonical.npz", root / "tracking/transforms.json",
+              root / "stage1", Stage1Config(steps=20, d_model=32, eval_every=10, threads=1))
+    for w in WAVS:
+        audio_features.run(speech_path(w), root / f"audio/{w}.npz", root / f"audio/{w}.parquet")
+        predict.run(root / f"audio/{w}.npz", root / "stage1", root / f"stage1/pred/{w}.parquet")
+    torso.run(root / "crop/video.mp4", root / "parsing/torso.npz", root / "parsing/background.png",
+              root / "tracking/tracks.parquet", root / "tracking/transforms.json", root / "torso",
+              TorsoConfig(**TORSO_CFG))
+    return root
+
+
+@pytest.fixture(scope="module")
+def head(subject):
+    from pipeline.artifacts import AUDIO_FEATURES, CANONICAL_LANDMARKS
+    from pipeline.config import Stage2ModelConfig
+    from pipeline.head_render import untrained_head
+
+    lms = CANONICAL_LANDMARKS.read(subject / "tracking/canonical.npz")["landmarks"]
+    dim = AUDIO_FEATURES.read(subject / "audio/self.npz")["features"].shape[-1]
+    cfg = Stage2ModelConfig(levels=4, log2_hashmap_size=12, finest_resolution=64, hidden_dim=16, num_layers=2,
+                            hidden_dim_color=16, landmark_k=4, landmark_feat_dim=8, audio_dim=8, num_samples=8,
+                            occupancy_resolution=16)
+    return untrained_head(cfg, lms, dim)
+
+
+def test_torso_beats_mean_torso(subject):
+    from pipeline import torso
+
+    m = json.loads((subject / "torso/metrics.json").read_text())
+    print(f"torso test PSNR {m['psnr_torso_db']:.2f} dB vs mean torso {m['psnr_torso_mean_db']:.2f} dB; "
+          f"alpha IoU {m['alpha_iou']:.3f} vs {m['alpha_iou_mean']:.3f} ({m['train_seconds']} s)")
+    assert m["test_frames"] > 0
+    assert m["psnr_torso_db"] > m["psnr_torso_mean_db"] + 0.5
+    model = torso.load(subject / "torso")
+    poses = torso.read_poses(subject / "tracking/tracks.parquet")
+    rgb, alpha = model.predict(poses[:3], 64)
+    assert rgb.shape == (3, 3, 64, 64) and alpha.shape == (3, 1, 64, 64)
+    assert 0 <= float(alpha.min()) and float(alpha.max()) <= 1
+    assert float(alpha.mean()) > 0.05                            # there is a torso
+    assert not torch.allclose(rgb[0], rgb[-1]) or not torch.allclose(alpha[0], alpha[-1])  # pose matters
+
+
+def test_soft_compositing_hides_the_neck_seam(subject):
+    """Head layer = the real frame's head pixels, torso = the model, over the plate: soft < hard seam jump."""
+    from pipeline import compositing, torso
+    from pipeline.artifacts import LABEL_FACE, PARSING_LABELS
+    from pipeline.media import iter_frames
+    from pipeline.render import load_scene
+
+    scene = load_scene(subject)
+    t0, t1 = scene.split["test"]
+    frames_idx = np.arange(t0, t1, 4)
+    crop = scene.crop_size
+    frames = np.concatenate(list(iter_frames(subject / "crop/video.mp4", crop, crop)))[frames_idx]
+    labels = PARSING_LABELS.read(subject / "parsing/labels.npz")["labels"][frames_idx]
+    img = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    head_a = compositing.gaussian_blur(torch.from_numpy(labels >= LABEL_FACE).float()[:, None], 1.0)
+    head_pre = img * head_a
+    t_rgb, t_a = torso.load(subject / "torso").predict(scene.poses[frames_idx], crop)
+    bg = torch.from_numpy(scene.background).permute(2, 0, 1)[None].float() / 255.0
+    feather = 0.015 * crop
+    soft = compositing.composite_soft(bg, t_rgb, t_a, head_pre, head_a, feather)
+    hard = compositing.composite_hard(bg, t_rgb, t_a, head_pre, head_a)
+    band = compositing.seam_band(head_a, t_a, int(round(feather)))
+    j_soft, j_hard = compositing.seam_jump(soft, band), compositing.seam_jump(hard, band)
+    print(f"neck seam jump (mean |colour step| over {int(band.sum())} band px): soft {j_soft:.4f}, hard {j_hard:.4f}")
+    assert j_soft is not None and j_hard is not None
+    assert j_soft < j_hard
+    # away from the seam the soft composite keeps the head: inside the head it is the frame itself
+    inner = (head_a > 0.999) & ~compositing.seam_band(head_a, t_a, 3 * int(round(feather)) + 2)
+    assert float((soft - img).abs()[inner.expand_as(img)].mean()) < 0.02
+    # the seam metric is an honest colour step: a constant image has none
+    assert compositing.seam_jump(torch.full_like(soft, 0.5), band) == 0.0
+
+
+def test_drive_videos_match_the_audio(subject, head):
+    from pipeline import media, render
+    from pipeline.config import RenderConfig
+
+    for w in WAVS:
+        out = subject / f"drive/{w}.mp4"
+        stats = render.run_drive(subject, w, speech_path(w), out, RenderConfig(size=SIZE, threads=1), head=head)
+        info = media.probe(out)
+        dur = media.probe(speech_path(w)).audio.duration_sec
+        print(f"{w}: {stats['n_frames']} frames for {dur:.2f} s, {stats['frames_per_sec']:.1f} frames/s "
+              f"(untrained head, {SIZE} px, {stats['num_samples']} samples/ray)")
+        assert abs(stats["n_frames"] - round(dur * 25)) <= 1
+        assert info.video is not None and abs(info.video.n_frames - round(dur * 25)) <= 1
+        assert (info.video.width, info.video.height) == (SIZE, SIZE) and info.video.fps == 25
+        assert info.audio is not None and abs(info.audio.duration_sec - dur) < 0.1
+        assert stats["head"] == "untrained"
+
+
+def test_test_split_video(subject, head):
+    from pipeline import media, render
+    from pipeline.config import RenderConfig
+    from pipeline.render import load_scene
+
+    out = subject / "video.mp4"
+    stats = render.run_video(subject, out, RenderConfig(size=SIZE, threads=1), head=head)
+    t0, t1 = load_scene(subject).split["test"]
+    info = media.probe(out)
+    assert stats["n_frames"] == t1 - t0 == info.video.n_frames
+    assert info.audio is not None and abs(info.audio.duration_sec - (t1 - t0) / 25) < 0.05
+    frames = np.concatenate(list(media.iter_frames(out, SIZE, SIZE)))
+    assert frames.std(axis=0).mean() > 1.0                       # frames are not constant
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert doc["audio_start_sec"] == pytest.approx(t0 / 25) and doc["compositing"] == "soft"
+
+
+def test_frames_npz_then_mux(subject, head, tmp_path):
+    """The GPU-machine path: frames to an npz without ffmpeg, muxed afterwards."""
+    from pipeline import media, render
+    from pipeline.config import RenderConfig
+
+    npz = tmp_path / "video.frames.npz"
+    stats = render.run_video(subject, npz, RenderConfig(size=SIZE, threads=1, compositing="hard"), head=head)
+    n = render.mux(npz, subject / "ingest/audio.wav", tmp_path / "video.mp4")
+    assert n == stats["n_frames"] == media.probe(tmp_path / "video.mp4").video.n_frames
+
+
+def test_motion_replay_and_blinks():
+    from pipeline import motion
+
+    idx = motion.mirror_loop(10, 14, 12)
+    assert idx.tolist() == [10, 11, 12, 13, 12, 11, 10, 11, 12, 13, 12, 11]
+    ang = np.linspace(0, 0.3, 50)
+    c2w = np.tile(np.eye(4), (50, 1, 1))
+    c2w[:, 0, 0], c2w[:, 0, 1], c2w[:, 1, 0], c2w[:, 1, 1] = np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)
+    c2w[:, :3, 3] = np.random.default_rng(0).normal(size=(50, 3))
+    sm = motion.smooth_c2w(c2w, 2.0)
+    assert np.allclose(np.einsum("nij,nkj->nik", sm[:, :3, :3], sm[:, :3, :3]), np.eye(3), atol=1e-9)
+    assert np.diff(sm[:, :3, 3], 2, axis=0).std() < np.diff(c2w[:, :3, 3], 2, axis=0).std() / 3
+    au = np.full(750, 0.2)
+    peaks = np.arange(40, 750, 75)  # 20 blinks/min at 25 fps
+    for p in peaks:
+        au[p - 2:p + 3] = [1.0, 3.0, 4.0, 3.0, 1.0]
+    model = motion.BlinkModel.from_aus(au, peaks)
+    assert model.baseline == pytest.approx(0.2) and model.profile[len(model.profile) // 2] == pytest.approx(1.0)
+    sample = model.sample(1500, np.random.default_rng(1))
+    from pipeline.action_units import detect_blinks
+
+    n = len(detect_blinks(sample, 1.5, 6, 25))
+    assert 30 <= n <= 50  # 20/min over 60 s
+    assert sample.max() == pytest.approx(4.0)
