@@ -22,7 +22,9 @@ wildcard_constraints:
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/audio.smk"
 include: "workflow/rules/stage1.smk"
+include: "workflow/rules/stage2.smk"
 include: "workflow/rules/render.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -754,3 +754,25 @@ RENDER_STATS = JsonSpec(
         "seam_jump": (float, type(None)),  # mean colour step (0-1) across the neck seam band; None: no seam seen
     },
 )
+
+# --- export (pipeline/export.py, docs/export.md) --------------------------------------------
+# export/ernerf/: the ER-NeRF / TalkingGaussian dataset folder (their format, documented in docs/export.md:
+# ori_imgs/<i>.{jpg,lms}, gt_imgs/<i>.jpg, parsing/<i>.png, torso_imgs/<i>.png, bc.jpg,
+# transforms_{train,val}.json, au.csv, aud.wav, aud_ours.npy [+ aud_hu.npy]). Its stats sit beside it
+# (ER-NeRF globs *.json inside the folder):
+EXPORT_ERNERF_STATS = JsonSpec(
+    "export/ernerf.json",
+    required={
+        "n_frames": int, "train_frames": int, "val_frames": int,   # val = the last n - int(n * 10 / 11)
+        "size": list, "fps": int, "focal_len": float,
+        "scale": float,                  # exported units per head-space cm (0.01: metres)
+        "centre_cm": list,               # head-space point that became the world origin
+        "camera_distance_mean": float,   # mean |camera position| in exported units
+        "lms_filled_frames": int,        # frames without landmarks (nearest frame's copied)
+        "lms_clipped_points": int,       # 68-pt points moved inside the image
+        "frames_not_detected": int,      # au.csv rows with success 0
+        "audio_files": list, "au_columns": list,
+        "files": dict,                   # folder -> number of files
+        "seconds": float, "frames_per_sec": float, "config": dict,
+    },
+)

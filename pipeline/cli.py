@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from pipeline.config import ConfigError
 from pipeline.errors import PipelineError
 
 
@@ -29,10 +30,13 @@ def parser(description: str, paths: Sequence[str], *, config: bool = True) -> ar
 
 
 def guarded(fn: Callable[[], None]) -> None:
-    """Run a CLI body; PipelineError -> one clear line and exit 1."""
+    """Run a CLI body; PipelineError / ConfigError -> one clear line and exit 1."""
     setup_logging()
     try:
         fn()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except ConfigError as exc:
+        print(f"error: config: {exc}", file=sys.stderr)
         sys.exit(1)

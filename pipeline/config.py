@@ -92,7 +92,7 @@ class Stage2ModelConfig:
     # hash grid
     grid: str = "3d"                # "3d" (one 3D hash grid) | "triplane" (three 2D grids, ER-NeRF)
     triplane_reduce: str = "concat" # tri-plane features: "concat" | "sum"
-    backend: str = "auto"           # "auto" | "torch" | "tcnn" (tcnn only where tinycudann imports)
+    backend: str = "auto"           # "auto" | "torch" | "triton" (CUDA) | "tcnn" (tcnn only where tinycudann imports)
     levels: int = 16
     features_per_level: int = 2
     log2_hashmap_size: int = 19
@@ -127,7 +127,7 @@ class Stage2ModelConfig:
 
     def __post_init__(self) -> None:
         choices = {"grid": ("3d", "triplane"), "triplane_reduce": ("concat", "sum"),
-                   "backend": ("auto", "torch", "tcnn"), "density_activation": ("trunc_exp", "softplus"),
+                   "backend": ("auto", "torch", "triton", "tcnn"), "density_activation": ("trunc_exp", "softplus"),
                    "landmark_subset": ("lips_eyes_jaw_nose", "lips_eyes", "lips")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -437,3 +437,21 @@ class RenderConfig:
             raise ConfigError("render: need feather >= 0, pose_smooth_sigma >= 0, crf in [0, 51]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"render.device: {self.device!r} is not one of auto, cpu, cuda")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """export_ernerf (pipeline/export.py, docs/export.md): the ER-NeRF / TalkingGaussian dataset folder."""
+
+    jpeg_quality: int = 95          # ori_imgs, gt_imgs, bc.jpg (ER-NeRF's ffmpeg -q:v 1 is about 95-100)
+    max_frames: int = 0             # export only the first k frames (0 = all); the split is recomputed
+    workers: int = 2                # threads writing images (OpenCV encoders release the GIL)
+    chunk: int = 32                 # frames decoded / written per step (bounds memory)
+    recenter: bool = True           # world origin at the face-mesh centroid (ER-NeRF's BFM mean is centred)
+    scale: float = 0.01             # exported length unit per head-space cm (0.01: metres, as ER-NeRF)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100 or self.max_frames < 0 or self.workers < 1 or self.chunk < 1:
+            raise ConfigError("export: need jpeg_quality in [1, 100], max_frames >= 0, workers and chunk >= 1")
+        if self.scale <= 0:
+            raise ConfigError(f"export.scale must be > 0, got {self.scale}")

@@ -62,8 +62,8 @@ class Head:
         dev = self.device
         b = len(c2w)
         lm = torch.from_numpy(self.space.points(landmarks)).to(dev)
-        aud = torch.as_tensor(audio, dtype=torch.float32, device=dev) if self.uses_audio else None
-        ctx = self.field.prepare(lm, aud, torch.as_tensor(au45, dtype=torch.float32, device=dev))
+        aud = torch.tensor(np.asarray(audio), dtype=torch.float32, device=dev) if self.uses_audio else None
+        ctx = self.field.prepare(lm, aud, torch.tensor(np.asarray(au45), dtype=torch.float32, device=dev))
         k = size / crop_size
         uv = pixel_centers(size, size, device=dev)
         mats = torch.from_numpy(self.space.c2w(c2w)).to(dev)

@@ -38,7 +38,7 @@ from pipeline.cli import guarded
 from pipeline.config import RenderConfig, from_mapping
 from pipeline.errors import PipelineError
 from pipeline.head_render import Head, load_head
-from pipeline.torso import Torso, read_poses
+from pipeline.torso import Torso, progress, read_poses
 from pipeline.torso import load as load_torso
 
 log = logging.getLogger("pipeline.render")
@@ -153,8 +153,6 @@ def clip_drive(root: Path, scene: Scene, clip: str, cfg: RenderConfig) -> Drive:
 def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: RenderConfig,
                stats: dict) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` (frames_per_sec, seam_jump) at the end."""
-    from tqdm import tqdm
-
     size = cfg.size or scene.crop_size
     dev = head.device
     bg = cv2.resize(scene.background, (size, size), interpolation=cv2.INTER_AREA) \
@@ -163,7 +161,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
     feather = cfg.feather * size
     jumps: list[float] = []
     t_start = time.perf_counter()
-    for s in tqdm(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch", mininterval=5, disable=None):
+    for s in progress(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch"):
         sl = slice(s, s + cfg.batch_frames)
         pre, h_a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
                                scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)

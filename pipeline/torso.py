@@ -26,6 +26,7 @@ import logging
 import math
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.artifacts import (PARSING_TORSO, TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS,
+from pipeline.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS,
                                 Provenance, atomic_output, config_hash, npz_iter_rows, read_provenance)
 from pipeline.cli import guarded, parser
 from pipeline.config import TorsoConfig, from_mapping
@@ -46,6 +47,15 @@ log = logging.getLogger("pipeline.torso")
 
 class TorsoError(PipelineError):
     pass
+
+
+def progress(iterable, **kwargs):
+    """tqdm when it is installed (GPU machines may not have it), else the iterable itself."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, mininterval=5, disable=None, **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,7 +141,7 @@ class Torso:
     @torch.no_grad()
     def predict(self, poses: np.ndarray | torch.Tensor, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.net.mean_rgba.device
-        p = (torch.as_tensor(poses, dtype=torch.float32, device=dev) - self.pose_mean.to(dev)) / self.pose_std.to(dev)
+        p = (torch.tensor(np.asarray(poses), dtype=torch.float32, device=dev) - self.pose_mean.to(dev)) / self.pose_std.to(dev)
         rgb, alpha = self.net(p)
         size = size or self.crop_size
         if size != rgb.shape[-1]:
@@ -305,9 +315,7 @@ def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, t
                            cfg.style_dim, cfg.flow_scale).to(device)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
-            from tqdm import tqdm
-
-            for step in tqdm(range(cfg.steps), desc="train_torso", mininterval=5, disable=None):
+            for step in progress(range(cfg.steps), desc="train_torso"):
                 idx = rng.choice(train, size=min(cfg.batch, len(train)), replace=False)
                 x, a_true = batch_tensors(rgb, alpha, idx, device)
                 p_rgb, p_a = net(poses_z[np.sort(idx)])
@@ -319,7 +327,7 @@ def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, t
                 opt.step()
                 sched.step()
                 if step % max(1, cfg.steps // 10) == 0:
-                    log.info("step %d: rgb %.4f alpha %.4f", step, float(l_rgb), float(l_a))
+                    log.info("step %d: rgb %.4f alpha %.4f", step, float(l_rgb.detach()), float(l_a.detach()))
             train_seconds = time.perf_counter() - t_start
             net.eval()
             metrics = evaluate(net, poses_z, rgb, alpha, test, bg, device, cfg.eval_size or s)
@@ -335,13 +343,14 @@ def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, t
     except PipelineError:
         src = "unknown"
     prov = Provenance(src, config_hash(cfg))
-    with atomic_output(outdir / "torso.pt") as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp)
-    TORSO_MODEL.write(outdir / "torso.json", {
-        "image_size": s, "crop_size": crop_size, "base_channels": cfg.base_channels, "depth": cfg.depth,
-        "style_dim": cfg.style_dim, "flow_scale": cfg.flow_scale, "pose_columns": list(TORSO_POSE_COLUMNS),
-        "pose_mean": pose_mean.tolist(), "pose_std": pose_std.tolist(), "config": asdict(cfg)}, prov)
-    TORSO_METRICS.write(outdir / "metrics.json", metrics, prov)
+    with ExitStack() as stack:  # the three outputs appear together or not at all
+        tmp = {n: stack.enter_context(atomic_output(outdir / n)) for n in ("torso.pt", "torso.json", "metrics.json")}
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp["torso.pt"])
+        TORSO_MODEL.write(tmp["torso.json"], {
+            "image_size": s, "crop_size": crop_size, "base_channels": cfg.base_channels, "depth": cfg.depth,
+            "style_dim": cfg.style_dim, "flow_scale": cfg.flow_scale, "pose_columns": list(TORSO_POSE_COLUMNS),
+            "pose_mean": pose_mean.tolist(), "pose_std": pose_std.tolist(), "config": asdict(cfg)}, prov)
+        TORSO_METRICS.write(tmp["metrics.json"], metrics, prov)
     return metrics
 
 

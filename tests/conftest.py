@@ -166,6 +166,32 @@ class Processed:
 
         return self._once("aus", clip, build)
 
+    def stage2(self, clip: str) -> dict:
+        """cache_frames + train_head with the tiny profile (config.yaml + configs/tiny.yaml) -> <dir>/stage2/;
+        returns metrics.json."""
+        from pipeline.config import stage2_configs
+        from pipeline.stage2 import cache, train
+
+        def build():
+            for stage in (self.parsing, self.tracking, self.audio, self.aus):
+                stage(clip)
+            d = self.dir(clip)
+            mcfg, tcfg = stage2_configs(profile_section("stage2"))
+            cache.run(d / "crop" / "video.mp4", d / "parsing" / "labels.npz", d / "stage2", tcfg)
+            return train.run(d, d / "stage2", mcfg, tcfg)
+
+        return self._once("stage2", clip, build)
+
+
+def profile_section(section: str, profile: str | None = "tiny") -> dict:
+    """One section of config.yaml with configs/<profile>.yaml overlaid (keys replaced one by one)."""
+    import yaml
+
+    cfg = dict(yaml.safe_load((REPO / "config.yaml").read_text())[section])
+    if profile:
+        cfg.update(yaml.safe_load((REPO / "configs" / f"{profile}.yaml").read_text()).get(section) or {})
+    return cfg
+
 
 @pytest.fixture(scope="session")
 def processed(tmp_path_factory) -> Processed:

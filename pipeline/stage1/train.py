@@ -136,11 +136,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrained", default=None, help="folder of a pre-trained stage-1 model to fine-tune")
     p.add_argument("--pretrain", action="store_true", help="pre-train on all given subjects")
     args = p.parse_args(argv)
-    cfg = from_mapping(Stage1Config, args.config, "stage1")
-    if args.pretrain:
-        guarded(lambda: pretrain(args.features, args.canonical, args.transforms, args.outdir, cfg))
-    else:
-        guarded(lambda: run(args.features[0], args.canonical[0], args.transforms[0], args.outdir, cfg, args.pretrained))
+
+    def body() -> None:
+        cfg = from_mapping(Stage1Config, args.config, "stage1")
+        if args.pretrain:
+            pretrain(args.features, args.canonical, args.transforms, args.outdir, cfg)
+        else:
+            run(args.features[0], args.canonical[0], args.transforms[0], args.outdir, cfg, args.pretrained)
+
+    guarded(body)
 
 
 if __name__ == "__main__":

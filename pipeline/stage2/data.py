@@ -178,7 +178,7 @@ class SubjectData:
         head = (lab >= HEAD_MIN_LABEL).astype(np.uint8)
         if margin_px > 0:
             k = 2 * margin_px + 1
-            head = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+            head = cv2.dilate(head, cv2.getStructuringElement(cv2.MORPH_RECT, (k, k)))  # separable: fast at 512²
         return lab, head.astype(bool)
 
     def to_json(self) -> dict:

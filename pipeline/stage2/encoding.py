@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -193,10 +194,12 @@ class Backend:
     name: str
     available: Callable[[], bool]
     build: Callable[[HashGridSpec], nn.Module]
+    fallback: str | None = None     # selected where unavailable: warn once and use this backend instead
 
 
 BACKENDS: dict[str, Backend] = {}
 AUTO_ORDER: list[str] = []
+_FELL_BACK: set[str] = set()
 
 
 def register_backend(backend: Backend, prefer: bool = False) -> None:
@@ -234,6 +237,13 @@ def resolve_backend(name: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown hash-grid backend {name!r}; known: {sorted(BACKENDS)} or 'auto'")
     if not BACKENDS[name].available():
+        fallback = BACKENDS[name].fallback
+        if fallback is not None:
+            if name not in _FELL_BACK:
+                _FELL_BACK.add(name)
+                warnings.warn(f"hash-grid backend {name!r} is not available here; using {fallback!r} "
+                              "(same table layout)", RuntimeWarning, stacklevel=3)
+            return resolve_backend(fallback)
         raise ValueError(f"hash-grid backend {name!r} is not available here (available: {available_backends()})")
     return name
 
@@ -288,3 +298,7 @@ def build_encoding(kind: str, spec: HashGridSpec, backend: str = "torch", reduce
     if kind == "triplane":
         return TriPlaneHashEncoding(spec, backend, reduce)
     raise ValueError(f"unknown grid kind {kind!r}; expected '3d' or 'triplane'")
+
+
+# the Triton kernel backend registers itself (it imports triton lazily: only on first use on CUDA)
+from . import encoding_triton  # noqa: E402,F401

@@ -5,6 +5,10 @@
 # Frame synthesis needs torch/numpy/opencv only; to render on a GPU machine without ffmpeg, call
 # `python -m pipeline.render video --out X.frames.npz ...` there and `python -m pipeline.render mux` here.
 
+# stage1/pred/self.parquet comes from train_audio2lmk: predict_landmarks' "(?!self$)" constraint does not
+# exclude it (in the rule's regex "self" is followed by ".parquet", not the end), hence the order.
+ruleorder: train_audio2lmk > predict_landmarks
+
 RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso", "media", "stage2/field",
                    "stage2/renderer", "stage2/encoding", "stage2/occupancy", "stage2/data")
 
@@ -95,7 +99,7 @@ rule drive_video:
         video="results/{subject}/drive/{clip}.mp4",
         stats="results/{subject}/drive/{clip}.json",
     wildcard_constraints:
-        clip="(?!self$)[A-Za-z0-9_-]+",
+        clip="(?!self\\.)[A-Za-z0-9_-]+",  # not "self" (the lookahead sees the ".mp4" that follows)
     params:
         cfg=lambda wc: stage_config("render"),
     log:

@@ -1,0 +1,131 @@
+"""Triton backend of the hash-grid encoding: fused forward and atomic-add backward on CUDA GPUs.
+
+``TritonHashGrid`` subclasses ``TorchHashGrid``: the same ``table`` parameter, buffers and state dict, so
+checkpoints move freely between the ``torch`` and ``triton`` backends. Its forward runs the Triton
+kernels of ``encoding_triton_kernels`` (all levels' d-linear interpolation in one launch; the backward
+scatters ``w * grad`` into an fp32 gradient table with atomic adds) when it can, and otherwise the
+torch reference, with one warning per reason and process:
+
+* CUDA or an importable ``triton`` is missing (``triton_status()`` says which);
+* the inputs or the table are not on a CUDA device, or the table is not float32;
+* the inputs require grad (the kernels give the gradient w.r.t. the table only; the reference gives
+  both) or the table is too large for the kernels' int32 offsets.
+
+Triton is imported lazily (first use on a CUDA machine); nothing is built by hand: Triton compiles
+the kernels just in time and caches them. The backend registers itself as ``"triton"`` and is
+preferred by ``"auto"`` where it is available; selecting it where it is not falls back to ``"torch"``
+(``Backend.fallback``) with one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import logging
+import warnings
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .encoding import Backend, HashGridSpec, TorchHashGrid, register_backend
+
+LOG = logging.getLogger("pipeline.stage2.encoding_triton")
+KERNELS_MODULE = "pipeline.stage2.encoding_triton_kernels"
+
+_WARNED: set[str] = set()
+
+
+def warn_once(reason: str) -> None:
+    """Warn (and log) that the torch reference runs instead of the kernels, once per reason and process."""
+    if reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    msg = f"triton hash-grid backend: {reason}; using the torch reference (same table layout)"
+    LOG.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_status() -> tuple[bool, str]:
+    """``(True, "")`` when the kernels can run here, else ``(False, why not)``."""
+    if not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    if importlib.util.find_spec("triton") is None:
+        return False, "the triton package is not installed"
+    try:
+        importlib.import_module(KERNELS_MODULE)
+    except Exception as exc:  # a broken/incompatible Triton is "unavailable", never a crash
+        return False, f"triton failed to import ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+def triton_available() -> bool:
+    return triton_status()[0]
+
+
+def _kernels():
+    return importlib.import_module(KERNELS_MODULE)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    """``(x [N, d] fp32, table [rows, F] fp32) -> [N, L F]``; differentiable w.r.t. the table only."""
+
+    @staticmethod
+    def forward(ctx, x, table, meta, log2_hashmap_size):
+        out = _kernels().forward(x, table, meta, log2_hashmap_size)
+        ctx.save_for_backward(x, meta)
+        ctx.n_rows = table.shape[0]
+        ctx.log2_hashmap_size = log2_hashmap_size
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        x, meta = ctx.saved_tensors
+        grad_out = grad_out.to(torch.float32)          # strided grads (expand, slices) are read in place
+        gtable = _kernels().backward(x, grad_out, meta, ctx.n_rows, ctx.log2_hashmap_size)
+        return None, gtable, None, None
+
+
+class TritonHashGrid(TorchHashGrid):
+    """``TorchHashGrid`` whose forward/backward run as Triton kernels on CUDA (reference elsewhere)."""
+
+    def __init__(self, spec: HashGridSpec):
+        super().__init__(spec)
+        # non-persistent: the state dict stays exactly TorchHashGrid's
+        meta = torch.tensor([[r, o, int(d), r + 1] for r, o, d in zip(self.resolutions, self.offsets, self.dense)],
+                            dtype=torch.int32)
+        self.register_buffer("meta", meta, persistent=False)
+
+    def kernel_blocker(self, x: torch.Tensor) -> str | None:
+        """Why this call cannot use the kernels (``None`` when it can)."""
+        ok, why = triton_status()
+        if not ok:
+            return why
+        if not (x.is_cuda and self.table.is_cuda):
+            return "inputs or table are not on a CUDA device"
+        if self.table.dtype != torch.float32:
+            return f"the table is {self.table.dtype}, the kernels need float32"
+        if x.requires_grad and torch.is_grad_enabled():
+            return "the inputs require grad (the kernels differentiate w.r.t. the table only)"
+        if self.table.numel() >= 2**31 or self.spec.output_dim > 2**20:
+            return "the table is too large for the kernels' int32 offsets"
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.spec.n_dims:
+            raise ValueError(f"hash grid expects [N, {self.spec.n_dims}] inputs, got {tuple(x.shape)}")
+        blocker = self.kernel_blocker(x)
+        if blocker is not None:
+            warn_once(blocker)
+            return super().forward(x)
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.spec.output_dim, dtype=torch.float32)
+        x = x.to(torch.float32).contiguous()
+        return _HashGridFunction.apply(x, self.table.contiguous(), self.meta, self.spec.log2_hashmap_size)
+
+
+register_backend(Backend("triton", triton_available, TritonHashGrid, fallback="torch"), prefer=True)

@@ -1,0 +1,217 @@
+"""Triton kernels of the hash-grid encoding (imported only by ``encoding_triton``, and only when needed).
+
+This module imports ``triton`` at the top: import it lazily (``encoding_triton`` does) so that machines
+without Triton never touch it. The kernels compute exactly ``TorchHashGrid``'s function (see the
+docstring of ``pipeline.stage2.encoding``): clamp to the unit cube, ``pos = x R``, cell
+``clamp(floor(pos), 0, R - 1)``, d-linear weights of the ``2**d`` corners (axis 0 slowest), dense
+indexing ``i + j (R+1) + k (R+1)^2`` or the uint32 hash ``i xor j 2654435761 xor k 805459861`` masked to
+``T`` bits, plus the level's first row.
+
+Launch layout: the grid is ``(ceil(N / BLOCK), ceil(L / G))``. Program ``(p, q)`` handles points
+``p BLOCK ...`` for the ``G`` levels ``q G ...``. Since CUDA schedules the first grid axis fastest, the
+whole GPU works on one group of levels at a time, so only those levels' table rows (``G`` x 4 MiB for
+2^19 rows x 2 fp32 features) compete for L2, and the ``G F`` output floats of a point are written
+close together in time (``G F = 8``: one full 32-byte sector). The backward pass has the same layout
+and scatters ``w g`` into an fp32 gradient table with relaxed atomic adds.
+
+The kernels also run under the Triton interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is
+how their index arithmetic is checked on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+INT32_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Launch parameters: points per program, levels per program, warps per program."""
+
+    block: int = 256
+    levels_per_program: int = 4
+    num_warps: int = 4
+
+
+FORWARD_CONFIG = KernelConfig()
+BACKWARD_CONFIG = KernelConfig()
+
+
+@triton.jit
+def _axis(x_ptr, offs, mask_n, axis: tl.constexpr, D: tl.constexpr):
+    x = tl.load(x_ptr + offs * D + axis, mask=mask_n, other=0.0)
+    return tl.minimum(tl.maximum(x, 0.0), 1.0)
+
+
+@triton.jit
+def _cell(x, resf):
+    pos = x * resf
+    cell = tl.minimum(tl.maximum(tl.floor(pos), 0.0), resf - 1.0)
+    return cell.to(tl.int32).to(tl.uint32), pos - cell
+
+
+@triton.jit
+def _corner(c: tl.constexpr, D: tl.constexpr, c0, c1, c2, f0, f1, f2, s1, s2, dense, row0,
+            HASH_MASK: tl.constexpr):
+    """Row and weight of corner ``c`` (bit ``a`` of ``c`` = upper vertex along axis ``a``; axis 0 slowest)."""
+    P1: tl.constexpr = 2654435761
+    P2: tl.constexpr = 805459861
+    if (c >> (D - 1)) & 1:
+        v0 = c0 + 1
+        w = f0
+    else:
+        v0 = c0
+        w = 1.0 - f0
+    if (c >> (D - 2)) & 1:
+        v1 = c1 + 1
+        w = w * f1
+    else:
+        v1 = c1
+        w = w * (1.0 - f1)
+    idx_dense = v0 + v1 * s1
+    idx_hash = v0 ^ (v1 * P1)
+    if D == 3:
+        if c & 1:
+            v2 = c2 + 1
+            w = w * f2
+        else:
+            v2 = c2
+            w = w * (1.0 - f2)
+        idx_dense = idx_dense + v2 * s2
+        idx_hash = idx_hash ^ (v2 * P2)
+    idx = tl.where(dense != 0, idx_dense, idx_hash & HASH_MASK)
+    return idx.to(tl.int32) + row0, w
+
+
+@triton.jit
+def _hashgrid_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N,
+                  L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                  HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask_n = offs < N
+    cols = tl.arange(0, FP)
+    if FP == F:
+        mask2 = mask_n[:, None] & (cols[None, :] < FP)
+    else:
+        mask2 = mask_n[:, None] & (cols[None, :] < F)
+    x0 = _axis(x_ptr, offs, mask_n, 0, D)
+    x1 = _axis(x_ptr, offs, mask_n, 1, D)
+    if D == 3:
+        x2 = _axis(x_ptr, offs, mask_n, 2, D)
+    else:
+        x2 = x1
+    for i in tl.static_range(G):
+        lvl = pid_l * G + i
+        if lvl < L:
+            res = tl.load(meta_ptr + lvl * 4)
+            row0 = tl.load(meta_ptr + lvl * 4 + 1)
+            dense = tl.load(meta_ptr + lvl * 4 + 2)
+            s1 = tl.load(meta_ptr + lvl * 4 + 3).to(tl.uint32)
+            s2 = s1 * s1
+            resf = res.to(tl.float32)
+            c0, f0 = _cell(x0, resf)
+            c1, f1 = _cell(x1, resf)
+            c2, f2 = _cell(x2, resf)
+            acc = tl.zeros([BLOCK, FP], dtype=tl.float32)
+            for c in tl.static_range(1 << D):
+                row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s2, dense, row0, HASH_MASK)
+                feat = tl.load(table_ptr + row[:, None] * F + cols[None, :], mask=mask2, other=0.0)
+                acc += w[:, None] * feat
+            tl.store(out_ptr + offs[:, None] * (L * F) + lvl * F + cols[None, :], acc, mask=mask2)
+
+
+@triton.jit
+def _hashgrid_bwd(x_ptr, grad_ptr, meta_ptr, gtable_ptr, N, stride_gn, stride_gc,
+                  L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
+                  HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
+    mask_n = offs < N
+    cols = tl.arange(0, FP)
+    if FP == F:
+        mask2 = mask_n[:, None] & (cols[None, :] < FP)
+    else:
+        mask2 = mask_n[:, None] & (cols[None, :] < F)
+    x0 = _axis(x_ptr, offs, mask_n, 0, D)
+    x1 = _axis(x_ptr, offs, mask_n, 1, D)
+    if D == 3:
+        x2 = _axis(x_ptr, offs, mask_n, 2, D)
+    else:
+        x2 = x1
+    for i in tl.static_range(G):
+        lvl = pid_l * G + i
+        if lvl < L:
+            res = tl.load(meta_ptr + lvl * 4)
+            row0 = tl.load(meta_ptr + lvl * 4 + 1)
+            dense = tl.load(meta_ptr + lvl * 4 + 2)
+            s1 = tl.load(meta_ptr + lvl * 4 + 3).to(tl.uint32)
+            s2 = s1 * s1
+            resf = res.to(tl.float32)
+            c0, f0 = _cell(x0, resf)
+            c1, f1 = _cell(x1, resf)
+            c2, f2 = _cell(x2, resf)
+            g = tl.load(grad_ptr + offs[:, None] * stride_gn + (lvl * F + cols[None, :]) * stride_gc, mask=mask2,
+                        other=0.0)
+            for c in tl.static_range(1 << D):
+                row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s2, dense, row0, HASH_MASK)
+                tl.atomic_add(gtable_ptr + row[:, None] * F + cols[None, :], w[:, None] * g, mask=mask2,
+                              sem="relaxed")
+
+
+def level_meta(resolutions: list[int], offsets: list[int], dense: list[bool]) -> torch.Tensor:
+    """``[L, 4]`` int32 per-level constants: resolution, first row, dense flag, ``R + 1``."""
+    return torch.tensor([[r, o, int(d), r + 1] for r, o, d in zip(resolutions, offsets, dense)], dtype=torch.int32)
+
+
+def _chunks(n: int, width: int):
+    """Point ranges whose element offsets (< ``n_chunk * width``) fit the kernels' int32 arithmetic."""
+    step = max(1024, INT32_LIMIT // max(width, 1) // 1024 * 1024)
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def _constexprs(levels: int, n_dims: int, features: int, log2_hashmap_size: int, cfg: KernelConfig) -> dict:
+    return dict(L=levels, D=n_dims, F=features, FP=triton.next_power_of_2(features),
+                HASH_MASK=(1 << log2_hashmap_size) - 1, G=min(cfg.levels_per_program, levels), BLOCK=cfg.block)
+
+
+def forward(x: torch.Tensor, table: torch.Tensor, meta: torch.Tensor, log2_hashmap_size: int,
+            cfg: KernelConfig | None = None) -> torch.Tensor:
+    """``x`` [N, d] fp32 contiguous, ``table`` [rows, F] fp32 contiguous -> ``[N, L F]`` fp32."""
+    cfg = cfg or FORWARD_CONFIG
+    n, d = x.shape
+    levels, features = meta.shape[0], table.shape[1]
+    k = _constexprs(levels, d, features, log2_hashmap_size, cfg)
+    out = torch.empty(n, levels * features, device=x.device, dtype=torch.float32)
+    for a, b in _chunks(n, levels * features):
+        grid = (triton.cdiv(b - a, cfg.block), triton.cdiv(levels, k["G"]))
+        _hashgrid_fwd[grid](x[a:b], table, meta, out[a:b], b - a, num_warps=cfg.num_warps, **k)
+    return out
+
+
+def backward(x: torch.Tensor, grad_out: torch.Tensor, meta: torch.Tensor, n_rows: int, log2_hashmap_size: int,
+             cfg: KernelConfig | None = None) -> torch.Tensor:
+    """Gradient of ``sum(out * grad_out)`` w.r.t. the table: ``[n_rows, F]`` fp32 (atomic fp32 accumulation).
+
+    ``grad_out`` [N, L F] fp32 may be strided (an expanded ``ones`` of ``out.sum()`` has stride 0, a slice of
+    a tri-plane concatenation a row stride of 3 L F): no copy is made."""
+    cfg = cfg or BACKWARD_CONFIG
+    n, d = x.shape
+    levels = meta.shape[0]
+    features = grad_out.shape[1] // levels
+    k = _constexprs(levels, d, features, log2_hashmap_size, cfg)
+    gtable = torch.zeros(n_rows, features, device=x.device, dtype=torch.float32)
+    width = max(1, grad_out.stride(0)) + levels * features * max(1, grad_out.stride(1))
+    for a, b in _chunks(n, width):
+        grid = (triton.cdiv(b - a, cfg.block), triton.cdiv(levels, k["G"]))
+        _hashgrid_bwd[grid](x[a:b], grad_out[a:b], meta, gtable, b - a, grad_out.stride(0), grad_out.stride(1),
+                            num_warps=cfg.num_warps, **k)
+    return gtable
