@@ -11,6 +11,9 @@ configfile: workflow.source_path("config.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -24,6 +27,7 @@ include: "workflow/rules/audio.smk"
 include: "workflow/rules/stage1.smk"
 include: "workflow/rules/stage2.smk"
 include: "workflow/rules/render.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/export.smk"
 
 

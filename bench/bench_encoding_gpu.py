@@ -113,12 +113,12 @@ def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int) -> dict:
     rows: dict = {"forward": {}, "backward": {}}
     best = {}
     for name, make in (("forward", fwd), ("backward", bwd)):
-        stage1 = [K.KernelConfig(256, g, 4) for g in (1, 2, 4, 8, 16)]
+        stage1 = [K.KernelConfig(256, g, 4) for g in (1, 2, 4, 8)]   # G = 16 is slow to compile, and L2-unfriendly
         for cfg in stage1:
             rows[name][f"B{cfg.block} G{cfg.levels_per_program} W{cfg.num_warps}"] = time_ms(make(cfg), 1, repeats)
         g_best = min(stage1, key=lambda c: rows[name][f"B{c.block} G{c.levels_per_program} W{c.num_warps}"])
         g = g_best.levels_per_program
-        for cfg in [K.KernelConfig(b, g, w) for b, w in ((128, 4), (512, 4), (512, 8), (1024, 8), (128, 2))]:
+        for cfg in [K.KernelConfig(b, g, w) for b, w in ((128, 4), (256, 8), (512, 8), (128, 2))]:
             rows[name][f"B{cfg.block} G{cfg.levels_per_program} W{cfg.num_warps}"] = time_ms(make(cfg), 1, repeats)
         key = min(rows[name], key=rows[name].get)
         b, g, w = (int(t[1:]) for t in key.split())
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     out_f, out_r = fast(x), ref(x)
     out_f.backward(go)
     out_r.backward(go)
-    report["parity"] = {"forward_max_abs": float((out_f - out_r).abs().max()),
+    report["parity"] = {"forward_max_abs": float((out_f - out_r).detach().abs().max()),
                         "grad_max_abs": float((fast.table.grad - ref.table.grad).abs().max()),
                         "grad_max_abs_ref": float(ref.table.grad.abs().max())}
     print("parity", report["parity"], flush=True)

@@ -9,7 +9,7 @@
 # `python -m pipeline.stage2.cache --video crop/video.mp4 --labels parsing/labels.npz --outdir stage2
 # --config '{"image_size": 0}'` on the CPU machine, crop.size 512), tracking/{transforms.json,canonical.npz},
 # parsing/background.png, audio/self.npz, aus/aus.parquet, ingest/meta.json. Needs python with torch, numpy,
-# pandas, pyarrow, opencv, tqdm (no ffmpeg). EXTRA_JSON overrides stage2 keys, e.g. '{"amp": true}'.
+# pandas, pyarrow, opencv (tqdm optional; no ffmpeg). EXTRA_JSON overrides stage2 keys, e.g. '{"amp": true}'.
 # Env: PYTHON (default python), EVAL_EVERY (steps between test evaluations, default 2000).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then

@@ -755,6 +755,54 @@ RENDER_STATS = JsonSpec(
     },
 )
 
+# --- evaluate (pipeline/evaluate.py) ---------------------------------------------------------
+# eval/frames.parquet: one row per test-split frame of the render vs the ground truth (render size).
+EVAL_FRAMES = TableSpec(
+    "eval/frames.parquet",
+    pa.schema([
+        ("frame_idx", pa.int32()),       # frame of the clip (test split: meta.json split.test)
+        ("psnr_db", pa.float64()),       # full frame; inf for identical frames
+        ("psnr_head_db", pa.float64()),  # ground-truth head region (labels 3-7); NaN if the frame has none
+        ("ssim", pa.float64()),
+        ("ssim_head", pa.float64()),
+        ("lpips", pa.float64()),         # NaN when LPIPS is unavailable (metrics.json says why)
+        ("lmd_mesh_px", pa.float64()),   # mediapipe lip points, centroid removed; NaN: no face found in the render
+        ("lmd_dlib_px", pa.float64()),   # dlib 68-point mouth (48-67), centroid removed
+        ("mouth_open_gt", pa.float64()), # inner-lip gap / face height (pipeline.metrics.mouth_opening)
+        ("mouth_open_render", pa.float64()),
+        ("au45_gt", pa.float64()),       # AU45 on the subject's scale (aus.json fit), both from mediapipe
+        ("au45_render", pa.float64()),
+        ("speech_db", pa.float64()),     # 300-3000 Hz energy of the render's audio (pipeline.metrics.band_envelope)
+        ("render_face", pa.bool_()),     # mediapipe found the face in the rendered frame
+    ]),
+)
+# eval/metrics.json: null (None) marks a metric that is not available, with the reason alongside.
+EVAL_METRICS = JsonSpec(
+    "eval/metrics.json",
+    required={
+        "subject": str, "video": str, "test_frames": int, "test_range": list, "size": int, "crop_size": int,
+        "psnr_db": (float, type(None)),        # mean of per-frame PSNR over frames that differ (None: all identical)
+        "psnr_head_db": (float, type(None)),
+        "identical_frames": int,               # frames with PSNR inf (left out of the means)
+        "ssim": (float, type(None)), "ssim_head": (float, type(None)),
+        "lpips": (float, type(None)), "lpips_note": str,   # None + why when backbone weights are not local
+        "lmd_mesh_px": (float, type(None)),    # px at the render size; None: mediapipe found no face in the render
+        "lmd_mesh_frames": int, "render_face_frames": int,
+        "lmd_dlib_px": (float, type(None)),
+        "dlib": dict,                          # {gt_detected, render_detected, gt_borrowed_boxes, render_borrowed_boxes, predictor}
+        "blink": dict,                         # {gt_count, render_count, count_error, au45_mae, au45_r, gt_frames, render_frames}
+        "sync_offset_frames": (int, type(None)),      # render vs its audio (> 0: audio late); None: not measurable
+        "sync_offset_gt_frames": (int, type(None)),   # the ground truth vs the same audio
+        "sync_offset_vs_gt_frames": (int, type(None)),
+        "sync": dict,                          # {"render", "gt"}: pipeline.metrics.sync_offset results (curve, reason)
+        "render_fps": (float, type(None)),     # video.json frames_per_sec (None: no video.json)
+        "render_device": (str, type(None)),
+        "train_seconds": (float, type(None)),  # stage 1 + stage 2 + torso (None: one is missing)
+        "train_seconds_parts": dict,
+        "config": dict,
+    },
+)
+
 # --- export (pipeline/export.py, docs/export.md) --------------------------------------------
 # export/ernerf/: the ER-NeRF / TalkingGaussian dataset folder (their format, documented in docs/export.md:
 # ori_imgs/<i>.{jpg,lms}, gt_imgs/<i>.jpg, parsing/<i>.png, torso_imgs/<i>.png, bc.jpg,

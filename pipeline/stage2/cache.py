@@ -33,6 +33,47 @@ def _labels_shape(path: Path) -> tuple[int, int, int]:
     return tuple(shape)  # type: ignore[return-value]
 
 
+def _video_size(video: Path) -> tuple[int, int]:
+    """(width, height) of the first video stream: PyAV where installed, else OpenCV (GPU machines)."""
+    try:
+        from pipeline import media
+
+        info = media.probe(video).video
+        return (info.width, info.height) if info else (0, 0)
+    except ImportError:
+        cap = cv2.VideoCapture(str(video))
+        try:
+            if not cap.isOpened():
+                raise ArtifactError(video, "OpenCV cannot open the video")
+            return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        finally:
+            cap.release()
+
+
+def _iter_video(video: Path, w: int, h: int, chunk: int):
+    """RGB frames in chunks: ffmpeg (imageio-ffmpeg) where installed, else OpenCV's own decoder."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+
+        from pipeline import media
+    except ImportError:
+        cap = cv2.VideoCapture(str(video))
+        try:
+            while True:
+                block = []
+                for _ in range(chunk):
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    block.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                if not block:
+                    return
+                yield np.stack(block)
+        finally:
+            cap.release()
+    yield from media.iter_frames(video, w, h, chunk=chunk)
+
+
 def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     if img.shape[0] == size and img.shape[1] == size:
         return img
@@ -42,7 +83,6 @@ def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2TrainConfig = Stage2TrainConfig(),
         chunk: int = 32) -> dict:
     """Write ``frames.npy``, ``labels.npy`` and ``cache.json`` under ``outdir``; return cache.json's dict."""
-    from pipeline import media
     from tqdm import tqdm
 
     video, labels, outdir = Path(video), Path(labels), Path(outdir)
@@ -53,14 +93,13 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
     if h != w:
         raise ArtifactError(labels, f"label maps are {w}x{h}; the crop must be square")
     size = cfg.image_size or h
-    info = media.probe(video).video
-    if info is None or (info.width, info.height) != (w, h):
-        got = "no video stream" if info is None else f"{info.width}x{info.height}"
-        raise ArtifactError(video, f"crop video has {got}, labels are {w}x{h}")
+    width, height = _video_size(video)
+    if (width, height) != (w, h):
+        raise ArtifactError(video, f"crop video is {width}x{height}, labels are {w}x{h}")
     prov = Provenance(file_sha256(video), config_hash({"image_size": size}))
     with STAGE2_FRAMES.create(outdir / "frames.npy", (n, size, size, 3)) as frames:
         i = 0
-        for block in tqdm(media.iter_frames(video, w, h, chunk=chunk), desc="cache frames", unit="chunk"):
+        for block in tqdm(_iter_video(video, w, h, chunk), desc="cache frames", unit="chunk"):
             if i + len(block) > n:
                 raise ArtifactError(video, f"more frames than the {n} label maps of {labels}")
             for img in block:

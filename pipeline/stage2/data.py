@@ -154,7 +154,7 @@ class SubjectData:
         self.c2w = torch.from_numpy(self.head_space.c2w(c2w)).to(self.device)
         self.landmarks = torch.from_numpy(self.head_space.points(lms)).to(self.device)
         self.audio = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(self.device)
-        self.au45 = torch.from_numpy(au45).to(self.device)
+        self.au45 = torch.from_numpy(np.array(au45, np.float32)).to(self.device)
         self.plate_t = torch.from_numpy(self.plate).to(self.device).float() / 255.0
         self.audio_dim = int(audio.shape[-1])
 

@@ -67,6 +67,21 @@ class AutocastField:
         return sigma.float(), rgb.float()
 
 
+class _NoBar:
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def progress_bar(total: int, initial: int):
+    """tqdm when installed (the GPU machines may lack it; the log lines carry the progress anyway)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, initial=initial, desc="train_head", unit="step", mininterval=5)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("stage2.device is cuda but CUDA is not available")
@@ -178,7 +193,7 @@ class Trainer:
             w = batch.color_w
             self.sampler.update_errors(batch, per_ray * w)
             mse = float((((out.rgb - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1))
-        return float(loss), mse
+        return float(loss.detach()), mse
 
     @torch.no_grad()
     def update_occupancy(self) -> float:
@@ -195,11 +210,9 @@ class Trainer:
         tcfg = self.tcfg
         path = self.outdir / "checkpoint.pt"
         budget = tcfg.max_minutes * 60.0
-        start, step0, eval_sec, wall0 = time.time(), self.step, 0.0, self.wall_prev
+        start, step0, eval_sec, wall0, cpu0 = time.time(), self.step, 0.0, self.wall_prev, time.process_time()
         elapsed = lambda: self.wall_prev + time.time() - start - eval_sec  # noqa: E731
-        from tqdm import tqdm
-
-        bar = tqdm(total=tcfg.steps, initial=self.step, desc="train_head", unit="step", mininterval=5)
+        bar = progress_bar(tcfg.steps, self.step)
         with ckpt.StopFlag() as stop:
             while self.step < tcfg.steps and not (budget and elapsed() >= budget):
                 self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)
@@ -231,7 +244,8 @@ class Trainer:
         self.wall_prev = elapsed()
         ran, this_run = self.step - step0, self.wall_prev - wall0
         return {"steps": self.step, "train_seconds": round(self.wall_prev, 2),
-                "steps_per_sec": round(ran / this_run, 3) if ran and this_run > 0 else 0.0}
+                "steps_per_sec": round(ran / this_run, 3) if ran and this_run > 0 else 0.0,
+                "cpu_seconds": round(time.process_time() - cpu0, 2)}
 
 
 def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2ModelConfig = Stage2ModelConfig(),
@@ -266,6 +280,7 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
         "au45_source": data.au45_source, "steps": fit["steps"], "data": data.to_json()}, prov)
     write_strip(outdir / "test_strip.png", pairs)
     metrics = {"steps": fit["steps"], "train_seconds": fit["train_seconds"], "steps_per_sec": fit["steps_per_sec"],
+               "train_cpu_seconds": fit["cpu_seconds"],  # process CPU time of this run's loop (all threads)
                "device": str(device), "resumed_from": trainer.resumed_from, "curve": trainer.curve,
                "eval_curve": trainer.eval_curve, **final, "lpips": LPIPS_STATUS,
                "baseline_gain_db": final["psnr_head"] - final["psnr_head_baseline"],

@@ -98,3 +98,12 @@ PRETRAIN_DIR = "results/_shared/stage1_pretrain"  # the cross-subject stage-1 mo
 def stage1_pretrained(wildcards):
     """The pre-trained model a subject fine-tunes from (none unless stage1.pretrain is on)."""
     return f"{PRETRAIN_DIR}/model.json" if config["stage1"]["pretrain"] else []
+
+
+def benchmark_metrics(wildcards):
+    """eval/metrics.json of the subjects in results/benchmark.* (config benchmark_subjects; empty = all)."""
+    chosen = config.get("benchmark_subjects") or SUBJECTS
+    unknown = sorted(set(chosen) - set(SUBJECTS))
+    if unknown:
+        raise ValueError(f"benchmark_subjects: no data for {unknown} (subjects: {SUBJECTS})")
+    return expand("results/{subject}/eval/metrics.json", subject=chosen)

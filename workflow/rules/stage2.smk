@@ -17,7 +17,7 @@ rule cache_frames:
         labels="results/{subject}/stage2/labels.npy",
         meta="results/{subject}/stage2/cache.json",
     params:
-        cfg=lambda wc: stage_config("stage2"),
+        cfg=lambda wc: json.dumps({"image_size": config.get("stage2", {}).get("image_size", 0)}),  # only key it uses
     log:
         "logs/cache_frames/{subject}.log",
     conda:

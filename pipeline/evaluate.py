@@ -1,0 +1,393 @@
+"""Rules ``evaluate`` (per subject) and ``benchmark_table`` (all subjects): how good is the talking head?
+
+``subject``: ``video.mp4`` (the test split re-synthesised by pipeline.render) against the ground-truth
+test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeline.artifacts.EVAL_METRICS`),
+``eval/frames.parquet`` (:data:`~pipeline.artifacts.EVAL_FRAMES`) and ``eval/plots/*.png``
+(:mod:`pipeline.evaluate_plots`). The metrics, as in the ER-NeRF / TalkingGaussian tables:
+
+* PSNR / SSIM (:mod:`pipeline.metrics`), per frame then averaged: full frame, and the head region
+  (parsing labels 3-7: face, hair, lips, mouth, eyes of the ground truth). Frames are compared at the
+  render's size (the ground truth is area-resized when it differs from the crop size).
+* LPIPS only where the ``lpips`` package and torchvision's ImageNet AlexNet weights are present locally;
+  otherwise ``null`` with the reason (the pipeline never downloads weights, never invents a number).
+* Mouth LMD, px at the render size, each frame's mouth centroid removed: (a) ``lmd_mesh_px`` on the 40 lip
+  points of mediapipe's 478-point mesh (FaceLandmarker run on the rendered frames vs the ground truth's
+  ``landmarks.parquet``), (b) ``lmd_dlib_px`` on points 48-67 of dlib's 68-point predictor run on both
+  (:mod:`pipeline.dlib_lmd`), the flavour the papers report.
+* Blinks: AU45 of the render and of the ground truth computed the same way, on the subject's scale (the
+  fit and normalisation of ``aus/aus.json``, functions of :mod:`pipeline.action_units`), from mediapipe
+  on both test splits: blink counts, per-frame AU45 MAE and correlation.
+* Lip-audio offset in frames (:func:`pipeline.metrics.sync_offset`; 0 ideal, > 0: audio late), of the
+  render (its mouth opening vs the audio muxed into video.mp4) and, as the reference, of the ground
+  truth against the same audio; ``null`` with the reason when the split is too short or the signals
+  too weakly related to measure it.
+* Render FPS from the render step's ``video.json``; train time from stage 1, stage 2 and torso metrics.
+
+``table``: eval/metrics.json of any set of subjects -> ``benchmark.md`` and ``benchmark.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import dlib_lmd, evaluate_plots, media
+from pipeline.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS,
+                                N_BLENDSHAPES, N_LANDMARKS, RENDER_STATS, TRACKS, JsonSpec,
+                                Provenance, atomic_output, config_hash, fixed_list_column, npz_iter_rows,
+                                read_provenance)
+from pipeline.cli import guarded
+from pipeline.config import ActionUnitsConfig, EvaluateConfig, LandmarksConfig, from_mapping
+from pipeline.errors import PipelineError
+from pipeline.metrics import band_envelope, mouth_lmd, mouth_opening, psnr, ssim_map, sync_offset
+
+log = logging.getLogger("pipeline.evaluate")
+HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes
+SAMPLE_RATE = 16000
+TRAIN_PARTS = {"stage1": "stage1/metrics.json", "stage2": "stage2/metrics.json", "torso": "torso/metrics.json"}
+_TRAIN_SECONDS = JsonSpec("<stage>/metrics.json", {"train_seconds": (int, float)})
+
+
+class EvaluateError(PipelineError):
+    pass
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub."""
+    import os
+
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(home).expanduser() / "hub"
+
+
+def lpips_status() -> str:
+    """Why LPIPS cannot be computed here, or '' when the package and a local backbone are both present."""
+    import importlib.util
+
+    missing = [m for m in ("lpips", "torchvision") if importlib.util.find_spec(m) is None]
+    ckpt = torch_hub_dir() / "checkpoints"
+    weights = [p for p in ("alexnet-owt-7be5be79.pth", "vgg16-397923af.pth") if (ckpt / p).is_file()]
+    if missing or not weights:
+        return (f"unavailable: LPIPS needs the lpips and torchvision packages ({', '.join(missing) or 'present'} missing) "
+                f"and ImageNet AlexNet/VGG16 weights in {ckpt} ({'found' if weights else 'none found'}); "
+                "the pipeline never downloads weights")
+    return ""
+
+
+class Lpips:
+    """LPIPS (AlexNet, or VGG16 when only its weights are local) on uint8 RGB frames, from local files only."""
+
+    def __init__(self):
+        import lpips
+        import torch
+
+        net = "alex" if (torch_hub_dir() / "checkpoints/alexnet-owt-7be5be79.pth").is_file() else "vgg"
+        self.model, self.net, self._torch = lpips.LPIPS(net=net, verbose=False).eval(), net, torch
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
+        t = lambda x: self._torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # noqa: E731
+        with self._torch.no_grad():
+            return float(self.model(t(a), t(b)).item())
+
+
+def _frames(path: Path, size: int, vf: str | None = None):
+    for chunk in media.iter_frames(path, size, size, vf=vf):
+        yield from chunk
+
+
+def _label_rows(path: Path, start: int, stop: int):
+    row = 0
+    for chunk in npz_iter_rows(path, "labels", 64):
+        for lab in chunk:
+            if start <= row < stop:
+                yield lab
+            row += 1
+            if row >= stop:
+                return
+
+
+def _finite_mean(v: np.ndarray) -> float | None:
+    v = np.asarray(v, np.float64)
+    v = v[np.isfinite(v)]
+    return round(float(v.mean()), 4) if len(v) else None
+
+
+def au45_subject_scale(blendshapes: np.ndarray, points: np.ndarray, stats: dict, fps: float) -> tuple[
+        np.ndarray, np.ndarray]:
+    """AU45 (0-5, the subject's fit and normalisation from aus.json) and its blink frames, for [N, 52], [N, 478, 3]."""
+    from pipeline import action_units as au
+
+    cfg = ActionUnitsConfig(**stats["config"])
+    m = next(m for m in au.MAPPINGS if m.au == "au45_r")
+    b = au.blendshape_signal(au.fill_gaps(blendshapes), m)
+    fit = stats["geometry_fit"]["au45_r"]
+    s = b
+    if fit["weight"] > 0:
+        s = (1.0 - fit["weight"]) * b + fit["weight"] * (fit["slope"] * au.eye_aspect_ratio(au.fill_gaps(points))
+                                                         + fit["intercept"])
+    s = au.smooth(s, cfg.blink_smooth_sigma)
+    window = int(round(cfg.blink_baseline_sec * fps)) | 1
+    if cfg.blink_baseline_sec > 0 and window >= 3:
+        s = s - au.rolling_median(s, window)
+    n = stats["normalisation"]["au45_r"]
+    au45 = np.clip(cfg.high_value * (s - n["low"]) / n["span"], 0.0, 5.0)
+    blinks = au.detect_blinks(au45, cfg.blink_threshold, int(round(cfg.blink_min_gap_sec * fps)),
+                              int(round(cfg.blink_max_sec * fps)))
+    return au45, blinks
+
+
+def render_landmarks(video: Path, size: int, n: int, fps: int, model_path: str) -> dict[str, np.ndarray]:
+    """mediapipe FaceLandmarker (pipeline.landmarks' machinery, VIDEO mode) on every rendered frame."""
+    from pipeline import landmarks, mp_models
+
+    task = mp_models.locate(mp_models.FACE_LANDMARKER, model_path)
+    return landmarks.landmark_chunk(str(video), size, 0, n, fps, str(task), LandmarksConfig(model_path=model_path))
+
+
+def train_seconds(root: Path) -> tuple[float | None, dict]:
+    """Sum of the training times recorded by stage 1, stage 2 and the torso (None if any is missing)."""
+    parts: dict = {}
+    for name, rel in TRAIN_PARTS.items():
+        p = root / rel
+        parts[name] = float(_TRAIN_SECONDS.read(p)["train_seconds"]) if p.is_file() else None
+    total = None if any(v is None for v in parts.values()) else round(sum(parts.values()), 2)
+    return total, parts
+
+
+# ----------------------------------------------------------------------------- the subject
+
+def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: EvaluateConfig = EvaluateConfig(),
+        subject: str | None = None) -> dict:
+    """Evaluate ``video`` (the re-synthesised test split of ``subject_dir``) -> ``outdir``/{metrics.json, ...}."""
+    root, video, outdir = Path(subject_dir), Path(video), Path(outdir)
+    subject = subject or root.name
+    meta = INGEST_META.read(root / "ingest/meta.json")
+    fps = int(meta["fps"])
+    t0, t1 = (int(v) for v in meta["split"]["test"])
+    n = t1 - t0
+    crop_size = int(CROP_META.read(root / "crop/crop.json")["size"])
+    info = media.probe(video)
+    if info.video is None or info.video.width != info.video.height:
+        raise EvaluateError(video, "expected a square video stream (render output)")
+    if info.audio is None:
+        raise EvaluateError(video, "no audio stream: the render must mux the test-split audio (lip-sync is measured on it)")
+    size = info.video.width
+    if info.video.n_frames != n:
+        raise EvaluateError(video, f"{info.video.n_frames} frames, the test split {meta['split']['test']} has {n}")
+    stats_path = video.with_suffix(".json")
+    render_stats = RENDER_STATS.read(stats_path) if stats_path.is_file() else None
+
+    table = LANDMARKS.read(root / "landmarks/landmarks.parquet")
+    gt_pts = fixed_list_column(table, "landmarks", (N_LANDMARKS, 3))[t0:t1].astype(np.float64) * (size / crop_size)
+    gt_bs = fixed_list_column(table, "blendshapes", (N_BLENDSHAPES,))[t0:t1].astype(np.float64)
+    if len(gt_pts) != n:
+        raise EvaluateError(root / "landmarks/landmarks.parquet", f"{len(gt_pts)} test rows, expected {n}")
+
+    # pass 1: images (PSNR/SSIM full and head, LPIPS, dlib 68 points, the strip)
+    lp_reason = lpips_status()
+    lp = Lpips() if not lp_reason else None
+    dl = dlib_lmd.Dlib68(cfg.dlib_model_path, cfg.dlib_upsample, cfg.dlib_detect_size)
+    gt_state, r_state = dlib_lmd.Tracker(), dlib_lmd.Tracker()
+    strip_at = set(np.linspace(0, n - 1, min(cfg.strip_frames, n)).round().astype(int).tolist())
+    strip_gt, strip_r = [], []
+    cols = {k: np.full(n, np.nan) for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")}
+    dlib_gt, dlib_r = np.zeros((n, 68, 2)), np.zeros((n, 68, 2))
+    vf = f"trim=start_frame={t0}:end_frame={t1},setpts=PTS-STARTPTS"
+    if size != crop_size:
+        vf += f",scale={size}:{size}:flags=area"
+    pairs = zip(_frames(root / "crop/video.mp4", size, vf), _frames(video, size),
+                _label_rows(root / "parsing/labels.npz", t0, t1))
+    i = -1
+    for i, (g, r, lab) in enumerate(tqdm(pairs, total=n, desc="evaluate", unit="frame", mininterval=5, disable=None)):
+        if i >= n:
+            raise EvaluateError(video, f"more than the {n} test-split frames")
+        if lab.shape[0] != size:
+            lab = cv2.resize(lab, (size, size), interpolation=cv2.INTER_NEAREST)
+        head = np.isin(lab, HEAD_LABELS)
+        smap = ssim_map(g, r)
+        cols["psnr_db"][i], cols["ssim"][i] = psnr(g, r), float(smap.mean())
+        if head.any():
+            cols["psnr_head_db"][i], cols["ssim_head"][i] = psnr(g, r, head), float(smap[head].mean())
+        if lp is not None:
+            cols["lpips"][i] = lp(g, r)
+        pg, pr = dlib_lmd.pair_landmarks(dl, g[None], r[None], gt_pts[i:i + 1], gt_state, r_state)
+        dlib_gt[i], dlib_r[i] = pg[0], pr[0]
+        if i in strip_at:
+            strip_gt.append(g.copy())
+            strip_r.append(r.copy())
+    if i + 1 != n:
+        raise EvaluateError(video, f"{i + 1} frames compared, the test split has {n} (render and crop must cover it)")
+
+    # pass 2: mediapipe on the render -> mesh LMD, mouth opening, AU45
+    rl = render_landmarks(video, size, n, fps, cfg.landmarks_model_path)
+    r_pts, r_det = rl["landmarks"].astype(np.float64), rl["detected"]
+    both = r_det & np.isfinite(gt_pts).all((1, 2))
+    lmd_mesh = np.full(n, np.nan)
+    for k in np.flatnonzero(both):
+        lmd_mesh[k] = mouth_lmd(r_pts[k:k + 1], gt_pts[k:k + 1])
+    lmd_dlib = np.array([mouth_lmd(dlib_r[k:k + 1], dlib_gt[k:k + 1], dlib_lmd.MOUTH_68) for k in range(n)])
+    mo_gt, mo_r = mouth_opening(gt_pts), mouth_opening(r_pts)
+    aus_stats = AUS_STATS.read(root / "aus/aus.json")
+    au_gt, blinks_gt = au45_subject_scale(gt_bs, gt_pts, aus_stats, fps)
+    if r_det.sum() >= 2:
+        au_r, blinks_r = au45_subject_scale(np.where(r_det[:, None], rl["blendshapes"], np.nan),
+                                            np.where(r_det[:, None, None], r_pts, np.nan), aus_stats, fps)
+    else:
+        au_r, blinks_r = np.full(n, np.nan), np.array([], np.int64)
+
+    # lip-audio offset: against the audio muxed into the render
+    audio = media.read_audio(video, SAMPLE_RATE)
+    env = band_envelope(audio, SAMPLE_RATE, fps, n, cfg.sync_band_lo_hz, cfg.sync_band_hi_hz)
+    kw = dict(max_lag=cfg.sync_max_lag, highpass=cfg.sync_highpass_frames, sigma=cfg.sync_smooth_sigma,
+              window=cfg.sync_window, min_frames=cfg.sync_min_frames, min_r=cfg.sync_min_r,
+              min_agreement=cfg.sync_min_agreement)
+    sync = {"render": sync_offset(np.where(r_det, mo_r, np.nan), env, **kw), "gt": sync_offset(mo_gt, env, **kw)}
+    off_r, off_g = sync["render"]["offset_frames"], sync["gt"]["offset_frames"]
+
+    total, parts = train_seconds(root)
+    au_ok = np.isfinite(au_r)
+    au_r_corr = (float(np.corrcoef(au_r[au_ok], au_gt[au_ok])[0, 1])
+                 if au_ok.sum() > 2 and au_r[au_ok].std() > 0 and au_gt[au_ok].std() > 0 else None)
+    doc = {
+        "subject": subject, "video": str(video), "test_frames": n, "test_range": [t0, t1], "size": size,
+        "crop_size": crop_size,
+        "psnr_db": _finite_mean(cols["psnr_db"]), "psnr_head_db": _finite_mean(cols["psnr_head_db"]),
+        "identical_frames": int(np.isinf(cols["psnr_db"]).sum()),
+        "ssim": _finite_mean(cols["ssim"]), "ssim_head": _finite_mean(cols["ssim_head"]),
+        "lpips": _finite_mean(cols["lpips"]) if lp is not None else None,
+        "lpips_note": f"LPIPS ({lp.net})" if lp is not None else lp_reason,
+        "lmd_mesh_px": _finite_mean(lmd_mesh), "lmd_mesh_frames": int(both.sum()),
+        "render_face_frames": int(r_det.sum()),
+        "lmd_dlib_px": _finite_mean(lmd_dlib),
+        "dlib": {"gt_detected": gt_state.detected, "render_detected": r_state.detected,
+                 "gt_borrowed_boxes": gt_state.borrowed, "render_borrowed_boxes": r_state.borrowed,
+                 "predictor": str(dl.path)},
+        "blink": {"gt_count": int(len(blinks_gt)), "render_count": int(len(blinks_r)),
+                  "count_error": int(abs(len(blinks_r) - len(blinks_gt))),
+                  "au45_mae": _finite_mean(np.abs(au_r - au_gt)), "au45_r": None if au_r_corr is None else round(au_r_corr, 4),
+                  "gt_frames": blinks_gt.tolist(), "render_frames": blinks_r.tolist()},
+        "sync_offset_frames": off_r, "sync_offset_gt_frames": off_g,
+        "sync_offset_vs_gt_frames": None if off_r is None or off_g is None else off_r - off_g,
+        "sync": sync,
+        "render_fps": float(render_stats["frames_per_sec"]) if render_stats else None,
+        "render_device": render_stats["device"] if render_stats else None,
+        "train_seconds": total, "train_seconds_parts": parts, "config": asdict(cfg),
+    }
+    try:
+        prov = Provenance(read_provenance(root / "landmarks/landmarks.parquet").source_sha256, config_hash(cfg))
+    except PipelineError:
+        prov = Provenance("unknown", config_hash(cfg))
+    frame_idx = np.arange(t0, t1, dtype=np.int32)
+    EVAL_FRAMES.write(outdir / "frames.parquet", {
+        "frame_idx": frame_idx, **{k: cols[k] for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")},
+        "lmd_mesh_px": lmd_mesh, "lmd_dlib_px": lmd_dlib, "mouth_open_gt": mo_gt, "mouth_open_render": mo_r,
+        "au45_gt": au_gt, "au45_render": au_r, "speech_db": env, "render_face": r_det}, prov)
+    plots = outdir / "plots"
+    tracks = TRACKS.read_pandas(root / "tracking/tracks.parquet")
+    evaluate_plots.plot_psnr(plots / "psnr.png", frame_idx, cols["psnr_db"], cols["psnr_head_db"],
+                             f"{subject}: per-frame PSNR, test split")
+    evaluate_plots.plot_mouth(plots / "mouth.png", frame_idx, mo_gt, np.where(r_det, mo_r, np.nan), env, sync,
+                              f"{subject}: mouth opening, render vs ground truth")
+    evaluate_plots.plot_pose(plots / "pose.png", tracks.yaw_rad.to_numpy(), tracks.pitch_rad.to_numpy(),
+                             tracks.roll_rad.to_numpy(), (t0, t1), f"{subject}: tracked head pose")
+    evaluate_plots.plot_strip(plots / "strip.png", strip_gt, strip_r, [t0 + k for k in sorted(strip_at)],
+                              f"{subject}: ground truth | render | error")
+    EVAL_METRICS.write(outdir / "metrics.json", doc, prov)
+    log.info("%s: PSNR %s (head %s) SSIM %s LMD mesh %s dlib %s px, sync %s (gt %s), blinks %d/%d, %s fps",
+             subject, doc["psnr_db"], doc["psnr_head_db"], doc["ssim"], doc["lmd_mesh_px"], doc["lmd_dlib_px"],
+             off_r, off_g, len(blinks_r), len(blinks_gt), doc["render_fps"])
+    return doc
+
+
+# ----------------------------------------------------------------------------- the table
+
+TABLE_COLUMNS = (  # (csv column, markdown header, metrics.json getter, format)
+    ("subject", "Subject", lambda m: m["subject"], "{}"),
+    ("psnr_db", "PSNR ↑", lambda m: m["psnr_db"], "{:.2f}"),
+    ("ssim", "SSIM ↑", lambda m: m["ssim"], "{:.4f}"),
+    ("lpips", "LPIPS ↓", lambda m: m["lpips"], "{:.4f}"),
+    ("lmd_mesh_px", "LMD mesh ↓", lambda m: m["lmd_mesh_px"], "{:.2f}"),
+    ("lmd_dlib_px", "LMD dlib-68 ↓", lambda m: m["lmd_dlib_px"], "{:.2f}"),
+    ("sync_offset_frames", "Sync offset (frames)", lambda m: m["sync_offset_frames"], "{:+d}"),
+    ("blink_au45_mae", "Blink AU45 MAE ↓", lambda m: m["blink"]["au45_mae"], "{:.3f}"),
+    ("blink_count_error", "Blink count err ↓", lambda m: m["blink"]["count_error"], "{:d}"),
+    ("render_fps", "FPS ↑", lambda m: m["render_fps"], "{:.2f}"),
+    ("train_seconds", "Train time", lambda m: m["train_seconds"], "{:.0f} s"),
+    ("psnr_head_db", "PSNR head ↑", lambda m: m["psnr_head_db"], "{:.2f}"),
+    ("size", "Size", lambda m: m["size"], "{:d}"),
+    ("test_frames", "Test frames", lambda m: m["test_frames"], "{:d}"),
+)
+
+
+def run_table(metrics: list[Path | str], out_md: Path | str, out_csv: Path | str) -> list[dict]:
+    """One row per subject's eval/metrics.json -> a markdown table (with notes) and a CSV."""
+    docs = sorted((EVAL_METRICS.read(p) for p in metrics), key=lambda m: m["subject"])
+    if not docs:
+        raise EvaluateError(out_md, "no eval/metrics.json given")
+    rows = [{c: get(m) for c, _, get, _ in TABLE_COLUMNS} for m in docs]
+    with atomic_output(out_csv) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[c for c, *_ in TABLE_COLUMNS])
+        w.writeheader()
+        w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    lines = ["| " + " | ".join(h for _, h, _, _ in TABLE_COLUMNS) + " |",
+             "|" + "---|" * len(TABLE_COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join("–" if r[c] is None else fmt.format(r[c]) for c, _, _, fmt in TABLE_COLUMNS) + " |")
+    notes = ["", "PSNR/SSIM: mean over the test split's frames (full frame; 'PSNR head': parsing labels 3-7). "
+             "LMD: mouth landmark distance in px at the render size, each frame's mouth centroid removed "
+             "(mediapipe 478-point lips; dlib 68-point predictor, points 48-67). Sync offset: frames, > 0 audio late, "
+             "0 ideal. FPS: render speed (video.json). '–': not available (reason below)."]
+    for m in docs:
+        why = []
+        if m["lpips"] is None:
+            why.append(f"LPIPS {m['lpips_note']}")
+        if m["sync_offset_frames"] is None:
+            why.append(f"sync not measurable ({m['sync']['render']['reason']})")
+        if m["render_fps"] is None:
+            why.append("FPS: no video.json beside the video")
+        if m["train_seconds"] is None:
+            missing = [k for k, v in m["train_seconds_parts"].items() if v is None]
+            why.append(f"train time: no metrics.json of {', '.join(missing)}")
+        if why:
+            notes.append(f"- {m['subject']}: " + "; ".join(why))
+    with atomic_output(out_md) as tmp:
+        tmp.write_text("\n".join(lines + notes) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Evaluate a subject's rendered test split, or tabulate subjects.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("subject")
+    s.add_argument("--subject-dir", required=True, help="results/<subject>")
+    s.add_argument("--video", required=True, help="the rendered test split (results/<subject>/video.mp4)")
+    s.add_argument("--outdir", required=True)
+    s.add_argument("--config", default="{}", help="the evaluate config section as JSON")
+    t = sub.add_parser("table")
+    t.add_argument("--metrics", nargs="+", required=True, help="results/<subject>/eval/metrics.json ...")
+    t.add_argument("--md", required=True)
+    t.add_argument("--csv", required=True)
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        if args.cmd == "table":
+            run_table(args.metrics, args.md, args.csv)
+        else:
+            run(args.subject_dir, args.video, args.outdir, from_mapping(EvaluateConfig, json.loads(args.config or "{}"),
+                                                                         "evaluate"))
+
+    guarded(body)
+
+
+if __name__ == "__main__":
+    main()
