@@ -101,6 +101,19 @@ def cases(enc: torch.nn.Module, net: torch.nn.Module, full: torch.nn.Module, x: 
             "encoding+MLP fwd": full_fwd, "encoding+MLP fwd+bwd": full_fwd_bwd}
 
 
+# (block, levels per program, warps, vector_levels, hints); at most 2 points per thread (compile time)
+FORWARD_SWEEP = [(128, 1, 4, False, False), (128, 1, 4, False, True), (256, 4, 4, False, True),
+                 (128, 4, 4, True, False), (128, 4, 4, True, True), (256, 4, 8, True, True),
+                 (64, 8, 4, True, True), (128, 8, 8, True, True), (64, 16, 4, True, True), (32, 16, 4, True, True)]
+BACKWARD_SWEEP = [(256, 4, 8, False, False), (256, 4, 8, False, True), (128, 4, 4, False, True),
+                  (256, 8, 8, False, True), (128, 2, 4, False, True), (128, 1, 4, False, True)]
+
+
+def _label(cfg) -> str:
+    return (f"B{cfg.block} G{cfg.levels_per_program} W{cfg.num_warps}" + (" vec" if cfg.vector_levels else "")
+            + (" hints" if cfg.hints else ""))
+
+
 def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int) -> dict:
     """Time the kernels alone for several launch configs; set the best as the module defaults."""
     K = ET._kernels()
@@ -112,17 +125,11 @@ def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int) -> dict:
     bwd = lambda cfg: lambda: K.backward(x, go, meta, table.shape[0], log2t, cfg)  # noqa: E731
     rows: dict = {"forward": {}, "backward": {}}
     best = {}
-    for name, make in (("forward", fwd), ("backward", bwd)):
-        stage1 = [K.KernelConfig(256, g, 4) for g in (1, 2, 4, 8)]   # G = 16 is slow to compile, and L2-unfriendly
-        for cfg in stage1:
-            rows[name][f"B{cfg.block} G{cfg.levels_per_program} W{cfg.num_warps}"] = time_ms(make(cfg), 1, repeats)
-        g_best = min(stage1, key=lambda c: rows[name][f"B{c.block} G{c.levels_per_program} W{c.num_warps}"])
-        g = g_best.levels_per_program
-        for cfg in [K.KernelConfig(b, g, w) for b, w in ((128, 4), (256, 8), (512, 8), (128, 2))]:
-            rows[name][f"B{cfg.block} G{cfg.levels_per_program} W{cfg.num_warps}"] = time_ms(make(cfg), 1, repeats)
-        key = min(rows[name], key=rows[name].get)
-        b, g, w = (int(t[1:]) for t in key.split())
-        best[name] = K.KernelConfig(b, g, w)
+    for name, make, grid in (("forward", fwd, FORWARD_SWEEP), ("backward", bwd, BACKWARD_SWEEP)):
+        cfgs = [K.KernelConfig(*c) for c in grid]
+        for cfg in cfgs:
+            rows[name][_label(cfg)] = time_ms(make(cfg), 2, repeats)
+        best[name] = min(cfgs, key=lambda c: rows[name][_label(c)])
         print(f"sweep {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(rows[name].items(), key=lambda kv: kv[1])),
               flush=True)
     K.FORWARD_CONFIG, K.BACKWARD_CONFIG = best["forward"], best["backward"]

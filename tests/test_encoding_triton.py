@@ -74,8 +74,28 @@ def test_forward_and_table_gradient_match_the_reference(spec_i):
     ref64(x.double()).backward(go.double())
     assert fast.table.grad.dtype == torch.float32
     torch.testing.assert_close(fast.table.grad.double(), ref64.table.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fast.table.grad, ref.table.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast.table.grad, ref.table.grad, rtol=1e-4, atol=1e-3)  # both fp32 sums
     assert (fast.table.grad != 0).any()
+
+
+@needs_kernels
+@pytest.mark.parametrize("cfg", [(128, 1, 4, False, True), (256, 3, 8, False, False), (128, 4, 4, True, False),
+                                 (64, 8, 4, True, True), (32, 16, 4, True, True), (128, 16, 2, False, True)],
+                         ids=lambda c: f"B{c[0]}-G{c[1]}-W{c[2]}{'-vec' if c[3] else ''}{'-hints' if c[4] else ''}")
+def test_every_launch_config_computes_the_same_function(cfg):
+    """The benchmark sweeps these launch configs: each must be exact, whichever becomes the default."""
+    K = ET._kernels()
+    cfg = K.KernelConfig(*cfg)
+    for spec_i, spec in enumerate((SPECS[0], SPECS[2])):
+        ref, fast = _pair(spec, "cuda", seed=40 + spec_i)
+        x = _points(30_001, spec.n_dims, "cuda", seed=41 + spec_i)
+        expect = ref(x)
+        out = K.forward(x, fast.table.detach(), fast.meta, spec.log2_hashmap_size, cfg)
+        torch.testing.assert_close(out, expect.detach(), rtol=1e-5, atol=1e-6)
+        go = torch.randn_like(expect).t().contiguous().t()   # column-major: a strided gradient
+        expect.backward(go)
+        gt = K.backward(x, go, fast.meta, fast.table.shape[0], spec.log2_hashmap_size, cfg)
+        torch.testing.assert_close(gt, ref.table.grad, rtol=1e-4, atol=1e-3)
 
 
 @needs_kernels
@@ -181,7 +201,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     import torch
     from pipeline.stage2 import encoding as E
     from pipeline.stage2 import encoding_triton_kernels as K
-    for i, (spec, cfg) in enumerate([(E.HashGridSpec(3, 4, 2, 10, 2, 40), K.KernelConfig(64, 4, 4)),
+    for i, (spec, cfg) in enumerate([(E.HashGridSpec(3, 4, 2, 10, 2, 40), K.KernelConfig(64, 4, 4, True, True)),
                                      (E.HashGridSpec(2, 3, 3, 8, 3, 60), K.KernelConfig(32, 2, 1))]):
         torch.manual_seed(i)
         g = E.TorchHashGrid(spec)

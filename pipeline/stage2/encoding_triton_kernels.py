@@ -11,8 +11,13 @@ Launch layout: the grid is ``(ceil(N / BLOCK), ceil(L / G))``. Program ``(p, q)`
 ``p BLOCK ...`` for the ``G`` levels ``q G ...``. Since CUDA schedules the first grid axis fastest, the
 whole GPU works on one group of levels at a time, so only those levels' table rows (``G`` x 4 MiB for
 2^19 rows x 2 fp32 features) compete for L2, and the ``G F`` output floats of a point are written
-close together in time (``G F = 8``: one full 32-byte sector). The backward pass has the same layout
-and scatters ``w g`` into an fp32 gradient table with relaxed atomic adds.
+close together in time (``G F = 8``: one full 32-byte sector); with ``vector_levels`` the G levels are
+one ``[BLOCK, G, F]`` tile and each point's ``G F`` outputs one contiguous store. The backward pass has
+the per-level layout and scatters ``w g`` into an fp32 gradient table with relaxed atomic adds
+(vectorised ``red.global.add.v2.f32`` for F = 2 on Hopper). Kernels are launched without FMA
+contraction, so ``x R`` is rounded before the cell is subtracted exactly as in the reference (with
+contraction the finest levels' weights differed by ~1e-4). ``FORWARD_CONFIG`` / ``BACKWARD_CONFIG`` are
+the launch configs that ``bench/bench_encoding_gpu.py`` measured fastest (BENCHMARKS.md).
 
 The kernels also run under the Triton interpreter (``TRITON_INTERPRET=1``) on CPU tensors, which is
 how their index arithmetic is checked on machines without a GPU.
@@ -31,11 +36,19 @@ INT32_LIMIT = 2**31 - 1
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch parameters: points per program, levels per program, warps per program."""
+    """Launch parameters.
+
+    ``block`` points and ``levels_per_program`` (G) levels per program, ``num_warps`` warps; forward only:
+    ``vector_levels`` computes the G levels as one ``[block, G, F]`` tile and stores each point's ``G F``
+    outputs as one contiguous row (G a power of two, F a power of two; otherwise the per-level loop is
+    used); ``hints`` marks table reads ``evict_last`` and streamed inputs/outputs ``evict_first`` in L2.
+    """
 
     block: int = 256
     levels_per_program: int = 4
     num_warps: int = 4
+    vector_levels: bool = False
+    hints: bool = False
 
 
 FORWARD_CONFIG = KernelConfig()
@@ -43,13 +56,15 @@ BACKWARD_CONFIG = KernelConfig()
 
 
 @triton.jit
-def _axis(x_ptr, offs, mask_n, axis: tl.constexpr, D: tl.constexpr):
-    x = tl.load(x_ptr + offs * D + axis, mask=mask_n, other=0.0)
+def _axis(x_ptr, offs, mask_n, axis: tl.constexpr, D: tl.constexpr, POLICY: tl.constexpr):
+    x = tl.load(x_ptr + offs * D + axis, mask=mask_n, other=0.0, eviction_policy=POLICY)
     return tl.minimum(tl.maximum(x, 0.0), 1.0)
 
 
 @triton.jit
 def _cell(x, resf):
+    """Vertex below ``x`` (uint32) and the fraction; launched without FMA contraction so that
+    ``x R - cell`` rounds ``x R`` first, exactly as the torch reference does."""
     pos = x * resf
     cell = tl.minimum(tl.maximum(tl.floor(pos), 0.0), resf - 1.0)
     return cell.to(tl.int32).to(tl.uint32), pos - cell
@@ -89,79 +104,109 @@ def _corner(c: tl.constexpr, D: tl.constexpr, c0, c1, c2, f0, f1, f2, s1, s2, de
 
 
 @triton.jit
+def _points(x_ptr, N, D: tl.constexpr, BLOCK: tl.constexpr, POLICY: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask_n = offs < N
+    x0 = _axis(x_ptr, offs, mask_n, 0, D, POLICY)
+    x1 = _axis(x_ptr, offs, mask_n, 1, D, POLICY)
+    if D == 3:
+        x2 = _axis(x_ptr, offs, mask_n, 2, D, POLICY)
+    else:
+        x2 = x1
+    return offs, mask_n, x0, x1, x2
+
+
+@triton.jit
 def _hashgrid_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N,
                   L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
-                  HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_l = tl.program_id(1)
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask_n = offs < N
+                  HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr,
+                  TABLE_EVICT: tl.constexpr, STREAM_EVICT: tl.constexpr):
+    """One level at a time (G levels per program): ``[BLOCK, F]`` tiles."""
+    offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
     cols = tl.arange(0, FP)
     if FP == F:
         mask2 = mask_n[:, None] & (cols[None, :] < FP)
     else:
         mask2 = mask_n[:, None] & (cols[None, :] < F)
-    x0 = _axis(x_ptr, offs, mask_n, 0, D)
-    x1 = _axis(x_ptr, offs, mask_n, 1, D)
-    if D == 3:
-        x2 = _axis(x_ptr, offs, mask_n, 2, D)
-    else:
-        x2 = x1
     for i in tl.static_range(G):
-        lvl = pid_l * G + i
+        lvl = tl.program_id(1) * G + i
         if lvl < L:
             res = tl.load(meta_ptr + lvl * 4)
             row0 = tl.load(meta_ptr + lvl * 4 + 1)
             dense = tl.load(meta_ptr + lvl * 4 + 2)
             s1 = tl.load(meta_ptr + lvl * 4 + 3).to(tl.uint32)
-            s2 = s1 * s1
             resf = res.to(tl.float32)
             c0, f0 = _cell(x0, resf)
             c1, f1 = _cell(x1, resf)
             c2, f2 = _cell(x2, resf)
             acc = tl.zeros([BLOCK, FP], dtype=tl.float32)
             for c in tl.static_range(1 << D):
-                row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s2, dense, row0, HASH_MASK)
-                feat = tl.load(table_ptr + row[:, None] * F + cols[None, :], mask=mask2, other=0.0)
+                row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s1 * s1, dense, row0, HASH_MASK)
+                feat = tl.load(table_ptr + row[:, None] * F + cols[None, :], mask=mask2, other=0.0,
+                               eviction_policy=TABLE_EVICT)
                 acc += w[:, None] * feat
-            tl.store(out_ptr + offs[:, None] * (L * F) + lvl * F + cols[None, :], acc, mask=mask2)
+            tl.store(out_ptr + offs[:, None] * (L * F) + lvl * F + cols[None, :], acc, mask=mask2,
+                     eviction_policy=STREAM_EVICT)
+
+
+@triton.jit
+def _hashgrid_fwd_vec(x_ptr, table_ptr, meta_ptr, out_ptr, N,
+                      L: tl.constexpr, D: tl.constexpr, F: tl.constexpr,
+                      HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr,
+                      TABLE_EVICT: tl.constexpr, STREAM_EVICT: tl.constexpr):
+    """G levels as one ``[BLOCK, G, F]`` tile (G, F powers of two); each point's ``G F`` outputs stored
+    as one contiguous row."""
+    offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
+    lv = tl.program_id(1) * G + tl.arange(0, G)
+    mask_l = lv < L
+    res = tl.load(meta_ptr + lv * 4, mask=mask_l, other=1)[None, :]
+    row0 = tl.load(meta_ptr + lv * 4 + 1, mask=mask_l, other=0)[None, :]
+    dense = tl.load(meta_ptr + lv * 4 + 2, mask=mask_l, other=1)[None, :]
+    s1 = tl.load(meta_ptr + lv * 4 + 3, mask=mask_l, other=2).to(tl.uint32)[None, :]
+    resf = res.to(tl.float32)
+    c0, f0 = _cell(x0[:, None], resf)
+    c1, f1 = _cell(x1[:, None], resf)
+    c2, f2 = _cell(x2[:, None], resf)
+    cols = tl.arange(0, F)
+    mask3 = (mask_n[:, None] & mask_l[None, :])[:, :, None] & (cols[None, None, :] < F)
+    acc = tl.zeros([BLOCK, G, F], dtype=tl.float32)
+    for c in tl.static_range(1 << D):
+        row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s1 * s1, dense, row0, HASH_MASK)
+        feat = tl.load(table_ptr + row[:, :, None] * F + cols[None, None, :], mask=mask3, other=0.0,
+                       eviction_policy=TABLE_EVICT)
+        acc += w[:, :, None] * feat
+    flat = tl.reshape(acc, [BLOCK, G * F])
+    gcols = tl.arange(0, G * F)
+    mask_o = mask_n[:, None] & (tl.program_id(1) * (G * F) + gcols[None, :] < L * F)
+    tl.store(out_ptr + offs[:, None] * (L * F) + tl.program_id(1) * (G * F) + gcols[None, :], flat, mask=mask_o,
+             eviction_policy=STREAM_EVICT)
 
 
 @triton.jit
 def _hashgrid_bwd(x_ptr, grad_ptr, meta_ptr, gtable_ptr, N, stride_gn, stride_gc,
                   L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
-                  HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_l = tl.program_id(1)
-    offs = pid_n * BLOCK + tl.arange(0, BLOCK)
-    mask_n = offs < N
+                  HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr, STREAM_EVICT: tl.constexpr):
+    offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
     cols = tl.arange(0, FP)
     if FP == F:
         mask2 = mask_n[:, None] & (cols[None, :] < FP)
     else:
         mask2 = mask_n[:, None] & (cols[None, :] < F)
-    x0 = _axis(x_ptr, offs, mask_n, 0, D)
-    x1 = _axis(x_ptr, offs, mask_n, 1, D)
-    if D == 3:
-        x2 = _axis(x_ptr, offs, mask_n, 2, D)
-    else:
-        x2 = x1
     for i in tl.static_range(G):
-        lvl = pid_l * G + i
+        lvl = tl.program_id(1) * G + i
         if lvl < L:
             res = tl.load(meta_ptr + lvl * 4)
             row0 = tl.load(meta_ptr + lvl * 4 + 1)
             dense = tl.load(meta_ptr + lvl * 4 + 2)
             s1 = tl.load(meta_ptr + lvl * 4 + 3).to(tl.uint32)
-            s2 = s1 * s1
             resf = res.to(tl.float32)
             c0, f0 = _cell(x0, resf)
             c1, f1 = _cell(x1, resf)
             c2, f2 = _cell(x2, resf)
             g = tl.load(grad_ptr + offs[:, None] * stride_gn + (lvl * F + cols[None, :]) * stride_gc, mask=mask2,
-                        other=0.0)
+                        other=0.0, eviction_policy=STREAM_EVICT)
             for c in tl.static_range(1 << D):
-                row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s2, dense, row0, HASH_MASK)
+                row, w = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s1 * s1, dense, row0, HASH_MASK)
                 tl.atomic_add(gtable_ptr + row[:, None] * F + cols[None, :], w[:, None] * g, mask=mask2,
                               sem="relaxed")
 
@@ -179,8 +224,13 @@ def _chunks(n: int, width: int):
 
 
 def _constexprs(levels: int, n_dims: int, features: int, log2_hashmap_size: int, cfg: KernelConfig) -> dict:
-    return dict(L=levels, D=n_dims, F=features, FP=triton.next_power_of_2(features),
-                HASH_MASK=(1 << log2_hashmap_size) - 1, G=min(cfg.levels_per_program, levels), BLOCK=cfg.block)
+    return dict(L=levels, D=n_dims, F=features, HASH_MASK=(1 << log2_hashmap_size) - 1,
+                G=min(cfg.levels_per_program, levels), BLOCK=cfg.block,
+                STREAM_EVICT="evict_first" if cfg.hints else "")
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
 
 
 def forward(x: torch.Tensor, table: torch.Tensor, meta: torch.Tensor, log2_hashmap_size: int,
@@ -190,10 +240,16 @@ def forward(x: torch.Tensor, table: torch.Tensor, meta: torch.Tensor, log2_hashm
     n, d = x.shape
     levels, features = meta.shape[0], table.shape[1]
     k = _constexprs(levels, d, features, log2_hashmap_size, cfg)
+    k["TABLE_EVICT"] = "evict_last" if cfg.hints else ""
+    vec = cfg.vector_levels and _pow2(k["G"]) and _pow2(features)
+    if not vec:
+        k["FP"] = triton.next_power_of_2(features)
+    kernel = _hashgrid_fwd_vec if vec else _hashgrid_fwd
     out = torch.empty(n, levels * features, device=x.device, dtype=torch.float32)
     for a, b in _chunks(n, levels * features):
         grid = (triton.cdiv(b - a, cfg.block), triton.cdiv(levels, k["G"]))
-        _hashgrid_fwd[grid](x[a:b], table, meta, out[a:b], b - a, num_warps=cfg.num_warps, **k)
+        # no FMA contraction: x R is rounded before the cell is subtracted, as in the reference
+        kernel[grid](x[a:b], table, meta, out[a:b], b - a, num_warps=cfg.num_warps, enable_fp_fusion=False, **k)
     return out
 
 
@@ -208,10 +264,11 @@ def backward(x: torch.Tensor, grad_out: torch.Tensor, meta: torch.Tensor, n_rows
     levels = meta.shape[0]
     features = grad_out.shape[1] // levels
     k = _constexprs(levels, d, features, log2_hashmap_size, cfg)
+    k["FP"] = triton.next_power_of_2(features)
     gtable = torch.zeros(n_rows, features, device=x.device, dtype=torch.float32)
     width = max(1, grad_out.stride(0)) + levels * features * max(1, grad_out.stride(1))
     for a, b in _chunks(n, width):
         grid = (triton.cdiv(b - a, cfg.block), triton.cdiv(levels, k["G"]))
         _hashgrid_bwd[grid](x[a:b], grad_out[a:b], meta, gtable, b - a, grad_out.stride(0), grad_out.stride(1),
-                            num_warps=cfg.num_warps, **k)
+                            num_warps=cfg.num_warps, enable_fp_fusion=False, **k)
     return gtable

@@ -63,7 +63,7 @@ rule train_head:
     resources:
         mem_mb=8000,
         runtime=600,
-        gpu=1,
+        gpu=lambda wc: 0 if config["stage2"]["device"] == "cpu" else 1,  # SLURM --gpus; none for CPU runs
     shell:
         "python -m pipeline.stage2.train --subject-dir results/{wildcards.subject}"
         " --outdir results/{wildcards.subject}/stage2 --config {params.cfg:q} >> {log:q} 2>&1"
