@@ -1,7 +1,7 @@
 # The two commands of the README. Each sets up .venv first (quick when it is already there).
 PY := .venv/bin/python
 SNAKEMAKE := .venv/bin/snakemake
-DEMO_TARGET := results/demo/landmarks/landmarks.parquet
+DEMO_TARGET := results/demo/video.mp4
 
 .PHONY: setup demo test clean-demo
 

@@ -4,8 +4,9 @@ Times forward and forward+backward (gradient w.r.t. the table, and the MLP's wei
 4M points through a 16-level x 2-feature grid with a 2^19 table (base 16, finest 2048), alone and
 followed by a 64-wide 3-layer MLP (``field.mlp(32, 64, 16, 3)``), for:
 
-* ``triton``: ``TritonHashGrid`` (pipeline/stage2/encoding_triton.py), after a sweep of launch configs
-  (levels per program, points per program, warps) whose best forward and backward configs are used;
+* ``triton``: ``TritonHashGrid`` (pipeline/stage2/encoding_triton.py) with its default launch configs,
+  after a sweep that times the kernels alone under several configs (``--use-best`` times the module
+  with the sweep's fastest instead);
 * ``eager``: ``TorchHashGrid``, the pure-torch reference;
 * ``compile``: ``torch.compile`` of the reference (default mode, static shapes).
 
@@ -102,11 +103,10 @@ def cases(enc: torch.nn.Module, net: torch.nn.Module, full: torch.nn.Module, x: 
 
 
 # (block, levels per program, warps, vector_levels, hints); at most 2 points per thread (compile time)
-FORWARD_SWEEP = [(128, 1, 4, False, False), (128, 1, 4, False, True), (256, 4, 4, False, True),
-                 (128, 4, 4, True, False), (128, 4, 4, True, True), (256, 4, 8, True, True),
-                 (64, 8, 4, True, True), (128, 8, 8, True, True), (64, 16, 4, True, True), (32, 16, 4, True, True)]
-BACKWARD_SWEEP = [(256, 4, 8, False, False), (256, 4, 8, False, True), (128, 4, 4, False, True),
-                  (256, 8, 8, False, True), (128, 2, 4, False, True), (128, 1, 4, False, True)]
+# (a wider sweep on an H200, 2026-11-22, is in BENCHMARKS.md; these are its front runners)
+FORWARD_SWEEP = [(128, 8, 8, True, True), (256, 8, 8, True, True), (128, 8, 4, True, True),
+                 (128, 8, 8, True, False), (64, 8, 4, True, True), (128, 4, 4, True, False), (128, 1, 4, False, False)]
+BACKWARD_SWEEP = [(256, 4, 8, False, False), (128, 4, 4, False, False), (256, 4, 4, False, False)]
 
 
 def _label(cfg) -> str:
@@ -114,8 +114,9 @@ def _label(cfg) -> str:
             + (" hints" if cfg.hints else ""))
 
 
-def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int) -> dict:
-    """Time the kernels alone for several launch configs; set the best as the module defaults."""
+def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int, use_best: bool) -> dict:
+    """Time the kernels alone for several launch configs; ``use_best``: make the fastest the module defaults
+    for the rest of the run (otherwise the timings below use ``FORWARD_CONFIG`` / ``BACKWARD_CONFIG``)."""
     K = ET._kernels()
     go = torch.randn(x.shape[0], fast.spec.output_dim, device=x.device)
     meta = fast.meta.to(x.device)
@@ -132,8 +133,9 @@ def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int) -> dict:
         best[name] = min(cfgs, key=lambda c: rows[name][_label(c)])
         print(f"sweep {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(rows[name].items(), key=lambda kv: kv[1])),
               flush=True)
-    K.FORWARD_CONFIG, K.BACKWARD_CONFIG = best["forward"], best["backward"]
-    rows["chosen"] = {k: v.__dict__ for k, v in best.items()}
+    if use_best:
+        K.FORWARD_CONFIG, K.BACKWARD_CONFIG = best["forward"], best["backward"]
+    rows["fastest"] = {k: v.__dict__ for k, v in best.items()}
     return rows
 
 
@@ -141,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1 << 22, help="points per call (default 4M)")
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--no-sweep", action="store_true", help="use the default launch configs")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the sweep of launch configs")
+    ap.add_argument("--use-best", action="store_true", help="time the modules with the sweep's fastest configs "
+                    "(default: the module defaults FORWARD_CONFIG / BACKWARD_CONFIG)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["eager", "compile"], help="implementations to skip")
     ap.add_argument("--budget-s", type=float, default=200.0, help="skip torch.compile when this much time is spent")
     ap.add_argument("--out", type=Path, default=None, help="JSON results (rewritten after every measurement)")
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
 
     if not args.no_sweep:
-        report["sweep_ms"] = sweep(fast, x, args.repeats)
+        report["sweep_ms"] = sweep(fast, x, args.repeats, args.use_best)
         save()
     report["kernel_config"] = {"forward": ET._kernels().FORWARD_CONFIG.__dict__,
                                "backward": ET._kernels().BACKWARD_CONFIG.__dict__}

@@ -43,6 +43,32 @@ def _pair(spec: E.HashGridSpec, device: str, seed: int) -> tuple[E.TorchHashGrid
     return ref, fast
 
 
+def _fp64_sums(ref: E.TorchHashGrid, x: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
+    """Table gradient with the reference's float32 cells and weights, summed in float64 (the exact sum of
+    the contributions the kernels add up; a float64 forward would move the weights by ~ulp(x R))."""
+    ref64 = E.TorchHashGrid(ref.spec).to(x.device, torch.float64)
+    ref64.load_state_dict(ref.state_dict())
+    xc = x.to(torch.float32).clamp(0.0, 1.0)
+    out = torch.cat([ref64.level_features(xc, lvl) for lvl in range(ref.spec.levels)], dim=-1)
+    out.backward(go.double())
+    return ref64.table.grad
+
+
+def assert_table_grad_close(got: torch.Tensor, ref: E.TorchHashGrid, x: torch.Tensor, go: torch.Tensor) -> None:
+    """``got`` (fp32, summed by atomics in any order) against the exact sum of the same contributions.
+
+    The bound is relative to each row's sum of |contributions| (the same sum with ``|go|``; the weights
+    are >= 0): ``4e-6`` of it, 15x the float32 reference's own error (2.6e-7 of it, measured), far below
+    what one misplaced contribution would change."""
+    exact = _fp64_sums(ref, x, go)
+    scale = _fp64_sums(ref, x, go.abs())
+    err = (got.double() - exact).abs()
+    bound = 4e-6 * scale + 1e-7
+    worst = int(torch.argmax(err / bound))
+    assert bool((err <= bound).all()), (f"table grad off by {float(err.view(-1)[worst]):.3g} at element {worst} "
+                                        f"(bound {float(bound.view(-1)[worst]):.3g}, exact {float(exact.view(-1)[worst]):.4g})")
+
+
 def _points(n: int, d: int, device: str, seed: int) -> torch.Tensor:
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(n, d, device=device, generator=gen) * 1.1 - 0.05   # a few outside the cube: clamped
@@ -69,18 +95,14 @@ def test_forward_and_table_gradient_match_the_reference(spec_i):
     go = torch.randn(n, spec.output_dim, device="cuda", generator=torch.Generator("cuda").manual_seed(30 + spec_i))
     out.backward(go)
     expect.backward(go)
-    ref64 = E.TorchHashGrid(spec).to("cuda", torch.float64)
-    ref64.load_state_dict(ref.state_dict())
-    ref64(x.double()).backward(go.double())
     assert fast.table.grad.dtype == torch.float32
-    torch.testing.assert_close(fast.table.grad.double(), ref64.table.grad, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fast.table.grad, ref.table.grad, rtol=1e-4, atol=1e-3)  # both fp32 sums
+    assert_table_grad_close(fast.table.grad, ref, x, go)
     assert (fast.table.grad != 0).any()
 
 
 @needs_kernels
 @pytest.mark.parametrize("cfg", [(128, 1, 4, False, True), (256, 3, 8, False, False), (128, 4, 4, True, False),
-                                 (64, 8, 4, True, True), (32, 16, 4, True, True), (128, 16, 2, False, True)],
+                                 (128, 8, 8, True, True), (32, 16, 4, True, True)],
                          ids=lambda c: f"B{c[0]}-G{c[1]}-W{c[2]}{'-vec' if c[3] else ''}{'-hints' if c[4] else ''}")
 def test_every_launch_config_computes_the_same_function(cfg):
     """The benchmark sweeps these launch configs: each must be exact, whichever becomes the default."""
@@ -93,9 +115,8 @@ def test_every_launch_config_computes_the_same_function(cfg):
         out = K.forward(x, fast.table.detach(), fast.meta, spec.log2_hashmap_size, cfg)
         torch.testing.assert_close(out, expect.detach(), rtol=1e-5, atol=1e-6)
         go = torch.randn_like(expect).t().contiguous().t()   # column-major: a strided gradient
-        expect.backward(go)
         gt = K.backward(x, go, fast.meta, fast.table.shape[0], spec.log2_hashmap_size, cfg)
-        torch.testing.assert_close(gt, ref.table.grad, rtol=1e-4, atol=1e-3)
+        assert_table_grad_close(gt, ref, x, go)
 
 
 @needs_kernels

@@ -51,8 +51,9 @@ class KernelConfig:
     hints: bool = False
 
 
-FORWARD_CONFIG = KernelConfig()
-BACKWARD_CONFIG = KernelConfig()
+# fastest on an H200 for 4M points, 16 levels x 2 features, 2^19 rows (BENCHMARKS.md, 2026-11-22)
+FORWARD_CONFIG = KernelConfig(block=128, levels_per_program=8, num_warps=8, vector_levels=True, hints=True)
+BACKWARD_CONFIG = KernelConfig(block=256, levels_per_program=4, num_warps=8)
 
 
 @triton.jit

@@ -88,8 +88,8 @@ def audio_source(wildcards):
 
 
 def final_targets(wildcards):
-    """What `snakemake` builds by default: the furthest stage that exists, for every subject."""
-    return expand("results/{subject}/landmarks/landmarks.parquet", subject=SUBJECTS)
+    """What `snakemake` builds by default: the test-split video of every subject (render.smk)."""
+    return expand("results/{subject}/video.mp4", subject=SUBJECTS)
 
 
 PRETRAIN_DIR = "results/_shared/stage1_pretrain"  # the cross-subject stage-1 model (stage1.pretrain)

@@ -5,9 +5,6 @@
 # Frame synthesis needs torch/numpy/opencv only; to render on a GPU machine without ffmpeg, call
 # `python -m pipeline.render video --out X.frames.npz ...` there and `python -m pipeline.render mux` here.
 
-# stage1/pred/self.parquet comes from train_audio2lmk: predict_landmarks' "(?!self$)" constraint does not
-# exclude it (in the rule's regex "self" is followed by ".parquet", not the end), hence the order.
-ruleorder: train_audio2lmk > predict_landmarks
 
 RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso", "media", "stage2/field",
                    "stage2/renderer", "stage2/encoding", "stage2/occupancy", "stage2/data")
@@ -38,7 +35,7 @@ rule train_torso:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=1,
+        gpu=lambda wc: 0 if config["torso"]["device"] == "cpu" else 1,
     shell:
         "python -m pipeline.torso --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
         " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir results/{wildcards.subject}/torso"
@@ -81,7 +78,7 @@ rule render_video:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1,
+        gpu=lambda wc: 0 if config["render"]["device"] == "cpu" else 1,
     shell:
         "python -m pipeline.render video --subject-dir results/{wildcards.subject} --out {output.video:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"
@@ -112,7 +109,7 @@ rule drive_video:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=1,
+        gpu=lambda wc: 0 if config["render"]["device"] == "cpu" else 1,
     shell:
         "python -m pipeline.render drive --subject-dir results/{wildcards.subject} --clip {wildcards.clip}"
         " --wav {input.wav:q} --out {output.video:q} --config {params.cfg:q} > {log:q} 2>&1"

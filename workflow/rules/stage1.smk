@@ -74,7 +74,7 @@ rule predict_landmarks:
     output:
         "results/{subject}/stage1/pred/{clip}.parquet",
     wildcard_constraints:
-        clip="(?!self$)[A-Za-z0-9_-]+",
+        clip="(?!self\\.)[A-Za-z0-9_-]+",  # regex inside the output pattern: "self" is the subject's own audio
     log:
         "logs/predict_landmarks/{subject}/{clip}.log",
     conda:
