@@ -597,7 +597,7 @@ STAGE1_BASIS = ArraySpec(
 )
 STAGE1_MODEL = JsonSpec(
     "stage1/model.json",
-    required={"in_dim": int, "out_dim": int, "d_model": int, "n_layers": int, "n_heads": int,
+    required={"in_dim": int, "out_dim": int, "window": int, "d_model": int, "n_layers": int, "n_heads": int,
               "use_encoder": bool, "config": dict},
 )
 STAGE1_PRED = TableSpec(

@@ -111,9 +111,15 @@ def smooth_zero_lag(x: np.ndarray, sigma: float) -> np.ndarray:
     return out.astype(x.dtype)
 
 
-def ridge_baseline(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, alpha: float = 10.0) -> np.ndarray:
-    """Linear regression baseline from the same (flattened) audio windows, closed-form ridge."""
+def ridge_fit(train_x: np.ndarray, train_y: np.ndarray, alpha: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closed-form ridge regression: returns (x mean, weight, bias) with y = (x - mean) @ weight + bias."""
     xm, ym = train_x.mean(0), train_y.mean(0)
     a, b = train_x - xm, train_y - ym
     w = np.linalg.solve(a.T @ a + alpha * len(a) * np.eye(a.shape[1]), a.T @ b)
+    return xm, w, ym
+
+
+def ridge_baseline(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, alpha: float = 10.0) -> np.ndarray:
+    """Linear regression baseline from the same (flattened) audio windows, closed-form ridge."""
+    xm, w, ym = ridge_fit(train_x, train_y, alpha)
     return (test_x - xm) @ w + ym

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import Stage1Config
-from pipeline.stage1.data import LandmarkBasis, gather, random_sequences, sliding_predict
+from pipeline.stage1.data import LandmarkBasis, gather, random_sequences, ridge_fit, sliding_predict
 from pipeline.stage1.model import Audio2Landmarks
 
 log = logging.getLogger("pipeline.stage1")
@@ -67,12 +67,18 @@ def fit(feats: np.ndarray, landmarks: np.ndarray, train_ranges: list[tuple[int, 
         basis = LandmarkBasis.fit(np.concatenate([landmarks[a:b] for a, b in fit_ranges]), cfg.max_components)
     coeffs = basis.encode(landmarks).astype(np.float32)
     model = copy.deepcopy(init) if init is not None else Audio2Landmarks(
-        feats.shape[-1], basis.k, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.dropout)
+        feats.shape[-1], basis.k, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.dropout, feats.shape[1])
+    rows = np.concatenate([np.arange(a, b) for a, b in fit_ranges])
+    xm, w, ym = ridge_fit(feats[rows].reshape(len(rows), -1).astype(np.float64), coeffs[rows].astype(np.float64))
+    model.set_linear(*(torch.from_numpy(np.asarray(v, np.float32)) for v in (xm, w, ym)))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     result = FitResult(model, basis)
     best_state, bad = copy.deepcopy(model.state_dict()), 0
+    if val_ranges:  # step 0 = the linear path alone: training must validate better to be kept
+        result.best_val = _val_loss(model, feats, coeffs, val_ranges, cfg.seq_len)
+        result.curve.append({"step": 0, "train_loss": float("nan"), "val_loss": result.best_val})
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = np.array([b - a for a, b in fit_ranges], np.float64)
     for step in tqdm(range(1, steps + 1), desc="stage1", mininterval=2.0):

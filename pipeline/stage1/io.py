@@ -67,14 +67,16 @@ def save_model(outdir: Path, model: Audio2Landmarks, basis: LandmarkBasis, cfg: 
         torch.save(model.state_dict(), tmp)
     STAGE1_BASIS.write(outdir / "basis.npz", basis.arrays(), prov)
     STAGE1_MODEL.write(outdir / "model.json", {
-        "in_dim": model.in_dim, "out_dim": model.out_dim, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
+        "in_dim": model.in_dim, "out_dim": model.out_dim, "window": model.window_len,
+        "d_model": cfg.d_model, "n_layers": cfg.n_layers,
         "n_heads": cfg.n_heads, "use_encoder": cfg.use_encoder, "config": asdict(cfg)}, prov)
 
 
 def load_model(model_dir: Path | str) -> tuple[Audio2Landmarks, LandmarkBasis, dict]:
     model_dir = Path(model_dir)
     meta = STAGE1_MODEL.read(model_dir / "model.json")
-    model = Audio2Landmarks(meta["in_dim"], meta["out_dim"], meta["d_model"], meta["n_layers"], meta["n_heads"], 0.0)
+    model = Audio2Landmarks(meta["in_dim"], meta["out_dim"], meta["d_model"], meta["n_layers"], meta["n_heads"], 0.0,
+                            meta["window"])
     try:
         state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
