@@ -10,7 +10,7 @@ From ``landmarks/landmarks.parquet`` (478 mediapipe points per frame, crop px) i
   error plus temporal smoothness of pose and expression (``pipeline.tracking_fit``), initialised in
   closed form by a per-frame Umeyama similarity on mediapipe's 3D landmarks.
 
-Outputs (``tracking/``, contracts in ``pipeline/artifacts.py``): tracks.parquet, face_model.npz,
+Outputs (``tracking/``, contracts in ``pipeline/artifacts/``): tracks.parquet, face_model.npz,
 canonical.npz (pose-free fitted landmarks, cm), transforms.json (camera-to-head, OpenGL), metrics.json
 (reprojection error, jitter of the fit and of the closed-form init), overlay.png and pose.png.
 """

@@ -90,3 +90,43 @@ def test_predict_refuses_mismatched_features(processed, tmp_path):
     with pytest.raises(Stage1Error, match="bad.npz.*feature size 40"):
         predict.run(tmp_path / "bad.npz", processed.dir(clip) / "stage1", tmp_path / "out.parquet")
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_pretrain_then_finetune(processed, tmp_path):
+    """Cross-subject pre-training (targets: offsets from each subject's mean), then per-subject fine-tuning."""
+    from pipeline.stage1 import train
+
+    clips = ["talk_mimictalk_german_de", "talk_dfrf_cnn_en"]
+    for c in clips:
+        processed.tracking(c)
+        processed.audio(c)
+    d = [processed.dir(c) for c in clips]
+    cfg = Stage1Config(steps=60, pretrain_steps=60, eval_every=20)
+    info = train.pretrain([str(x / "audio" / "self.npz") for x in d], [str(x / "tracking" / "canonical.npz") for x in d],
+                          [str(x / "tracking" / "transforms.json") for x in d], tmp_path / "pre", cfg)
+    assert info["subjects"] == 2
+    m = train.run(d[0] / "audio" / "self.npz", d[0] / "tracking" / "canonical.npz", d[0] / "tracking" / "transforms.json",
+                  tmp_path / "fine", cfg, pretrained=tmp_path / "pre")
+    assert m["lmd_px"] < m["lmd_px_mean_shape"]
+
+
+def test_pretrain_is_one_job_feeding_every_subject(tmp_path):
+    """With stage1.pretrain on, the DAG has one pretrain job and a fine-tune per subject."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for name in ["alice", "bob"]:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / f"{name}.mp4").write_bytes(b"dry runs never read this")
+    overlay = tmp_path / "pretrain.yaml"
+    overlay.write_text("stage1:\n  pretrain: true\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                           "-n", "results/alice/stage1/model.pt", "results/bob/stage1/model.pt",
+                           "--configfile", str(REPO / "config.yaml"), str(overlay)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts.get("pretrain_audio2lmk") == 1 and counts.get("train_audio2lmk") == 2, counts
