@@ -7,18 +7,11 @@ import math
 
 import torch
 
-from pipeline.config import Stage2ModelConfig
 from pipeline.stage2.field import LandmarkField
 from pipeline.stage2.occupancy import OccupancyGrid
 from pipeline.stage2.renderer import VolumeRenderer, camera_rays, intersect_sphere, pixel_centers
 
-
-def _small_cfg(**kw) -> Stage2ModelConfig:
-    base = dict(levels=8, features_per_level=2, log2_hashmap_size=14, base_resolution=4, finest_resolution=64,
-                hidden_dim=32, num_layers=2, geo_feat_dim=7, hidden_dim_color=32, num_layers_color=2,
-                audio_dim=0, use_au45=False, backend="torch", use_landmarks=False)
-    base.update(kw)
-    return Stage2ModelConfig(**base)
+from test_stage2_core import _small_cfg
 
 
 # ---------------------------------------------------------------- end-to-end fits
