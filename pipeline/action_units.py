@@ -81,6 +81,7 @@ from pipeline.artifacts import (AUS, AUS_STATS, BLENDSHAPE_NAMES, CANONICAL_LAND
 from pipeline.cli import guarded, parser
 from pipeline.config import ActionUnitsConfig, IngestConfig, from_mapping
 from pipeline.errors import PipelineError
+from pipeline.metrics import smooth_frames as smooth  # centred Gaussian over frames, edges held
 
 log = logging.getLogger("pipeline.action_units")
 
@@ -183,15 +184,6 @@ def robust_affine(g: np.ndarray, b: np.ndarray, iters: int = 20, k: float = 1.34
         u = np.abs(r) / (k * scale)
         w = np.where(u <= 1, 1.0, 1.0 / np.maximum(u, 1e-12))
     return float(coef[0]), float(coef[1])
-
-
-def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Centred Gaussian smoothing over frames (truncated at 4 sigma, edges held); sigma 0 = none."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(np.ceil(4 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    return np.convolve(np.pad(x, r, mode="edge"), k / k.sum(), mode="valid")
 
 
 def rolling_median(x: np.ndarray, window: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.metrics import LIP_IDS
+from pipeline.metrics import LIP_IDS, smooth_frames
 
 # Lips, the lower face-oval (jaw line) and the chin/lower-cheek points of the mediapipe mesh.
 JAW_IDS = [58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,
@@ -100,15 +100,10 @@ def sliding_predict(model: torch.nn.Module, feats: np.ndarray, seq_len: int, bat
 
 
 def smooth_zero_lag(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Centred Gaussian smoothing along time (edges replicated): symmetric, so no lag."""
+    """Centred Gaussian smoothing of each column along time (edges held): symmetric, so no lag."""
     if sigma <= 0:
         return x
-    r = int(np.ceil(3 * sigma))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k /= k.sum()
-    pad = np.concatenate([np.repeat(x[:1], r, 0), x, np.repeat(x[-1:], r, 0)])
-    out = np.stack([np.convolve(pad[:, j], k, mode="valid") for j in range(x.shape[1])], 1)
-    return out.astype(x.dtype)
+    return np.stack([smooth_frames(x[:, j], sigma) for j in range(x.shape[1])], 1).astype(x.dtype)
 
 
 def ridge_fit(train_x: np.ndarray, train_y: np.ndarray, alpha: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
