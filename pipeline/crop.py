@@ -188,7 +188,7 @@ def run(video: Path | str, meta: Path | str, outdir: Path | str, cfg: CropConfig
         vf = crop_filter(win["window"], win["padding"], cfg.size, cfg.lossless)
         crf = 0 if cfg.lossless else cfg.crf
         media.run_ffmpeg(["-i", str(video), "-map", "0:v:0", "-an", "-vf", vf, "-r", str(fps),
-                          "-c:v", "libx264", "-preset", "fast", "-crf", str(crf),
+                          "-c:v", "libx264", "-preset", cfg.preset, "-crf", str(crf),
                           "-movflags", "+faststart", str(tmp_video)], video)
         out = media.probe(tmp_video).video
         if out is None or out.n_frames != n_frames:

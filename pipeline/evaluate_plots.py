@@ -71,8 +71,11 @@ def plot_mouth(path: Path, frames: np.ndarray, gt: np.ndarray, render: np.ndarra
         s = sync.get(key) or {}
         if s.get("curve"):
             lags = np.arange(-s["max_lag"], s["max_lag"] + 1)
-            label = (f"{key}: offset {s['offset_frames']:+d} frames, r {s['peak_r']:.2f}"
-                     + ("" if s["reliable"] else " (unreliable)"))
+            if s.get("offset_frames") is None:  # not measurable (metrics.sync_offset gives the reason)
+                label = f"{key}: no offset ({s.get('reason', 'not measurable')})"
+            else:
+                label = (f"{key}: offset {s['offset_frames']:+d} frames, r {s['peak_r']:.2f}"
+                         + ("" if s["reliable"] else " (unreliable)"))
             c.plot(lags, s["curve"], color=colour, marker=".", label=label)
     c.axvline(0, color="grey", lw=0.8)
     c.set_xlabel("lag, frames (> 0: audio later than the mouth)")

@@ -56,8 +56,12 @@ def _init_worker(progress) -> None:
 
 
 def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task: str, cfg: LandmarksConfig,
-                   progress=None) -> dict[str, np.ndarray]:
-    """FaceLandmarker (VIDEO mode) on frames [start, stop) of the crop; one landmarker per call."""
+                   progress=None, thumb_step: int = 0, thumb_size: int = 256) -> dict[str, np.ndarray]:
+    """FaceLandmarker (VIDEO mode) on frames [start, stop) of the crop; one landmarker per call.
+
+    With ``thumb_step`` > 0 it also keeps every frame whose index is a multiple of it, resized to
+    ``thumb_size``² (``thumbs``, ``thumb_idx``), so the contact sheet needs no second decoding pass."""
+    import cv2
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
@@ -73,13 +77,17 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
         min_face_presence_confidence=cfg.min_presence_confidence,
         min_tracking_confidence=cfg.min_tracking_confidence,
         output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-    vf = f"trim=start_frame={start}:end_frame={stop},setpts=PTS-STARTPTS"
+    thumbs, thumb_idx = [], []
     i = 0
     with vision.FaceLandmarker.create_from_options(options) as landmarker:
-        for chunk in media.iter_frames(video, size, size, vf=vf):
+        for chunk in media.iter_frames(video, size, size, start_frame=start, n_frames=n, fps=fps):
             for frame in chunk:
                 if i >= n:
                     break
+                if thumb_step and (start + i) % thumb_step == 0:
+                    t = min(thumb_size, size)
+                    thumbs.append(cv2.resize(frame, (t, t), interpolation=cv2.INTER_AREA))
+                    thumb_idx.append(start + i)
                 ts_ms = int(round((start + i) * 1000 / fps))
                 res = landmarker.detect_for_video(
                     mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)), ts_ms)
@@ -97,7 +105,9 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
     if i != n:
         raise LandmarksError(video, f"decoded {i} frames in [{start}, {stop}), expected {n}")
     lms *= size  # x, y -> crop px; z -> the same scale (mediapipe's z is normalised like x)
-    return {"start": start, "detected": detected, "landmarks": lms, "blendshapes": bss, "pose": poses}
+    t = min(thumb_size, size)
+    return {"start": start, "detected": detected, "landmarks": lms, "blendshapes": bss, "pose": poses,
+            "thumbs": np.asarray(thumbs, np.uint8).reshape(-1, t, t, 3), "thumb_idx": np.asarray(thumb_idx, np.int64)}
 
 
 def worker_count(cfg: LandmarksConfig, n_frames: int, threads: int | None = None) -> int:
@@ -107,13 +117,15 @@ def worker_count(cfg: LandmarksConfig, n_frames: int, threads: int | None = None
 
 
 def detect_all(video: Path, size: int, n_frames: int, fps: int, task: Path, cfg: LandmarksConfig,
-               workers: int) -> dict[str, np.ndarray]:
-    """Landmarks for all frames: contiguous chunks, one process each, merged in frame order."""
+               workers: int, thumb_step: int = 0) -> dict[str, np.ndarray]:
+    """Landmarks for all frames: contiguous chunks, one process each, merged in frame order (with the
+    contact sheet's thumbnails, every ``thumb_step``-th frame)."""
     bounds = np.linspace(0, n_frames, workers + 1).round().astype(int)
-    chunks = [(str(video), size, int(a), int(b), fps, str(task), cfg) for a, b in zip(bounds[:-1], bounds[1:])]
+    chunks = [(str(video), size, int(a), int(b), fps, str(task), cfg, None, thumb_step)
+              for a, b in zip(bounds[:-1], bounds[1:])]
     with tqdm(total=n_frames, desc="landmarks", unit="frame") as bar:
         if workers == 1:
-            parts = [landmark_chunk(*chunks[0], progress=bar.update)]
+            parts = [landmark_chunk(*chunks[0][:7], bar.update, thumb_step)]
         else:
             ctx = mp_.get_context("spawn")  # mediapipe's threads do not survive fork()
             progress = ctx.Queue()
@@ -126,7 +138,8 @@ def detect_all(video: Path, size: int, n_frames: int, fps: int, task: Path, cfg:
                         pass
                 parts = [f.result() for f in futures]
     parts.sort(key=lambda p: p["start"])
-    return {k: np.concatenate([p[k] for p in parts]) for k in ("detected", "landmarks", "blendshapes", "pose")}
+    keys = ("detected", "landmarks", "blendshapes", "pose", "thumbs", "thumb_idx")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
 
 
 def missing_runs(detected: np.ndarray) -> list[tuple[int, int]]:
@@ -158,26 +171,26 @@ def fill_gaps(data: dict[str, np.ndarray], max_gap: int) -> np.ndarray:
     return interpolated
 
 
-def contact_sheet(video: Path, size: int, data: dict[str, np.ndarray], interpolated: np.ndarray, tiles: int,
-                  fps: int = 25, tile: int = 256) -> np.ndarray:
-    """Every n-th frame of the crop with its mesh drawn, tiled into one RGB image."""
+def sheet_step(n_frames: int, tiles: int) -> int:
+    """Every how many frames the contact sheet shows one."""
+    return max(1, -(-n_frames // tiles))
+
+
+def contact_sheet(size: int, data: dict[str, np.ndarray], interpolated: np.ndarray) -> np.ndarray:
+    """The thumbnails kept by the workers (``data["thumbs"]`` at frames ``data["thumb_idx"]``) with their
+    mesh drawn, tiled into one RGB image."""
     import cv2
     from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
 
-    n = len(data["detected"])
-    step = max(1, -(-n // tiles))
     edges = np.array([(c.start, c.end) for c in C.FACE_LANDMARKS_TESSELATION])
     contours = np.array([(c.start, c.end) for c in C.FACE_LANDMARKS_CONTOURS])
-    shown = []
-    for chunk in media.iter_frames(video, size, size, vf=f"select=not(mod(n\\,{step})),setpts=N/({fps}*TB)"):
-        shown.extend(chunk)
-    frames = list(range(0, n, step))[: len(shown)]
-    tile = min(tile, size)
+    shown, frames = list(data["thumbs"]), data["thumb_idx"].tolist()
+    tile = data["thumbs"].shape[1]
     cols = int(np.ceil(np.sqrt(len(frames))))
     rows = -(-len(frames) // cols)
     sheet = np.zeros((rows * tile, cols * tile, 3), np.uint8)
     for k, (idx, img) in enumerate(zip(frames, shown)):
-        img = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_AREA)
+        img = np.ascontiguousarray(img)
         pts = data["landmarks"][idx, :, :2] * (tile / size)
         ok = bool(np.isfinite(pts).all())
         if ok:
@@ -207,7 +220,7 @@ def run(video: Path | str, crop_meta: Path | str, meta: Path | str, outdir: Path
     workers = worker_count(cfg, n_frames, threads)
     log.info("%s: %d frames, %d px, %d worker(s)", video, n_frames, size, workers)
 
-    data = detect_all(video, size, n_frames, fps, task, cfg, workers)
+    data = detect_all(video, size, n_frames, fps, task, cfg, workers, sheet_step(n_frames, cfg.contact_sheet_tiles))
     detected = data["detected"]
     missing = int((~detected).sum())
     if missing > cfg.max_missing_fraction * n_frames:
@@ -229,7 +242,7 @@ def run(video: Path | str, crop_meta: Path | str, meta: Path | str, outdir: Path
         LANDMARKS.write(tmp_table, {"frame_idx": np.arange(n_frames, dtype=np.int32), "detected": detected,
                                     "interpolated": interpolated, **{k: data[k] for k in ("landmarks", "blendshapes", "pose")}},
                         prov)
-        sheet = contact_sheet(video, size, data, interpolated, cfg.contact_sheet_tiles, fps)
+        sheet = contact_sheet(size, data, interpolated)
         if not cv2.imwrite(str(tmp_sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
             raise LandmarksError(tmp_sheet, "could not write the contact sheet")
     summary = {"n_frames": n_frames, "detected": int(detected.sum()), "interpolated": int(interpolated.sum()),

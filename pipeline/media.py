@@ -136,14 +136,22 @@ def write_wav(path: Path | str, samples: np.ndarray, sample_rate: int) -> None:
 # ----------------------------------------------------------------------------- video
 
 def iter_frames(path: Path | str, width: int, height: int, *, vf: str | None = None,
-                chunk: int = 32) -> Iterator[np.ndarray]:
+                chunk: int = 32, start_frame: int = 0, n_frames: int | None = None,
+                fps: float = 25.0) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames [k, H, W, 3] in chunks of up to ``chunk`` frames, streaming from ffmpeg.
 
-    ``width``/``height`` are the frame size after the optional filter ``vf``.
+    ``width``/``height`` are the frame size after the optional filter ``vf``. ``start_frame`` > 0 seeks
+    (input seeking, frame-accurate for the constant-``fps`` videos the pipeline writes: decoding starts at
+    the keyframe before it, not at frame 0); ``n_frames`` stops after that many frames.
     """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path), "-map", "0:v:0"]
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
+    if start_frame > 0:  # half a frame early: the first frame kept is start_frame whatever the rounding
+        cmd += ["-ss", f"{(start_frame - 0.5) / fps:.6f}"]
+    cmd += ["-i", str(path), "-map", "0:v:0"]
     if vf:
         cmd += ["-vf", vf]
+    if n_frames is not None:
+        cmd += ["-frames:v", str(int(n_frames))]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     frame_bytes = width * height * 3
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -17,6 +17,7 @@ every ``occupancy_every`` steps. Progress (which drives the phases and the learn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,8 +48,16 @@ RUN_LENGTH_KEYS = ("steps", "max_minutes", "checkpoint_every", "log_every", "eva
                    "strip_frames", "device", "threads")
 
 
+CURVE_KEYS = ("step", "loss", "psnr", "seconds", "samples_per_ray")  # one train-curve point
+
+
 class TrainingInterrupted(RuntimeError):
     """SIGTERM during training: a checkpoint was written; re-running resumes."""
+
+
+@contextlib.contextmanager
+def _no_timer(_name: str):
+    yield
 
 
 class AutocastField:
@@ -143,8 +152,8 @@ class Trainer:
                 "model": self.field.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "occupancy": self.occ.state_dict(),
                 "error_maps": self.sampler.error_maps, "wall_seconds": self.wall_prev,
-                "curve": torch.tensor([[c["step"], c["loss"], c["psnr"], c["seconds"]] for c in self.curve],
-                                      dtype=torch.float64).reshape(-1, 4),
+                "curve": torch.tensor([[c[k] for k in CURVE_KEYS] for c in self.curve],
+                                      dtype=torch.float64).reshape(-1, len(CURVE_KEYS)),
                 "eval_curve": torch.tensor([[c["step"], c["seconds"], c["psnr_head"], c["ssim_head"]]
                                             for c in self.eval_curve], dtype=torch.float64).reshape(-1, 4),
                 **ckpt.rng_states(self.gen, self.rng)}
@@ -163,7 +172,7 @@ class Trainer:
         self.occ.load_state_dict(st["occupancy"])
         self.sampler.error_maps = st["error_maps"].cpu().float()
         self.step, self.wall_prev = int(st["step"]), float(st["wall_seconds"])
-        self.curve = [dict(zip(("step", "loss", "psnr", "seconds"), r)) for r in st["curve"].tolist()]
+        self.curve = [dict(zip(CURVE_KEYS, r)) for r in st["curve"].tolist()]
         self.eval_curve = [dict(zip(("step", "seconds", "psnr_head", "ssim_head"), r)) for r in st["eval_curve"].tolist()]
         for c in self.curve + self.eval_curve:
             c["step"] = int(c["step"])
@@ -172,28 +181,35 @@ class Trainer:
         log.info("resumed from %s at step %d (%.1f s trained before)", path, self.step, self.wall_prev)
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, phase: str) -> tuple[float, float]:
+    def train_step(self, phase: str, timer=None) -> tuple[float, float, float]:
+        """One optimisation step; returns (loss, colour MSE, samples per ray). ``timer(name)`` (a context
+        manager factory, e.g. bench/profile_stage2_step.py's CUDA-synchronised one) times its parts."""
         tcfg = self.tcfg
-        batch = self.sampler.sample(phase)
-        ctx = self.field.prepare(*self.data.conditioning(batch.frames))
-        out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame, batch.background,
-                                   stratified=True, generator=self.gen)
-        loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
-        if tcfg.opacity_weight > 0:
-            loss = loss + tcfg.opacity_weight * opacity_loss(out.opacity, batch.alpha)
-        if batch.n_patches:
-            args = (batch.patch_start, batch.n_patches, batch.patch_size)
-            pred, gt = to_patches(out.rgb, *args), to_patches(batch.rgb, *args)
-            loss = loss + tcfg.ssim_weight * ssim_loss(pred, gt) + tcfg.grad_weight * gradient_loss(pred, gt)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.sched.step()
-        with torch.no_grad():
+        timer = timer or _no_timer
+        with timer("sample rays"):
+            batch = self.sampler.sample(phase)
+        with timer("forward"):
+            ctx = self.field.prepare(*self.data.conditioning(batch.frames))
+            out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame,
+                                       batch.background, stratified=True, generator=self.gen)
+            loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
+            if tcfg.opacity_weight > 0:
+                loss = loss + tcfg.opacity_weight * opacity_loss(out.opacity, batch.alpha)
+            if batch.n_patches:
+                args = (batch.patch_start, batch.n_patches, batch.patch_size)
+                pred, gt = to_patches(out.rgb, *args), to_patches(batch.rgb, *args)
+                loss = loss + tcfg.ssim_weight * ssim_loss(pred, gt) + tcfg.grad_weight * gradient_loss(pred, gt)
+        with timer("backward"):
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with timer("optimizer"):
+            self.opt.step()
+            self.sched.step()
+        with timer("error map"), torch.no_grad():
             w = batch.color_w
             self.sampler.update_errors(batch, per_ray * w)
             mse = float((((out.rgb - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1))
-        return float(loss.detach()), mse
+        return float(loss.detach()), mse, out.ray_indices.numel() / max(out.rgb.shape[0], 1)
 
     @torch.no_grad()
     def update_occupancy(self) -> float:
@@ -216,16 +232,16 @@ class Trainer:
         with ckpt.StopFlag() as stop:
             while self.step < tcfg.steps and not (budget and elapsed() >= budget):
                 self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)
-                loss, mse = self.train_step(phase_at(self.progress, tcfg))
+                loss, mse, spr = self.train_step(phase_at(self.progress, tcfg))
                 self.step += 1
                 bar.update(1)
                 if self.step % tcfg.occupancy_every == 0:
                     self.update_occupancy()
                 if self.step % tcfg.log_every == 0 or self.step == 1:
                     self.curve.append({"step": self.step, "loss": loss, "psnr": psnr_from_mse(mse),
-                                       "seconds": round(elapsed(), 3)})
-                    log.info("step %d %s loss %.5f psnr %.2f", self.step, phase_at(self.progress, tcfg), loss,
-                             psnr_from_mse(mse))
+                                       "seconds": round(elapsed(), 3), "samples_per_ray": round(spr, 2)})
+                    log.info("step %d %s loss %.5f psnr %.2f, %.1f samples/ray", self.step,
+                             phase_at(self.progress, tcfg), loss, psnr_from_mse(mse), spr)
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0:
                     t0 = time.time()
                     m, _ = self.evaluate(eval_frames(self.data.test_ids, tcfg.eval_max_frames))
