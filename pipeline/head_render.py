@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import STAGE2_HEAD
+from pipeline.artifacts import STAGE2_HEAD, STAGE2_OCCUPANCY
 from pipeline.config import Stage2ModelConfig, from_mapping
 from pipeline.errors import PipelineError
 from pipeline.stage2 import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
@@ -102,8 +102,8 @@ def untrained_head(cfg: Stage2ModelConfig, landmarks_cm: np.ndarray, audio_in_di
 def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Head:
     """The trained head of ``stage2_dir``: head.json (STAGE2_HEAD) + head.pt (LandmarkField state dict).
 
-    The occupancy grid comes from ``checkpoint.pt`` when it is there (empty-space skipping); without it
-    every sample is evaluated, which gives the same image, only slower."""
+    The occupancy grid comes from ``occupancy.npz`` (STAGE2_OCCUPANCY) when it is there (empty-space
+    skipping); without it every sample is evaluated, which gives the same image, only slower."""
     stage2_dir = Path(stage2_dir)
     meta = STAGE2_HEAD.read(stage2_dir / "head.json")
     cfg = from_mapping(Stage2ModelConfig, meta["model_config"], f"{stage2_dir / 'head.json'}: model_config")
@@ -113,14 +113,15 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
     except (RuntimeError, OSError) as exc:
         raise HeadError(stage2_dir / "head.pt", f"cannot load the head weights ({exc})") from exc
     occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
-    ckpt = stage2_dir / "checkpoint.pt"
-    if ckpt.is_file():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True).get("occupancy")
-            if state is not None:
-                occ.load_state_dict(state)
-        except (RuntimeError, OSError, AttributeError) as exc:
-            raise HeadError(ckpt, f"cannot read the occupancy grid ({exc})") from exc
+    occ_path = stage2_dir / "occupancy.npz"
+    if occ_path.is_file():
+        grid = STAGE2_OCCUPANCY.read(occ_path)
+        if int(grid["resolution"]) != occ.resolution or grid["binary"].shape != (occ.n_cells,):
+            raise HeadError(occ_path, f"grid of resolution {int(grid['resolution'])} ({grid['binary'].shape[0]} cells); "
+                            f"head.json says occupancy_resolution {occ.resolution}")
+        occ.binary.copy_(torch.from_numpy(grid["binary"]))
+        occ.density.copy_(torch.from_numpy(grid["density"]))
+        occ.n_updates.fill_(1)
     hs = meta["head_space"]
     try:
         space = HeadSpace(tuple(float(v) for v in hs["center_cm"]), float(hs["scale_per_cm"]),

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO
+from pipeline import media
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
@@ -59,14 +61,57 @@ def test_config_schema_rejects_typo(tmp_path):
     assert "'fsp' was unexpected" in proc.stdout + proc.stderr
 
 
-def test_demo_runs_through_snakemake(tmp_path):
-    """README command 1 in miniature: the built-in demo through the furthest stage that exists."""
-    snakemake(tmp_path, "results/demo/ingest/meta.json", "--cores", "2", "--configfile", str(REPO / "configs" / "tiny.yaml"))
-    meta = json.loads((tmp_path / "results/demo/ingest/meta.json").read_text())
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """README command 1 on a fresh folder (tiny profile): the built-in demo from nothing to results/demo/video.mp4
+    (ingest -> crop -> landmarks -> tracking -> parsing -> AUs -> audio -> stage 1 -> stage 2 -> torso -> render).
+    About 2.5 min on an idle 2-core machine."""
+    workdir = tmp_path_factory.mktemp("demo")
+    snakemake(workdir, "results/demo/video.mp4", "--cores", "2", "--configfile", TINY)
+    return workdir
+
+
+def test_demo_end_to_end(demo):
+    meta = json.loads((demo / "results/demo/ingest/meta.json").read_text())
     assert meta["n_frames"] == 300 and meta["fps"] == 25
-    assert (tmp_path / "logs/ingest_video/demo.log").is_file()
-    assert (tmp_path / "benchmarks/ingest_video/demo.tsv").is_file()
+    t0, t1 = meta["split"]["test"]
+    for rule in ("ingest_video", "train_head", "render_video"):
+        assert (demo / f"logs/{rule}/demo.log").is_file() and (demo / f"benchmarks/{rule}/demo.tsv").is_file()
+
+    video = demo / "results/demo/video.mp4"
+    info = media.probe(video)
+    assert info.video is not None and info.audio is not None, "video.mp4 needs a video and an audio stream"
+    assert info.audio.codec == "aac" and info.video.fps == pytest.approx(25)
+    assert info.video.n_frames == t1 - t0, "video.mp4 is the test split, one frame per test frame"
+    assert abs(info.video.duration_sec - (t1 - t0) / 25) < 1e-6
+    assert abs(info.audio.duration_sec - info.video.duration_sec) <= 1 / 25, "audio and video differ by > 1 frame"
+    stats = json.loads((demo / "results/demo/video.json").read_text())
+    assert stats["head"] == "stage2/head.pt" and stats["n_frames"] == t1 - t0
+    frames = np.concatenate(list(media.iter_frames(video, info.video.width, info.video.height)))
+    assert len(frames) == t1 - t0
+    assert frames.std(axis=0).mean() > 1.0, "the frames do not change over time"
+    assert frames.std() > 10.0, "a flat image"
+
     # a second run has nothing to do
-    proc = snakemake(tmp_path, "results/demo/ingest/meta.json", "--cores", "2", "-n",
-                     "--configfile", str(REPO / "configs" / "tiny.yaml"))
+    proc = snakemake(demo, "results/demo/video.mp4", "--cores", "2", "-n", "--configfile", TINY)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_demo_evaluation_and_report(demo):
+    """The demo's own video.mp4 evaluated by the evaluate rule, the benchmark table, then `snakemake --report`
+    with every evaluation plot (nothing upstream re-runs)."""
+    args = ("--cores", "2", "--configfile", TINY, "--config", "benchmark_subjects=[demo]")
+    proc = snakemake(demo, *args, "--", "results/benchmark.md")
+    out = proc.stdout + proc.stderr
+    assert "rule evaluate" in out and "rule benchmark_table" in out and "rule render_video" not in out
+    m = json.loads((demo / "results/demo/eval/metrics.json").read_text())
+    assert m["subject"] == "demo" and m["test_frames"] == 28 and 5 < m["psnr_db"] < 60 and 0 < m["ssim"] <= 1
+    assert "| demo |" in (demo / "results/benchmark.md").read_text()
+    report = demo / "report.html"
+    snakemake(demo, *args, "--report", str(report), "--", "results/benchmark.md")
+    html = report.read_text(errors="replace")
+    for name in ("psnr.png", "mouth.png", "pose.png", "strip.png", "test_strip.png", "benchmark.csv", "metrics.json"):
+        assert name in html, name

@@ -34,14 +34,14 @@ STAGE2_HEAD = JsonSpec(
 )
 # stage2/checkpoint.pt (torch.load(weights_only=True)): {"step", "model", "optimizer", "scheduler", "occupancy",
 # "error_maps" [N, G, G], "rng_torch", "rng_cuda", "rng_sampler" (torch.Generator state), "rng_numpy" (PCG64
-# state as int64 words), "curve" [K, 4], "wall_seconds", "config_hash"} - written atomically every
+# state as int64 words), "curve" [K, 5], "wall_seconds", "config_hash"} - written atomically every
 # stage2.checkpoint_every steps and on SIGTERM; deleted-never (a re-run resumes from it).
 STAGE2_METRICS = JsonSpec(
     "stage2/metrics.json",
     required={
         "steps": int, "train_seconds": (int, float), "steps_per_sec": (int, float), "device": str,
         "resumed_from": (int, type(None)),   # step of the checkpoint this run resumed from (None: fresh)
-        "curve": list,                   # [{"step", "loss", "psnr", "seconds"}] train batches (PSNR of colour rays)
+        "curve": list,                   # [{"step", "loss", "psnr", "seconds", "samples_per_ray"}] train batches
         "eval_curve": list,              # [{"step", "seconds", "psnr_head", "ssim_head"}] test split during training
         "test_frames": int,
         "psnr_head": float, "ssim_head": float,   # test split, over the head mask (labels 3-7), render over the plate
@@ -83,6 +83,17 @@ TORSO_METRICS = JsonSpec(
 # video.mp4 (test split re-synthesised from its own audio) and drive/<clip>.mp4 (any driving wav):
 # H.264 yuv420p, 25 fps, render.size (crop size by default), AAC audio of exactly the rendered span.
 # Frames rendered where ffmpeg is absent (GPU machines) go to an npz first, muxed later on the CPU side:
+# stage2/occupancy.npz: the trained head's occupancy grid (empty-space skipping when rendering; without it
+# every sample is evaluated: the same image, slower). Written by train_head, read by the render rules.
+STAGE2_OCCUPANCY = ArraySpec(
+    "stage2/occupancy.npz",
+    keys={
+        "binary": ("bool", 1),           # [R^3] occupied cells, x fastest (pipeline.stage2.occupancy)
+        "density": ("float32", 1),       # [R^3] the EMA densities behind it
+        "resolution": ("int32", 0),
+    },
+)
+
 RENDER_FRAMES = ArraySpec(
     "<video>.frames.npz",
     keys={

@@ -2,7 +2,7 @@
 
 ``python -m pipeline.stage2.train --subject-dir results/<s> [--outdir results/<s>/stage2] --config '<stage2 JSON>'``
 reads only the files listed in :mod:`pipeline.stage2.data` (no video decoding: the GPU machines have no ffmpeg)
-and writes ``stage2/{head.pt, head.json, metrics.json, test_strip.png}`` plus ``stage2/checkpoint.pt``
+and writes ``stage2/{head.pt, head.json, occupancy.npz, metrics.json, test_strip.png}`` plus ``stage2/checkpoint.pt``
 (every ``checkpoint_every`` steps, on SIGTERM, and at the end). Re-running resumes from an unfinished checkpoint
 of the same configuration (run-length keys such as ``steps`` or ``max_minutes`` may change); a finished or
 foreign one is ignored and training starts afresh.
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import STAGE2_HEAD, STAGE2_METRICS, ArtifactError, Provenance, atomic_output, config_hash
+from pipeline.artifacts import STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output, config_hash
 from pipeline.cli import guarded, parser
 from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
 from pipeline.stage2 import checkpoint as ckpt
@@ -294,6 +294,9 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
         "head_space": data.head_space.to_json(), "camera": data.camera.to_json(),
         "occupancy": {"resolution": mcfg.occupancy_resolution, "occupied_fraction": occ_frac},
         "au45_source": data.au45_source, "steps": fit["steps"], "data": data.to_json()}, prov)
+    STAGE2_OCCUPANCY.write(outdir / "occupancy.npz", {
+        "binary": trainer.occ.binary.cpu().numpy(), "density": trainer.occ.density.float().cpu().numpy(),
+        "resolution": np.int32(trainer.occ.resolution)}, prov)
     write_strip(outdir / "test_strip.png", pairs)
     metrics = {"steps": fit["steps"], "train_seconds": fit["train_seconds"], "steps_per_sec": fit["steps_per_sec"],
                "train_cpu_seconds": fit["cpu_seconds"],  # process CPU time of this run's loop (all threads)

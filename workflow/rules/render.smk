@@ -45,6 +45,7 @@ rule train_torso:
 RENDER_SUBJECT_INPUTS = dict(
     head="results/{subject}/stage2/head.json",
     weights="results/{subject}/stage2/head.pt",
+    occupancy="results/{subject}/stage2/occupancy.npz",
     torso="results/{subject}/torso/torso.pt",
     torso_meta="results/{subject}/torso/torso.json",
     transforms="results/{subject}/tracking/transforms.json",

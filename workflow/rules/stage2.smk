@@ -49,6 +49,7 @@ rule train_head:
     output:
         head="results/{subject}/stage2/head.pt",
         head_meta="results/{subject}/stage2/head.json",
+        occupancy="results/{subject}/stage2/occupancy.npz",
         metrics="results/{subject}/stage2/metrics.json",
         strip=report("results/{subject}/stage2/test_strip.png", category="Stage 2", subcategory="{subject}"),
     params:
