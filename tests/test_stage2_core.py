@@ -345,3 +345,33 @@ def test_stage2_imports_without_preprocessing_libraries():
             "import pipeline.stage2, pipeline.stage2.encoding, pipeline.stage2.field\n"
             "import pipeline.stage2.renderer, pipeline.stage2.occupancy\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+def test_marching_matches_the_two_pass_early_stop_and_evaluates_less():
+    """Rendering without gradients marches rays window by window and stops them behind the surface; with
+    gradients the two-pass early stop runs. Same image (within eps), fewer field evaluations."""
+    aabb = torch.tensor([[-1.0] * 3, [1.0] * 3])
+    field = BlobField()
+    occ = OccupancyGrid(aabb, resolution=32, warmup_updates=0)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(4):
+        occ.update(lambda x: field.density(x, None, None), generator=gen)
+    dense = VolumeRenderer(aabb, num_samples=192, occupancy=occ)
+    c2w = torch.eye(4)
+    c2w[:3, 3] = torch.tensor([0.0, 0.0, 2.5])
+    o, d = camera_rays(c2w, pixel_centers(32, 32), 30.0, 16.0, 16.0)
+    fr = torch.zeros(o.shape[0], dtype=torch.int64)
+    bg = torch.tensor([0.2, 0.3, 0.4])
+    ref = dense.render(field, None, o, d, fr, bg)
+    for window in (1, 7, 64):
+        stop = VolumeRenderer(aabb, num_samples=192, occupancy=occ, early_stop_eps=1e-3, march_window=window)
+        two_pass = stop.render(field, None, o, d, fr, bg)                # gradients on: density pass + survivors
+        with torch.no_grad():
+            marched = stop.render(field, None, o, d, fr, bg)
+        for out in (two_pass, marched):
+            assert (out.rgb - ref.rgb).abs().max() < 5e-3 and (out.opacity - ref.opacity).abs().max() < 5e-3
+        torch.testing.assert_close(marched.weights.sum(), marched.opacity.sum(), rtol=1e-5, atol=1e-5)
+        # the two-pass path evaluates every candidate once for density, then the survivors; marching less
+        assert marched.ray_indices.numel() < ref.ray_indices.numel() + two_pass.ray_indices.numel()
+        if window == 1:
+            assert marched.ray_indices.numel() <= two_pass.ray_indices.numel() + o.shape[0]

@@ -22,8 +22,13 @@ Field protocol (``RadianceField``), all tensors on one device:
    ``far - near``);
 3. samples in cells that the ``OccupancyGrid`` marks empty are dropped; the rest are *packed*
    (``ray_indices`` sorted by ray, then depth);
-4. optional early stop (``early_stop_eps > 0``): a no-grad density pass drops samples whose transmittance is
-   below the threshold before the full pass (as nerfacc's ``OccGridEstimator``);
+4. optional early stop (``early_stop_eps > 0``). With gradients on (training), a no-grad density pass drops
+   samples whose transmittance is below the threshold before the full pass (as nerfacc's
+   ``OccGridEstimator``). Without gradients (rendering) the rays are *marched*: the field is evaluated
+   ``march_window`` samples of every live ray at a time, front to back, compositing as it goes, and a ray
+   stops once its transmittance falls below the threshold, so samples behind a surface are never evaluated
+   and no separate density pass is needed (Instant-NGP's renderer; the image equals the dense one within
+   ``early_stop_eps``). The packed outputs then come in evaluation order;
 5. compositing (``composite``): ``alpha = 1 - exp(-sigma delta)``, transmittance ``T_i = exp(-sum_{j<i}
    sigma_j delta_j)`` by a float64 segmented cumsum, ``w_i = T_i alpha_i``; ``rgb = sum w c +
    (1 - opacity) background``, ``opacity = sum w``, ``depth = sum w t`` (expected depth, not divided by
@@ -145,7 +150,7 @@ class RenderOutput:
 
 class VolumeRenderer(nn.Module):
     def __init__(self, aabb: torch.Tensor, num_samples: int = 128, occupancy: OccupancyGrid | None = None,
-                 early_stop_eps: float = 0.0, min_near: float = 0.0, chunk: int = 1 << 18):
+                 early_stop_eps: float = 0.0, min_near: float = 0.0, chunk: int = 1 << 18, march_window: int = 8):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
         self.num_samples = int(num_samples)
@@ -153,6 +158,7 @@ class VolumeRenderer(nn.Module):
         self.early_stop_eps = float(early_stop_eps)
         self.min_near = float(min_near)
         self.chunk = int(chunk)
+        self.march_window = int(march_window)
 
     def sample(self, origins: torch.Tensor, dirs: torch.Tensor, stratified: bool = False,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
@@ -187,26 +193,72 @@ class VolumeRenderer(nn.Module):
         ray_idx, t, delta, pos = self.sample(origins, dirs, stratified, generator)
         n_candidates = int(ray_idx.numel())
         frame_s = frame[ray_idx]
+        march = self._march if self.early_stop_eps > 0 and not torch.is_grad_enabled() else self._composite_all
+        comp, kept = march(field, ctx, ray_idx, t, delta, pos, dirs, frame_s, n_rays)
+        if kept is not None:
+            ray_idx, t, delta = ray_idx[kept], t[kept], delta[kept]
+        bg = background.to(comp.rgb).expand(n_rays, 3)
+        out_rgb = comp.rgb + (1.0 - comp.opacity)[:, None] * bg
+        return RenderOutput(out_rgb, comp.opacity, comp.depth, comp.weights, ray_idx, t, delta, n_candidates)
+
+    def _query(self, field: RadianceField, ctx: Any, pos: torch.Tensor, d_s: torch.Tensor,
+               frame_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The field at packed samples, ``chunk`` at a time: ``sigma [N]``, ``rgb [N, 3]``."""
+        if not pos.shape[0]:
+            return pos.new_zeros(0), pos.new_zeros(0, 3)
+        parts = [field(pos[i:i + self.chunk], d_s[i:i + self.chunk], frame_s[i:i + self.chunk], ctx)
+                 for i in range(0, pos.shape[0], self.chunk)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _composite_all(self, field: RadianceField, ctx: Any, ray_idx: torch.Tensor, t: torch.Tensor,
+                       delta: torch.Tensor, pos: torch.Tensor, dirs: torch.Tensor, frame_s: torch.Tensor,
+                       n_rays: int) -> tuple[Composite, torch.Tensor | None]:
+        """Every packed sample through the field, or with the two-pass early stop every sample in front of the
+        surface; returns the composite and the packed indices kept (None: all)."""
+        kept = None
         if self.early_stop_eps > 0 and ray_idx.numel():
             with torch.no_grad():
                 sigma0 = torch.cat([field.density(pos[i:i + self.chunk], frame_s[i:i + self.chunk], ctx)
                                     for i in range(0, pos.shape[0], self.chunk)])
                 trans = torch.exp(-segment_exclusive_cumsum(sigma0 * delta, ray_idx, n_rays))
-                alive = trans > self.early_stop_eps
-            ray_idx, t, delta, pos, frame_s = (a[alive] for a in (ray_idx, t, delta, pos, frame_s))
-        if ray_idx.numel():
-            d_s = dirs[ray_idx]
-            parts = [field(pos[i:i + self.chunk], d_s[i:i + self.chunk], frame_s[i:i + self.chunk], ctx)
-                     for i in range(0, pos.shape[0], self.chunk)]
-            sigma = torch.cat([p[0] for p in parts])
-            rgb = torch.cat([p[1] for p in parts])
-        else:
-            sigma = pos.new_zeros(0)
-            rgb = pos.new_zeros(0, 3)
-        comp = composite(sigma, rgb, t, delta, ray_idx, n_rays)
-        bg = background.to(comp.rgb).expand(n_rays, 3)
-        out_rgb = comp.rgb + (1.0 - comp.opacity)[:, None] * bg
-        return RenderOutput(out_rgb, comp.opacity, comp.depth, comp.weights, ray_idx, t, delta, n_candidates)
+                kept = (trans > self.early_stop_eps).nonzero().squeeze(1)
+            ray_idx, t, delta, pos, frame_s = (a[kept] for a in (ray_idx, t, delta, pos, frame_s))
+        sigma, rgb = self._query(field, ctx, pos, dirs[ray_idx], frame_s)
+        return composite(sigma, rgb, t, delta, ray_idx, n_rays), kept
+
+    @torch.no_grad()
+    def _march(self, field: RadianceField, ctx: Any, ray_idx: torch.Tensor, t: torch.Tensor, delta: torch.Tensor,
+               pos: torch.Tensor, dirs: torch.Tensor, frame_s: torch.Tensor,
+               n_rays: int) -> tuple[Composite, torch.Tensor]:
+        """Front-to-back marching with early termination (module docstring, step 4), ``march_window`` packed
+        samples of each live ray per round. Returns the composite and the packed indices evaluated, in order."""
+        counts = torch.bincount(ray_idx, minlength=n_rays)
+        rank = torch.arange(ray_idx.numel(), device=ray_idx.device) - (torch.cumsum(counts, 0) - counts)[ray_idx]
+        trans_in = torch.ones(n_rays, dtype=torch.float64, device=t.device)   # transmittance before the window
+        rgb_acc, opacity, depth = t.new_zeros(n_rays, 3), t.new_zeros(n_rays), t.new_zeros(n_rays)
+        weights, transes, order = [], [], []
+        w_len = max(1, self.march_window)
+        for k0 in range(0, int(counts.max()) if counts.numel() else 0, w_len):
+            live = trans_in > self.early_stop_eps
+            idx = ((rank >= k0) & (rank < k0 + w_len) & live[ray_idx]).nonzero().squeeze(1)
+            if not idx.numel():  # ranks are contiguous per ray: no live ray has samples this deep
+                break
+            ri = ray_idx[idx]
+            sigma, rgb = self._query(field, ctx, pos[idx], dirs[ri], frame_s[idx])
+            tau = sigma * delta[idx]
+            trans = (trans_in[ri] * torch.exp(-segment_exclusive_cumsum(tau, ri, n_rays).double())).to(tau.dtype)
+            w = trans * (1.0 - torch.exp(-tau))
+            rgb_acc.index_add_(0, ri, w[:, None] * rgb)
+            opacity.index_add_(0, ri, w)
+            depth.index_add_(0, ri, w * t[idx])
+            trans_in = trans_in * torch.exp(-torch.zeros_like(trans_in).index_add_(0, ri, tau.double()))
+            weights.append(w)
+            transes.append(trans)
+            order.append(idx)
+        cat = lambda xs, like: torch.cat(xs) if xs else like[:0]  # noqa: E731
+        order_t = cat(order, ray_idx)
+        w_all = cat(weights, t)
+        return Composite(w_all, cat(transes, t), rgb_acc, opacity, depth), order_t
 
     @torch.no_grad()
     def render_image(self, field: RadianceField, ctx: Any, c2w: torch.Tensor, h: int, w: int,
