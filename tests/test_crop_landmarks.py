@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import crop, ingest, landmarks, media, mp_models
+from pipeline import crop, ingest, landmarks, media, metrics, mp_models
 from pipeline.artifacts import CROP_BOXES, CROP_META, LANDMARKS, N_LANDMARKS, fixed_list_column
 from pipeline.config import CropConfig, LandmarksConfig
 
@@ -26,24 +26,6 @@ def _table(processed, clip):
 
 def _points(table):
     return fixed_list_column(table, "landmarks", (N_LANDMARKS, 3))
-
-
-def mouth_opening(pts: np.ndarray) -> np.ndarray:
-    """Inner-lip distance (13-14) over face height (10-152), per frame."""
-    return np.linalg.norm(pts[:, 13, :2] - pts[:, 14, :2], axis=1) / np.linalg.norm(pts[:, 10, :2] - pts[:, 152, :2], axis=1)
-
-
-def rms_envelope(wav, n_frames: int, fps: int = 25) -> np.ndarray:
-    samples, sr = sf.read(str(wav))
-    hop = sr // fps
-    samples = np.pad(samples, (0, max(0, n_frames * hop - len(samples))))[: n_frames * hop]
-    return np.sqrt(np.mean(samples.reshape(n_frames, hop) ** 2, axis=1))
-
-
-def best_lag_pearson(a: np.ndarray, b: np.ndarray, max_lag: int = 2) -> float:
-    n = len(a)
-    return max(float(np.corrcoef(a[max(0, k): n + min(0, k)], b[max(0, -k): n - max(0, k)])[0, 1])
-               for k in range(-max_lag, max_lag + 1))
 
 
 # ----------------------------------------------------------------------------- real clips
@@ -89,8 +71,9 @@ OFF_SYNC = {"talk_sadtalker_katiehill_en", "talk_videoretalking_4_en"}
     strict=True, reason="footage: mouth opening and audio RMS uncorrelated within +-2 frames")) for c in CLIPS])
 def test_mouth_opening_follows_audio(processed, clip):
     pts = _points(_table(processed, clip))
-    rms = rms_envelope(processed.dir(clip) / "ingest" / "audio.wav", len(pts))
-    r = best_lag_pearson(mouth_opening(pts), rms)
+    samples, sr = sf.read(str(processed.dir(clip) / "ingest" / "audio.wav"))
+    rms = metrics.rms_envelope(samples, sr, 25, len(pts))
+    _, r = metrics.best_lag(metrics.mouth_opening(pts), rms, 2)
     assert r >= MIN_MOUTH_AUDIO_R.get(clip, 0.2), f"mouth opening vs audio RMS: best Pearson {r:.3f} within +-2 frames"
 
 
