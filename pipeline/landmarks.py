@@ -77,7 +77,7 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
         min_face_presence_confidence=cfg.min_presence_confidence,
         min_tracking_confidence=cfg.min_tracking_confidence,
         output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-    thumbs, thumb_idx = [], []
+    thumbs, thumb_idx, t = [], [], min(thumb_size, size)
     i = 0
     with vision.FaceLandmarker.create_from_options(options) as landmarker:
         for chunk in media.iter_frames(video, size, size, start_frame=start, n_frames=n, fps=fps):
@@ -85,7 +85,6 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
                 if i >= n:
                     break
                 if thumb_step and (start + i) % thumb_step == 0:
-                    t = min(thumb_size, size)
                     thumbs.append(cv2.resize(frame, (t, t), interpolation=cv2.INTER_AREA))
                     thumb_idx.append(start + i)
                 ts_ms = int(round((start + i) * 1000 / fps))
@@ -105,7 +104,6 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
     if i != n:
         raise LandmarksError(video, f"decoded {i} frames in [{start}, {stop}), expected {n}")
     lms *= size  # x, y -> crop px; z -> the same scale (mediapipe's z is normalised like x)
-    t = min(thumb_size, size)
     return {"start": start, "detected": detected, "landmarks": lms, "blendshapes": bss, "pose": poses,
             "thumbs": np.asarray(thumbs, np.uint8).reshape(-1, t, t, 3), "thumb_idx": np.asarray(thumb_idx, np.int64)}
 
