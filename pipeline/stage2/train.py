@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output, config_hash
+from pipeline.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output,
+                                config_hash)
 from pipeline.cli import guarded, parser
 from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
 from pipeline.stage2 import checkpoint as ckpt
