@@ -100,8 +100,8 @@ class Lpips:
             return float(self.model(t(a), t(b)).item())
 
 
-def _frames(path: Path, size: int, vf: str | None = None):
-    for chunk in media.iter_frames(path, size, size, vf=vf):
+def _frames(path: Path, size: int, vf: str | None = None, start: int = 0, n: int | None = None, fps: int = 25):
+    for chunk in media.iter_frames(path, size, size, vf=vf, start_frame=start, n_frames=n, fps=fps):
         yield from chunk
 
 
@@ -202,10 +202,8 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     strip_gt, strip_r = [], []
     cols = {k: np.full(n, np.nan) for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")}
     dlib_gt, dlib_r = np.zeros((n, 68, 2)), np.zeros((n, 68, 2))
-    vf = f"trim=start_frame={t0}:end_frame={t1},setpts=PTS-STARTPTS"
-    if size != crop_size:
-        vf += f",scale={size}:{size}:flags=area"
-    pairs = zip(_frames(root / "crop/video.mp4", size, vf), _frames(video, size),
+    vf = f"scale={size}:{size}:flags=area" if size != crop_size else None
+    pairs = zip(_frames(root / "crop/video.mp4", size, vf, start=t0, n=n, fps=fps), _frames(video, size),
                 _label_rows(root / "parsing/labels.npz", t0, t1))
     i = -1
     for i, (g, r, lab) in enumerate(tqdm(pairs, total=n, desc="evaluate", unit="frame", mininterval=5, disable=None)):
