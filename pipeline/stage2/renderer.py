@@ -201,13 +201,16 @@ class VolumeRenderer(nn.Module):
         out_rgb = comp.rgb + (1.0 - comp.opacity)[:, None] * bg
         return RenderOutput(out_rgb, comp.opacity, comp.depth, comp.weights, ray_idx, t, delta, n_candidates)
 
-    def _query(self, field: RadianceField, ctx: Any, pos: torch.Tensor, d_s: torch.Tensor,
-               frame_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The field at packed samples, ``chunk`` at a time: ``sigma [N]``, ``rgb [N, 3]``."""
+    def _query(self, field: RadianceField, ctx: Any, pos: torch.Tensor, d_s: torch.Tensor | None,
+               frame_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """The field at packed samples, ``chunk`` at a time: ``(sigma [N], rgb [N, 3])``, or only the density
+        ``sigma [N]`` when ``d_s`` is None."""
         if not pos.shape[0]:
-            return pos.new_zeros(0), pos.new_zeros(0, 3)
-        parts = [field(pos[i:i + self.chunk], d_s[i:i + self.chunk], frame_s[i:i + self.chunk], ctx)
-                 for i in range(0, pos.shape[0], self.chunk)]
+            return pos.new_zeros(0) if d_s is None else (pos.new_zeros(0), pos.new_zeros(0, 3))
+        spans = [slice(i, i + self.chunk) for i in range(0, pos.shape[0], self.chunk)]
+        if d_s is None:
+            return torch.cat([field.density(pos[c], frame_s[c], ctx) for c in spans])
+        parts = [field(pos[c], d_s[c], frame_s[c], ctx) for c in spans]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _composite_all(self, field: RadianceField, ctx: Any, ray_idx: torch.Tensor, t: torch.Tensor,
@@ -218,8 +221,7 @@ class VolumeRenderer(nn.Module):
         kept = None
         if self.early_stop_eps > 0 and ray_idx.numel():
             with torch.no_grad():
-                sigma0 = torch.cat([field.density(pos[i:i + self.chunk], frame_s[i:i + self.chunk], ctx)
-                                    for i in range(0, pos.shape[0], self.chunk)])
+                sigma0 = self._query(field, ctx, pos, None, frame_s)
                 trans = torch.exp(-segment_exclusive_cumsum(sigma0 * delta, ray_idx, n_rays))
                 kept = (trans > self.early_stop_eps).nonzero().squeeze(1)
             ray_idx, t, delta, pos, frame_s = (a[kept] for a in (ray_idx, t, delta, pos, frame_s))
