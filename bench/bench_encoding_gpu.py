@@ -102,16 +102,21 @@ def cases(enc: torch.nn.Module, net: torch.nn.Module, full: torch.nn.Module, x: 
             "encoding+MLP fwd": full_fwd, "encoding+MLP fwd+bwd": full_fwd_bwd}
 
 
-# (block, levels per program, warps, vector_levels, hints); at most 2 points per thread (compile time)
-# (a wider sweep on an H200, 2026-11-22, is in BENCHMARKS.md; these are its front runners)
+# (block, levels per program, warps, vector_levels, hints[, pair_x]); at most 2 points per thread (compile time)
+# (a wider sweep on an H200, 2026-11-22, is in BENCHMARKS.md; these are its front runners, and the paired
+# axis-0 corner loads of session 3)
 FORWARD_SWEEP = [(128, 8, 8, True, True), (256, 8, 8, True, True), (128, 8, 4, True, True),
-                 (128, 8, 8, True, False), (64, 8, 4, True, True), (128, 4, 4, True, False), (128, 1, 4, False, False)]
+                 (128, 8, 8, True, False), (64, 8, 4, True, True), (128, 4, 4, True, False), (128, 1, 4, False, False),
+                 *[(b, g, w, True, True, True) for b, g, w in ((128, 4, 4), (64, 4, 4), (256, 4, 4), (128, 4, 8),
+                                                             (256, 4, 8), (64, 4, 2), (128, 4, 2), (32, 4, 2),
+                                                             (128, 2, 4), (64, 2, 2), (64, 8, 4), (128, 8, 8))],
+                 (128, 4, 4, True, False, True)]
 BACKWARD_SWEEP = [(256, 4, 8, False, False), (128, 4, 4, False, False), (256, 4, 4, False, False)]
 
 
 def _label(cfg) -> str:
     return (f"B{cfg.block} G{cfg.levels_per_program} W{cfg.num_warps}" + (" vec" if cfg.vector_levels else "")
-            + (" hints" if cfg.hints else ""))
+            + (" hints" if cfg.hints else "") + (" pair" if cfg.pair_x else ""))
 
 
 def sweep(fast: ET.TritonHashGrid, x: torch.Tensor, repeats: int, use_best: bool) -> dict:

@@ -10,6 +10,8 @@ frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.c
   what ``video.mp4`` shows), PSNR over the head labels (3-7) and over torso + neck (1-2), all on the
   uncompressed render; head-only rendering speed at the crop size (``--fps-frames`` frames, CUDA-synchronised,
   one frame per call), and the head + torso speed recorded by the render (``video.json``);
+* ``error_map.png``: the mean absolute error over the test frames (0 black .. 0.15 yellow), and in
+  ``render_eval.json`` ``regions``: the error per parsing class and in the head's outline band (:func:`score`);
 * ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate``
   on the CPU machine (``frames_to_npz`` below).
 """
@@ -27,23 +29,56 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.artifacts import (INGEST_META, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES, STAGE2_LABELS,
-                                Provenance)
+from pipeline.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
+                                STAGE2_LABELS, Provenance)
 from pipeline.config import RenderConfig
 from pipeline.head_render import load_head
 from pipeline.metrics import psnr, ssim
 from pipeline.render import load_scene, test_drive
 
+EDGE_PX = 6   # width of the band along the head outline whose error is reported apart
+
 
 def score(render: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> dict:
+    """Per frame and averaged PSNR/SSIM, plus where the head error is: the squared error summed over the
+    test frames per parsing class and in a band of ``EDGE_PX`` pixels along the head's outline (hair and
+    ears against the plate, the neck seam) versus the head's interior, each as a PSNR over the pooled pixels
+    and as its share of the head's total squared error; and the mean absolute error image (``error_map``)."""
     rows = []
+    sse = np.zeros(len(PARSING_LABEL_NAMES) + 2)   # classes, then head edge band, head interior
+    count = np.zeros_like(sse)
+    err_sum = np.zeros(render.shape[1:3])
+    ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * EDGE_PX + 1, 2 * EDGE_PX + 1))
     for img, ref, lab in zip(render, gt, labels):
         head, torso = lab >= 3, (lab == 1) | (lab == 2)
         rows.append({"psnr": psnr(img, ref), "ssim": ssim(img, ref),
                      "psnr_head": psnr(img, ref, head) if head.any() else None,
                      "psnr_torso": psnr(img, ref, torso) if torso.any() else None})
+        diff = img.astype(np.float64) / 255.0 - ref.astype(np.float64) / 255.0
+        se = (diff ** 2).mean(-1)
+        err_sum += np.abs(diff).mean(-1)
+        sse[:len(PARSING_LABEL_NAMES)] += np.bincount(lab.ravel(), se.ravel(), len(PARSING_LABEL_NAMES))
+        count[:len(PARSING_LABEL_NAMES)] += np.bincount(lab.ravel(), minlength=len(PARSING_LABEL_NAMES))
+        h8 = head.astype(np.uint8)
+        edge = head & ~cv2.erode(h8, ring).astype(bool)
+        for j, m in ((-2, edge), (-1, head & ~edge)):
+            sse[j] += se[m].sum()
+            count[j] += m.sum()
     mean = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in rows[0]}
-    return {"mean": mean, "per_frame": rows}
+    head_sse = sse[3:len(PARSING_LABEL_NAMES)].sum()
+    names = [*PARSING_LABEL_NAMES, f"head_edge_{EDGE_PX}px", "head_interior"]
+    regions = {n: {"pixels_per_frame": round(float(c / len(render)), 1),
+                   "psnr": round(float(-10 * np.log10(e / c)), 3) if c and e > 0 else None,
+                   "share_of_head_sse": round(float(e / head_sse), 4) if n != "background" and n not in
+                   ("torso", "neck") else None}
+               for n, e, c in zip(names, sse, count)}
+    return {"mean": mean, "regions": regions, "per_frame": rows, "error_map": err_sum / len(render)}
+
+
+def error_png(err: np.ndarray, path: Path, vmax: float = 0.15) -> None:
+    """Mean absolute error (0..``vmax``) as a colour map PNG."""
+    img = cv2.applyColorMap(np.clip(err / vmax * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    cv2.imwrite(str(path), img)
 
 
 def head_fps(subject_dir: Path, n: int, device: str) -> dict:
@@ -99,8 +134,9 @@ def main() -> None:
               "head_only": head_fps(s, args.fps_frames, args.device),
               "head_torso": RENDER_STATS.read(args.frames.with_suffix(".json"))}
     args.out.mkdir(parents=True, exist_ok=True)
+    error_png(result.pop("error_map"), args.out / "error_map.png")
     (args.out / "render_eval.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({"mean": result["mean"], "head_only": result["head_only"],
+    print(json.dumps({"mean": result["mean"], "regions": result["regions"], "head_only": result["head_only"],
                       "head_torso_fps": result["head_torso"].get("frames_per_sec")}))
     with tarfile.open(args.out / "frames.tar", "w") as tar:
         for i, img in enumerate(frames):

@@ -102,8 +102,10 @@ def test_forward_and_table_gradient_match_the_reference(spec_i):
 
 @needs_kernels
 @pytest.mark.parametrize("cfg", [(128, 1, 4, False, True), (256, 3, 8, False, False), (128, 4, 4, True, False),
-                                 (128, 8, 8, True, True), (32, 16, 4, True, True)],
-                         ids=lambda c: f"B{c[0]}-G{c[1]}-W{c[2]}{'-vec' if c[3] else ''}{'-hints' if c[4] else ''}")
+                                 (128, 8, 8, True, True), (32, 16, 4, True, True), (128, 8, 8, True, True, True),
+                                 (64, 4, 4, True, False, True)],
+                         ids=lambda c: f"B{c[0]}-G{c[1]}-W{c[2]}{'-vec' if c[3] else ''}{'-hints' if c[4] else ''}"
+                                       f"{'-pair' if c[5:] and c[5] else ''}")
 def test_every_launch_config_computes_the_same_function(cfg):
     """The benchmark sweeps these launch configs: each must be exact, whichever becomes the default."""
     K = ET._kernels()
@@ -223,7 +225,9 @@ _INTERPRETER_CHECK = textwrap.dedent("""
     from pipeline.stage2 import encoding as E
     from pipeline.stage2 import encoding_triton_kernels as K
     for i, (spec, cfg) in enumerate([(E.HashGridSpec(3, 4, 2, 10, 2, 40), K.KernelConfig(64, 4, 4, True, True)),
-                                     (E.HashGridSpec(2, 3, 3, 8, 3, 60), K.KernelConfig(32, 2, 1))]):
+                                     (E.HashGridSpec(2, 3, 3, 8, 3, 60), K.KernelConfig(32, 2, 1)),
+                                     (E.HashGridSpec(3, 5, 2, 9, 2, 64), K.KernelConfig(32, 8, 1, True, False, True)),
+                                     (E.HashGridSpec(2, 3, 2, 8, 3, 60), K.KernelConfig(32, 2, 1, True, True, True))]):
         torch.manual_seed(i)
         g = E.TorchHashGrid(spec)
         with torch.no_grad():

@@ -12,7 +12,8 @@ Launch layout: the grid is ``(ceil(N / BLOCK), ceil(L / G))``. Program ``(p, q)`
 whole GPU works on one group of levels at a time, so only those levels' table rows (``G`` x 4 MiB for
 2^19 rows x 2 fp32 features) compete for L2, and the ``G F`` output floats of a point are written
 close together in time (``G F = 8``: one full 32-byte sector); with ``vector_levels`` the G levels are
-one ``[BLOCK, G, F]`` tile and each point's ``G F`` outputs one contiguous store. The backward pass has
+one ``[BLOCK, G, F]`` tile and each point's ``G F`` outputs one contiguous store; with ``pair_x`` the two
+corners of each axis-0 edge come from one 16-byte load where they share an aligned row pair. The backward pass has
 the per-level layout and scatters ``w g`` into an fp32 gradient table with relaxed atomic adds
 (vectorised ``red.global.add.v2.f32`` for F = 2 on Hopper). Kernels are launched without FMA
 contraction, so ``x R`` is rounded before the cell is subtracted exactly as in the reference (with
@@ -41,7 +42,9 @@ class KernelConfig:
     ``block`` points and ``levels_per_program`` (G) levels per program, ``num_warps`` warps; forward only:
     ``vector_levels`` computes the G levels as one ``[block, G, F]`` tile and stores each point's ``G F``
     outputs as one contiguous row (G a power of two, F a power of two; otherwise the per-level loop is
-    used); ``hints`` marks table reads ``evict_last`` and streamed inputs/outputs ``evict_first`` in L2.
+    used); ``hints`` marks table reads ``evict_last`` and streamed inputs/outputs ``evict_first`` in L2;
+    ``pair_x`` (forward, with ``vector_levels`` and F = 2) reads the two corners that differ only along axis 0
+    with one 16-byte load of their aligned row pair where they share one (:func:`_hashgrid_fwd_pair`).
     """
 
     block: int = 256
@@ -49,10 +52,12 @@ class KernelConfig:
     num_warps: int = 4
     vector_levels: bool = False
     hints: bool = False
+    pair_x: bool = False
 
 
-# fastest on an H200 for 4M points, 16 levels x 2 features, 2^19 rows (BENCHMARKS.md, 2026-11-22)
-FORWARD_CONFIG = KernelConfig(block=128, levels_per_program=8, num_warps=8, vector_levels=True, hints=True)
+# fastest on an H200 for 4M points, 16 levels x 2 features, 2^19 rows (BENCHMARKS.md, 2026-11-22 sweeps)
+FORWARD_CONFIG = KernelConfig(block=128, levels_per_program=4, num_warps=2, vector_levels=True, hints=True,
+                              pair_x=True)
 BACKWARD_CONFIG = KernelConfig(block=256, levels_per_program=4, num_warps=8)
 
 
@@ -184,6 +189,61 @@ def _hashgrid_fwd_vec(x_ptr, table_ptr, meta_ptr, out_ptr, N,
 
 
 @triton.jit
+def _hashgrid_fwd_pair(x_ptr, table_ptr, meta_ptr, out_ptr, N, n_rows,
+                       L: tl.constexpr, D: tl.constexpr, F: tl.constexpr,
+                       HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr,
+                       TABLE_EVICT: tl.constexpr, STREAM_EVICT: tl.constexpr):
+    """:func:`_hashgrid_fwd_vec` for F = 2 with fewer table requests.
+
+    Corners ``c`` and ``c + 2**(D-1)`` differ only along axis 0, whose hash multiplier is 1 and whose dense
+    stride is 1: for an even vertex (hashed levels) or an even row (dense levels) the two rows are
+    ``2k, 2k + 1``, one aligned 16-byte pair. Each pair of corners is fetched as that ``[BLOCK, G, 4]``
+    vector load of rows ``2k, 2k + 1`` (``k`` = first corner's row // 2); the second corner is loaded on its
+    own only where it lies outside the pair (about half the points), so a 3D level costs ~6 table requests
+    instead of 8. The two halves of the corners are summed separately, then added.
+    """
+    offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
+    lv = tl.program_id(1) * G + tl.arange(0, G)
+    mask_l = lv < L
+    res = tl.load(meta_ptr + lv * 4, mask=mask_l, other=1)[None, :]
+    row0 = tl.load(meta_ptr + lv * 4 + 1, mask=mask_l, other=0)[None, :]
+    dense = tl.load(meta_ptr + lv * 4 + 2, mask=mask_l, other=1)[None, :]
+    s1 = tl.load(meta_ptr + lv * 4 + 3, mask=mask_l, other=2).to(tl.uint32)[None, :]
+    resf = res.to(tl.float32)
+    c0, f0 = _cell(x0[:, None], resf)
+    c1, f1 = _cell(x1[:, None], resf)
+    c2, f2 = _cell(x2[:, None], resf)
+    cols = tl.arange(0, F)
+    quad = tl.arange(0, 2 * F)
+    mask_pl = mask_n[:, None] & mask_l[None, :]
+    mask3 = mask_pl[:, :, None] & (cols[None, None, :] < F)
+    acc_lo = tl.zeros([BLOCK, G, F], dtype=tl.float32)
+    acc_hi = tl.zeros([BLOCK, G, F], dtype=tl.float32)
+    UPPER: tl.constexpr = 1 << (D - 1)
+    for c in tl.static_range(UPPER):
+        row_a, w_a = _corner(c, D, c0, c1, c2, f0, f1, f2, s1, s1 * s1, dense, row0, HASH_MASK)
+        row_b, w_b = _corner(c + UPPER, D, c0, c1, c2, f0, f1, f2, s1, s1 * s1, dense, row0, HASH_MASK)
+        pair = row_a >> 1
+        elem = pair[:, :, None] * (2 * F) + quad[None, None, :]
+        both = tl.load(table_ptr + elem, mask=mask_pl[:, :, None] & (elem < n_rows * F), other=0.0,
+                       eviction_policy=TABLE_EVICT)
+        # [BLOCK, G, 2 rows, F] -> [BLOCK, G, F, 2 rows] -> the even and the odd row of the pair
+        even, odd = tl.split(tl.permute(tl.reshape(both, [BLOCK, G, 2, F]), (0, 1, 3, 2)))
+        feat_a = tl.where(((row_a & 1) != 0)[:, :, None], odd, even)
+        shared = (row_b >> 1) == pair
+        alone = tl.load(table_ptr + row_b[:, :, None] * F + cols[None, None, :],
+                        mask=mask3 & ~shared[:, :, None], other=0.0, eviction_policy=TABLE_EVICT)
+        feat_b = tl.where(shared[:, :, None], tl.where(((row_b & 1) != 0)[:, :, None], odd, even), alone)
+        acc_lo += w_a[:, :, None] * feat_a
+        acc_hi += w_b[:, :, None] * feat_b
+    flat = tl.reshape(acc_lo + acc_hi, [BLOCK, G * F])
+    gcols = tl.arange(0, G * F)
+    mask_o = mask_n[:, None] & (tl.program_id(1) * (G * F) + gcols[None, :] < L * F)
+    tl.store(out_ptr + offs[:, None] * (L * F) + tl.program_id(1) * (G * F) + gcols[None, :], flat, mask=mask_o,
+             eviction_policy=STREAM_EVICT)
+
+
+@triton.jit
 def _hashgrid_bwd(x_ptr, grad_ptr, meta_ptr, gtable_ptr, N, stride_gn, stride_gc,
                   L: tl.constexpr, D: tl.constexpr, F: tl.constexpr, FP: tl.constexpr,
                   HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr, STREAM_EVICT: tl.constexpr):
@@ -245,12 +305,15 @@ def forward(x: torch.Tensor, table: torch.Tensor, meta: torch.Tensor, log2_hashm
     vec = cfg.vector_levels and _pow2(k["G"]) and _pow2(features)
     if not vec:
         k["FP"] = triton.next_power_of_2(features)
-    kernel = _hashgrid_fwd_vec if vec else _hashgrid_fwd
+    pair = vec and cfg.pair_x and features == 2 and table.numel() < INT32_LIMIT - 4
+    kernel = _hashgrid_fwd_pair if pair else _hashgrid_fwd_vec if vec else _hashgrid_fwd
+    extra = (table.shape[0],) if pair else ()
     out = torch.empty(n, levels * features, device=x.device, dtype=torch.float32)
     for a, b in _chunks(n, levels * features):
         grid = (triton.cdiv(b - a, cfg.block), triton.cdiv(levels, k["G"]))
         # no FMA contraction: x R is rounded before the cell is subtracted, as in the reference
-        kernel[grid](x[a:b], table, meta, out[a:b], b - a, num_warps=cfg.num_warps, enable_fp_fusion=False, **k)
+        kernel[grid](x[a:b], table, meta, out[a:b], b - a, *extra, num_warps=cfg.num_warps,
+                     enable_fp_fusion=False, **k)
     return out
 
 
