@@ -161,6 +161,9 @@ def test_tiny_training_beats_the_background_plate_by_3db(subject):
           f"({metrics['steps_per_sec']:.2f} steps/s)")
     assert metrics["steps"] == tcfg.steps and metrics["resumed_from"] is None
     assert metrics["psnr_head"] >= metrics["psnr_head_baseline"] + 3.0
+    # the training frames it saw are fitted at least about as well as the held-out ones
+    assert metrics["psnr_head_train"] > metrics["psnr_head_baseline"] + 3.0
+    assert metrics["generalisation_gap_db"] == metrics["psnr_head_train"] - metrics["psnr_head"] > -1.0
     assert metrics["lpips"].startswith("unavailable")
     curve = metrics["curve"]
     assert curve[-1]["step"] == tcfg.steps and max(c["psnr"] for c in curve) > curve[0]["psnr"] + 3

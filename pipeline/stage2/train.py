@@ -285,6 +285,11 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
     final, pairs = trainer.evaluate(frames, keep=tcfg.strip_frames)
     log.info("test head PSNR %.2f dB (plate baseline %.2f dB), SSIM %.3f over %d frames (%.1f s)", final["psnr_head"],
              final["psnr_head_baseline"], final["ssim_head"], len(frames), time.time() - t0)
+    # the same measure on as many training frames: a small gap = the model cannot fit even the frames it saw
+    # (data or capacity limits it), a large one = it does not generalise to new expressions and poses
+    seen, _ = trainer.evaluate(eval_frames(data.train_ids, tcfg.eval_max_frames))
+    log.info("train head PSNR %.2f dB, SSIM %.3f (generalisation gap %.2f dB)", seen["psnr_head"], seen["ssim_head"],
+             seen["psnr_head"] - final["psnr_head"])
     prov = Provenance(json.loads((subject_dir / "stage2/cache.json").read_text())["video_sha256"],
                       config_hash({"model": asdict(mcfg), "train": asdict(tcfg)}))
     with atomic_output(outdir / "head.pt") as tmp:
@@ -304,6 +309,8 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
                "device": str(device), "resumed_from": trainer.resumed_from, "curve": trainer.curve,
                "eval_curve": trainer.eval_curve, **final, "lpips": LPIPS_STATUS,
                "baseline_gain_db": final["psnr_head"] - final["psnr_head_baseline"],
+               "psnr_head_train": seen["psnr_head"], "ssim_head_train": seen["ssim_head"],
+               "generalisation_gap_db": seen["psnr_head"] - final["psnr_head"],
                "eval_seconds": round(time.time() - t0, 2), "image_size": data.size,
                "occupied_fraction": occ_frac, "au45_source": data.au45_source}
     STAGE2_METRICS.write(outdir / "metrics.json", metrics, prov)
