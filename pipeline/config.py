@@ -312,7 +312,7 @@ class RenderConfig:
 class EvaluateConfig:
     """evaluate / benchmark_table (pipeline/evaluate.py; the sync detector: pipeline.metrics.sync_offset)."""
 
-    sync_band_lo_hz: float = 300.0  # speech band of the audio envelope the mouth opening is correlated with
+    sync_band_lo_hz: float = 300.0  # speech band whose energy picks the frames the sync detector compares
     sync_band_hi_hz: float = 3000.0
     sync_max_lag: int = 12          # lags searched, frames either side (0.48 s)
     sync_highpass_frames: int = 13  # running mean removed from both signals (keeps syllable rate), frames

@@ -18,9 +18,11 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
   fit and normalisation of ``aus/aus.json``, functions of :mod:`pipeline.action_units`), from mediapipe
   on both test splits: blink counts, per-frame AU45 MAE and correlation.
 * Lip-audio offset in frames (:func:`pipeline.metrics.sync_offset`; 0 ideal, > 0: audio late), of the
-  render (its mouth opening vs the audio muxed into video.mp4) and, as the reference, of the ground
+  render (its mouth signals vs the audio muxed into video.mp4) and, as the reference, of the ground
   truth against the same audio; ``null`` with the reason when the split is too short or the signals
-  too weakly related to measure it.
+  too weakly related to measure it. The mouth signals (:func:`pipeline.metrics.sync_visual`): the dark
+  share of the mouth box, from the frames the image metrics decode anyway, and the jaw drop, from the mesh;
+  the audio's: log energy in 7 bands (:func:`pipeline.metrics.band_energies`).
 * Render FPS from the render step's ``video.json``; train time from stage 1, stage 2 and torso metrics.
 
 ``table``: eval/metrics.json of any set of subjects -> ``benchmark.md`` and ``benchmark.csv``.
@@ -47,7 +49,8 @@ from pipeline.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS,
 from pipeline.cli import guarded
 from pipeline.config import ActionUnitsConfig, EvaluateConfig, LandmarksConfig, from_mapping
 from pipeline.errors import PipelineError
-from pipeline.metrics import band_envelope, mouth_lmd, mouth_opening, psnr, ssim_map, sync_offset
+from pipeline.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
+                              mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 
 log = logging.getLogger("pipeline.evaluate")
 HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes
@@ -193,7 +196,11 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     if len(gt_pts) != n:
         raise EvaluateError(root / "landmarks/landmarks.parquet", f"{len(gt_pts)} test rows, expected {n}")
 
-    # pass 1: images (PSNR/SSIM full and head, LPIPS, dlib 68 points, the strip)
+    # mediapipe on the render first (its own decode): pass 1 needs its mouth landmarks for the dark-mouth signal
+    rl = render_landmarks(video, size, n, fps, cfg.landmarks_model_path)
+    r_pts, r_det = rl["landmarks"].astype(np.float64), rl["detected"]
+
+    # pass 1: images (PSNR/SSIM full and head, LPIPS, dlib 68 points, mouth darkness, the strip)
     lp_reason = lpips_status()
     lp = Lpips() if not lp_reason else None
     dl = dlib_lmd.Dlib68(cfg.dlib_model_path, cfg.dlib_upsample, cfg.dlib_detect_size)
@@ -202,6 +209,7 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     strip_gt, strip_r = [], []
     cols = {k: np.full(n, np.nan) for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")}
     dlib_gt, dlib_r = np.zeros((n, 68, 2)), np.zeros((n, 68, 2))
+    dark_gt, dark_r = np.full(n, np.nan), np.full(n, np.nan)
     vf = f"scale={size}:{size}:flags=area" if size != crop_size else None
     pairs = zip(_frames(root / "crop/video.mp4", size, vf, start=t0, n=n, fps=fps), _frames(video, size),
                 _label_rows(root / "parsing/labels.npz", t0, t1))
@@ -220,15 +228,16 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
             cols["lpips"][i] = lp(g, r)
         pg, pr = dlib_lmd.pair_landmarks(dl, g[None], r[None], gt_pts[i:i + 1], gt_state, r_state)
         dlib_gt[i], dlib_r[i] = pg[0], pr[0]
+        dark_gt[i] = mouth_darkness(g, gt_pts[i])
+        if r_det[i]:
+            dark_r[i] = mouth_darkness(r, r_pts[i])
         if i in strip_at:
             strip_gt.append(g.copy())
             strip_r.append(r.copy())
     if i + 1 != n:
         raise EvaluateError(video, f"{i + 1} frames compared, the test split has {n} (render and crop must cover it)")
 
-    # pass 2: mediapipe on the render -> mesh LMD, mouth opening, AU45
-    rl = render_landmarks(video, size, n, fps, cfg.landmarks_model_path)
-    r_pts, r_det = rl["landmarks"].astype(np.float64), rl["detected"]
+    # the render's mesh -> mesh LMD, mouth opening, AU45
     both = r_det & np.isfinite(gt_pts).all((1, 2))
     lmd_mesh = np.full(n, np.nan)
     for k in np.flatnonzero(both):
@@ -243,13 +252,18 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     else:
         au_r, blinks_r = np.full(n, np.nan), np.array([], np.int64)
 
-    # lip-audio offset: against the audio muxed into the render
+    # lip-audio offset: mouth darkness + jaw drop against the band energies of the audio muxed into the render
     audio = media.read_audio(video, SAMPLE_RATE)
     env = band_envelope(audio, SAMPLE_RATE, fps, n, cfg.sync_band_lo_hz, cfg.sync_band_hi_hz)
-    kw = dict(max_lag=cfg.sync_max_lag, highpass=cfg.sync_highpass_frames, sigma=cfg.sync_smooth_sigma,
+    bands = band_energies(audio, SAMPLE_RATE, fps, n)
+    kw = dict(speech=env, max_lag=cfg.sync_max_lag, highpass=cfg.sync_highpass_frames, sigma=cfg.sync_smooth_sigma,
               window=cfg.sync_window, min_frames=cfg.sync_min_frames, min_r=cfg.sync_min_r,
               min_agreement=cfg.sync_min_agreement)
-    sync = {"render": sync_offset(np.where(r_det, mo_r, np.nan), env, **kw), "gt": sync_offset(mo_gt, env, **kw)}
+    sync = {"render": sync_offset(sync_visual(dark_r, np.where(r_det[:, None, None], r_pts, np.nan)), bands, **kw),
+            "gt": sync_offset(sync_visual(dark_gt, gt_pts), bands, **kw),
+            "signals": {"mouth": list(SYNC_VISUAL), "audio": "log energy per band, Hz edges " +
+                        "-".join(f"{f:g}" for f in SYNC_BANDS_HZ),
+                        "speech_gate": f"{cfg.sync_band_lo_hz:g}-{cfg.sync_band_hi_hz:g} Hz energy"}}
     off_r, off_g = sync["render"]["offset_frames"], sync["gt"]["offset_frames"]
 
     total, parts = train_seconds(root)

@@ -24,18 +24,42 @@ from pipeline import media
 from pipeline.artifacts import (EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS, N_LANDMARKS, RENDER_STATS,
                                 Provenance, fixed_list_column)
 from pipeline.config import EvaluateConfig
-from pipeline.metrics import band_envelope, mouth_opening, psnr, ssim, ssim_map, sync_offset
+from pipeline.metrics import (band_energies, band_envelope, jaw_drop, mouth_darkness, psnr, ssim, ssim_map,
+                              sync_offset, sync_visual)
 
 CLIP = "talk_sadtalker_katiehill_en"   # 8 s: 18 test frames at 256 px (the shared cache's crop size)
 SYNC_CLIP = "talk_dfrf_cnn_en"         # 71 s of studio speech: the clearest lip-audio relation of the set
 SR, FPS = 16000, 25
+# Clips whose own audio is not in sync with their mouth: the offset test is expected to fail there (strict xfail).
+# katiehill: every signal that rises above chance there peaks at +3 (the dark mouth alone with the old 1-D
+# detector: reliable +3, r 0.34 vs chance 0.30; the jaw vs the 7 bands: reliable +3; both, this detector: +3, r 0.37
+# vs 0.35, windows disagree), and a ridge map from the log-mel spectrum to the mouth fitted on the five other clips
+# (not on this one) peaks at +3 in each third of the clip (dark mouth: r 0.46 at +3, -0.15 at 0). The container is
+# not the cause (ingest decodes the audio as ffmpeg does, edit list honoured). The MANIFEST's 0 came from a cruder
+# proxy with no chance level.
+OFF_SYNC = {
+    "talk_sadtalker_katiehill_en": "content ~3 frames (120 ms) out of sync: audio late (see OFF_SYNC's comment)",
+}
+_SYNC_INPUTS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _mouth_and_audio(processed, clip: str) -> tuple[np.ndarray, np.ndarray]:
-    processed.landmarks(clip)
-    d = processed.dir(clip)
-    pts = fixed_list_column(LANDMARKS.read(d / "landmarks/landmarks.parquet"), "landmarks", (N_LANDMARKS, 3))
-    return mouth_opening(pts), media.read_audio(d / "ingest/audio.wav", SR)
+    """The detector's visual signals (dark mouth share of each crop frame, jaw drop) and the clip's 16 kHz audio."""
+    if clip not in _SYNC_INPUTS:
+        processed.landmarks(clip)
+        d = processed.dir(clip)
+        pts = fixed_list_column(LANDMARKS.read(d / "landmarks/landmarks.parquet"), "landmarks", (N_LANDMARKS, 3))
+        size = json.loads((d / "crop/crop.json").read_text())["size"]
+        frames = (f for chunk in media.iter_frames(d / "crop/video.mp4", size, size) for f in chunk)
+        dark = np.array([mouth_darkness(f, p) for f, p in zip(frames, pts)])
+        assert len(dark) == len(pts)
+        _SYNC_INPUTS[clip] = sync_visual(dark, pts), media.read_audio(d / "ingest/audio.wav", SR)
+    return _SYNC_INPUTS[clip]
+
+
+def _sync(mouth: np.ndarray, audio: np.ndarray) -> dict:
+    n = len(mouth)
+    return sync_offset(mouth, band_energies(audio, SR, FPS, n), speech=band_envelope(audio, SR, FPS, n))
 
 
 # ----------------------------------------------------------------------------- known answers
@@ -59,30 +83,48 @@ def test_band_envelope_sees_speech_band_only():
     env = band_envelope(y, SR, FPS, 50)
     assert env[12:18].min() > env[32:38].max() + 30      # 1 kHz burst (frames 10-19) >> 100 Hz burst (30-39)
     assert env[12:18].min() > env[:8].max() + 30
+    bands = band_energies(y, SR, FPS, 50)   # 80-300-700-1200-2000-3000-5000-8000 Hz
+    assert bands.shape == (50, 7) and bands[12:18, 2].min() > bands[12:18, [0, 1, 3, 4, 5, 6]].max() + 20
+    assert bands[32:38, 0].min() > bands[32:38, 1:].max() + 20
+
+
+def test_mouth_signals_known_answers():
+    mesh = np.full((N_LANDMARKS, 3), 50.0)
+    mesh[[61, 291], 0], mesh[[13, 14], 1] = (40.0, 60.0), (49.0, 51.0)  # a 20 px mouth centred at (50, 50)
+    mesh[1, :2], mesh[152, :2], mesh[33, :2], mesh[263, :2] = (50, 40), (50, 70), (30, 30), (70, 30)
+    frame = np.full((100, 100, 3), 180, np.uint8)
+    assert mouth_darkness(frame, mesh) == 0.0
+    frame[47:53, 40:60] = 20                        # 6 of the box's 14 rows dark
+    assert mouth_darkness(frame, mesh) == pytest.approx(6 / 14)
+    assert np.isnan(mouth_darkness(frame, np.full((N_LANDMARKS, 3), np.nan)))
+    assert jaw_drop(mesh[None]) == pytest.approx([30 / 40])
+    v = sync_visual(np.array([0.2, 0.3]), np.stack([mesh, np.full_like(mesh, np.nan)]))
+    assert v.shape == (2, 2) and v[0, 0] == 0.2 and np.isnan(v[1]).all()
 
 
 # ----------------------------------------------------------------------------- lip-audio offset
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                                         reason=OFF_SYNC[c]))
+                                  if c in OFF_SYNC else c for c in CLIPS])
 def test_sync_offset_of_real_clips_is_zero(processed, clip):
-    """Every shared clip is in sync: where the offset is measurable, it is 0 +- 1 frame."""
+    """The detector measures every shared clip, and finds the in-sync ones at 0 +- 1 frame."""
     mouth, audio = _mouth_and_audio(processed, clip)
-    r = sync_offset(mouth, band_envelope(audio, SR, FPS, len(mouth)))
+    r = _sync(mouth, audio)
     print(f"{clip}: best lag {r['best_lag']:+d} frames, peak r {r['peak_r']:.3f} (r at 0: {r['r_at_zero']:.3f}, "
-          f"chance {r['null_r95']}), {r['speech_frames']} speech frames, window agreement {r['agreement']}, "
+          f"chance {r['null_r95']}), {r['speech_frames']} speech frames, windows {r['window_offsets']}, "
           f"reliable {r['reliable']} {r['reason']}")
-    if not r["reliable"]:
-        pytest.skip(f"{clip}: lip-audio offset not measurable: {r['reason']} (best lag {r['best_lag']:+d})")
-    assert abs(r["offset_frames"]) <= 1, r
+    assert r["reliable"], r["reason"]
+    assert abs(r["offset_frames"]) <= 1, r["curve"]
 
 
 @pytest.mark.parametrize("shift", [3, -3])
 def test_shifting_audio_moves_the_offset(processed, shift):
     mouth, audio = _mouth_and_audio(processed, SYNC_CLIP)
-    n, hop = len(mouth), SR // FPS
-    base = sync_offset(mouth, band_envelope(audio, SR, FPS, n))
+    hop = SR // FPS
+    base = _sync(mouth, audio)
     moved = np.concatenate([np.zeros(shift * hop, np.float32), audio]) if shift > 0 else audio[-shift * hop:]
-    r = sync_offset(mouth, band_envelope(moved, SR, FPS, n))
+    r = _sync(mouth, moved)
     assert base["reliable"] and r["reliable"], (base["reason"], r["reason"])
     assert abs(r["offset_frames"] - base["offset_frames"] - shift) <= 1, (base["offset_frames"], r["offset_frames"])
 
@@ -93,6 +135,10 @@ def test_sync_offset_refuses_noise():
     assert not r["reliable"] and r["offset_frames"] is None and "chance" in r["reason"]
     r = sync_offset(rng.normal(size=20), rng.normal(size=20))
     assert r["offset_frames"] is None and "too short" in r["reason"]
+    r = sync_offset(rng.normal(size=(600, 2)), rng.normal(size=(600, 7)), speech=rng.normal(size=600))
+    assert not r["reliable"] and "chance" in r["reason"] and r["method"].startswith("held-out")
+    with pytest.raises(ValueError, match="speech"):
+        sync_offset(rng.normal(size=(600, 2)), rng.normal(size=(600, 7)))
 
 
 # ----------------------------------------------------------------------------- the stage on constructed renders

@@ -156,7 +156,7 @@ EVAL_METRICS = JsonSpec(
         "sync_offset_frames": (int, type(None)),      # render vs its audio (> 0: audio late); None: not measurable
         "sync_offset_gt_frames": (int, type(None)),   # the ground truth vs the same audio
         "sync_offset_vs_gt_frames": (int, type(None)),
-        "sync": dict,                          # {"render", "gt"}: pipeline.metrics.sync_offset results (curve, reason)
+        "sync": dict,                          # {"render", "gt"}: pipeline.metrics.sync_offset; "signals": inputs
         "render_fps": (float, type(None)),     # video.json frames_per_sec (None: no video.json)
         "render_device": (str, type(None)),
         "train_seconds": (float, type(None)),  # stage 1 + stage 2 + torso (None: one is missing)
