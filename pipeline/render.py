@@ -38,6 +38,7 @@ from pipeline.cli import guarded
 from pipeline.config import RenderConfig, from_mapping
 from pipeline.errors import PipelineError
 from pipeline.head_render import Head, load_head
+from pipeline.resources import peak_memory, reset_peak
 from pipeline.torso import Torso, progress, read_poses
 from pipeline.torso import load as load_torso
 
@@ -152,7 +153,8 @@ def clip_drive(root: Path, scene: Scene, clip: str, cfg: RenderConfig) -> Drive:
 
 def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: RenderConfig,
                stats: dict) -> Iterator[np.ndarray]:
-    """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` (frames_per_sec, seam_jump) at the end."""
+    """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` (frames_per_sec, seam_jump, peak_gpu_mib,
+    peak_host_rss_mib) at the end."""
     size = cfg.size or scene.crop_size
     dev = head.device
     bg = cv2.resize(scene.background, (size, size), interpolation=cv2.INTER_AREA) \
@@ -160,6 +162,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
     bg_t = torch.from_numpy(bg).to(dev).permute(2, 0, 1)[None].float() / 255.0
     feather = cfg.feather * size
     jumps: list[float] = []
+    reset_peak(dev)
     t_start = time.perf_counter()
     for s in progress(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch"):
         sl = slice(s, s + cfg.batch_frames)
@@ -177,6 +180,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
     seconds = time.perf_counter() - t_start
     stats["frames_per_sec"] = round(len(drive) / max(seconds, 1e-9), 4)
     stats["seam_jump"] = float(np.mean(jumps)) if jumps else None
+    stats.update(peak_memory(dev))
 
 
 def _audio_slice(audio: Path, start: float, end: float, folder: Path) -> Path:

@@ -33,6 +33,7 @@ from pipeline.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, A
                                 config_hash)
 from pipeline.cli import guarded, parser
 from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
+from pipeline.resources import peak_memory, reset_peak
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip
@@ -40,6 +41,7 @@ from pipeline.stage2.field import LandmarkField
 from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, psnr_from_mse, ssim_loss,
                                     to_patches)
 from pipeline.stage2.occupancy import OccupancyGrid
+from pipeline.stage2.pose import PoseRefinement
 from pipeline.stage2.renderer import VolumeRenderer
 from pipeline.stage2.sampling import RaySampler, phase_at
 
@@ -137,6 +139,10 @@ class Trainer:
         self.field, self.occ, self.renderer = build(data, mcfg, device)
         self.render_field = AutocastField(self.field, device.type) if tcfg.amp and device.type == "cuda" else self.field
         self.opt = optimizer(self.field, tcfg)
+        self.pose = None
+        if tcfg.pose_refine:   # per-frame pose corrections: their own Adam group, the same decay
+            self.pose = PoseRefinement(data.n, data.train_ids).to(device)
+            self.opt.add_param_group({"params": [self.pose.delta], "lr": tcfg.pose_lr})
         self.progress = 0.0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: tcfg.lr_final_factor ** self.progress)
         self.rng = np.random.default_rng(tcfg.seed)
@@ -153,6 +159,7 @@ class Trainer:
                 "model": self.field.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "occupancy": self.occ.state_dict(),
                 "error_maps": self.sampler.error_maps, "wall_seconds": self.wall_prev,
+                **({"pose": self.pose.state_dict()} if self.pose is not None else {}),
                 "curve": torch.tensor([[c[k] for k in CURVE_KEYS] for c in self.curve],
                                       dtype=torch.float64).reshape(-1, len(CURVE_KEYS)),
                 "eval_curve": torch.tensor([[c["step"], c["seconds"], c["psnr_head"], c["ssim_head"]]
@@ -168,6 +175,8 @@ class Trainer:
             log.warning("%s is %s: starting afresh", path, why)
             return
         self.field.load_state_dict(st["model"])
+        if self.pose is not None:
+            self.pose.load_state_dict(st["pose"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.occ.load_state_dict(st["occupancy"])
@@ -191,7 +200,11 @@ class Trainer:
             batch = self.sampler.sample(phase)
         with timer("forward"):
             ctx = self.field.prepare(*self.data.conditioning(batch.frames))
-            out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame,
+            origins, dirs = batch.origins, batch.dirs
+            if self.pose is not None:
+                frames = torch.as_tensor(batch.frames, dtype=torch.long, device=origins.device)
+                origins, dirs = self.pose(frames, batch.frame, origins, dirs)
+            out = self.renderer.render(self.render_field, ctx, origins, dirs, batch.frame,
                                        batch.background, stratified=True, generator=self.gen)
             loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
             if tcfg.opacity_weight > 0:
@@ -279,7 +292,9 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
              len(data.train_ids), len(data.test_ids), device, data.au45_source)
     trainer = Trainer(data, mcfg, tcfg, outdir, device)
     trainer.try_resume(outdir / "checkpoint.pt")
+    reset_peak(device)
     fit = trainer.fit()
+    memory = peak_memory(device)   # of the training loop (host RSS: whole process, frames are memory-mapped)
     frames = eval_frames(data.test_ids, tcfg.eval_max_frames)
     t0 = time.time()
     final, pairs = trainer.evaluate(frames, keep=tcfg.strip_frames)
@@ -312,7 +327,8 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
                "psnr_head_train": seen["psnr_head"], "ssim_head_train": seen["ssim_head"],
                "generalisation_gap_db": seen["psnr_head"] - final["psnr_head"],
                "eval_seconds": round(time.time() - t0, 2), "image_size": data.size,
-               "occupied_fraction": occ_frac, "au45_source": data.au45_source}
+               "occupied_fraction": occ_frac, "au45_source": data.au45_source, **memory,
+               "pose_refinement": trainer.pose.summary() if trainer.pose is not None else None}
     STAGE2_METRICS.write(outdir / "metrics.json", metrics, prov)
     ckpt.save(outdir / "checkpoint.pt", trainer.state(complete=True))
     return metrics
