@@ -91,8 +91,6 @@ class Stage2TrainConfig:
     lr: float = 1e-2                # hash-grid tables (Adam)
     lr_net: float = 1e-3            # MLPs, landmark / audio encoders
     lr_final_factor: float = 0.1    # exponential decay to lr * factor at the end
-    pose_refine: bool = False       # learn a rigid correction of each training frame's tracked pose (mean-free)
-    pose_lr: float = 5e-4           # its learning rate (axis-angle rad, head-space units; decays with the rest)
     rays_per_batch: int = 4096
     frames_per_batch: int = 4       # frames whose rays make up one batch
     head_margin: float = 0.05       # background band around the head mask sampled too (x image size)

@@ -70,6 +70,14 @@ def test_json_contract(tmp_path):
     path.write_text('{"n": "three"}')
     with pytest.raises(ArtifactError, match="field 'n'"):
         spec.read(path)
+    # optional fields: absent is fine (documents of older versions), present must have the type
+    spec = JsonSpec("test/doc.json", required={"n": int}, optional={"peak": (float, type(None))})
+    path.write_text('{"n": 3}')
+    assert spec.read(path) == {"n": 3}
+    spec.write(path, {"n": 3, "peak": None})
+    path.write_text('{"n": 3, "peak": "high"}')
+    with pytest.raises(ArtifactError, match="field 'peak'"):
+        spec.read(path)
 
 
 def test_config_rejects_unknown_keys():

@@ -133,6 +133,7 @@ def test_drive_videos_match_the_audio(subject, head):
         assert (info.video.width, info.video.height) == (SIZE, SIZE) and info.video.fps == 25
         assert info.audio is not None and abs(info.audio.duration_sec - dur) < 0.1
         assert stats["head"] == "untrained"
+        assert stats["peak_gpu_mib"] is None and stats["peak_host_rss_mib"] > 100   # CPU: no GPU peak, a real RSS
 
 
 def test_test_split_video(subject, head):

@@ -46,9 +46,11 @@ STAGE2_METRICS = JsonSpec(
         "test_frames": int,
         "psnr_head": float, "ssim_head": float,   # test split, over the head mask (labels 3-7), render over the plate
         "psnr_head_baseline": float,     # the background plate alone over the same pixels
+        "lpips": (str, float),           # "unavailable: ..." (no backbone weights locally)
+    },
+    optional={
         "psnr_head_train": float, "ssim_head_train": float,   # the same on as many evenly spaced training frames
         "generalisation_gap_db": float,  # psnr_head_train - psnr_head
-        "lpips": (str, float),           # "unavailable: ..." (no backbone weights locally)
         "peak_gpu_mib": (float, type(None)),  # torch.cuda.max_memory_allocated of the training loop (None off CUDA)
         "peak_host_rss_mib": float,      # the process's maximum resident set size (frames are memory-mapped)
     },
@@ -118,6 +120,8 @@ RENDER_STATS = JsonSpec(
         "frames_per_sec": (int, float),  # synthesis speed (head + torso + compositing), wall clock
         "device": str,
         "seam_jump": (float, type(None)),  # mean colour step (0-1) across the neck seam band; None: no seam seen
+    },
+    optional={
         "peak_gpu_mib": (float, type(None)),  # torch.cuda.max_memory_allocated during synthesis (None off CUDA)
         "peak_host_rss_mib": float,      # the process's maximum resident set size
     },

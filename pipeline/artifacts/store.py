@@ -208,8 +208,12 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class JsonSpec:
+    """A JSON document: ``required`` keys and their types; ``optional`` keys are type-checked where present
+    (fields added later, so that documents written by an older version still read)."""
+
     name: str
     required: Mapping[str, type | tuple[type, ...]]
+    optional: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
 
     def write(self, path: Path | str, obj: Mapping[str, Any], provenance: Provenance | None = None) -> None:
         self._check(path, obj)
@@ -234,6 +238,9 @@ class JsonSpec:
             if key not in obj:
                 raise ArtifactError(path, f"{self.name}: field '{key}' missing")
             if not isinstance(obj[key], typ):
+                raise ArtifactError(path, f"{self.name}: field '{key}' is {type(obj[key]).__name__}, expected {typ}")
+        for key, typ in self.optional.items():
+            if key in obj and not isinstance(obj[key], typ):
                 raise ArtifactError(path, f"{self.name}: field '{key}' is {type(obj[key]).__name__}, expected {typ}")
 
 

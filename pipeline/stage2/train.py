@@ -41,7 +41,6 @@ from pipeline.stage2.field import LandmarkField
 from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, psnr_from_mse, ssim_loss,
                                     to_patches)
 from pipeline.stage2.occupancy import OccupancyGrid
-from pipeline.stage2.pose import PoseRefinement
 from pipeline.stage2.renderer import VolumeRenderer
 from pipeline.stage2.sampling import RaySampler, phase_at
 
@@ -139,10 +138,6 @@ class Trainer:
         self.field, self.occ, self.renderer = build(data, mcfg, device)
         self.render_field = AutocastField(self.field, device.type) if tcfg.amp and device.type == "cuda" else self.field
         self.opt = optimizer(self.field, tcfg)
-        self.pose = None
-        if tcfg.pose_refine:   # per-frame pose corrections: their own Adam group, the same decay
-            self.pose = PoseRefinement(data.n, data.train_ids).to(device)
-            self.opt.add_param_group({"params": [self.pose.delta], "lr": tcfg.pose_lr})
         self.progress = 0.0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: tcfg.lr_final_factor ** self.progress)
         self.rng = np.random.default_rng(tcfg.seed)
@@ -159,7 +154,6 @@ class Trainer:
                 "model": self.field.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "occupancy": self.occ.state_dict(),
                 "error_maps": self.sampler.error_maps, "wall_seconds": self.wall_prev,
-                **({"pose": self.pose.state_dict()} if self.pose is not None else {}),
                 "curve": torch.tensor([[c[k] for k in CURVE_KEYS] for c in self.curve],
                                       dtype=torch.float64).reshape(-1, len(CURVE_KEYS)),
                 "eval_curve": torch.tensor([[c["step"], c["seconds"], c["psnr_head"], c["ssim_head"]]
@@ -175,8 +169,6 @@ class Trainer:
             log.warning("%s is %s: starting afresh", path, why)
             return
         self.field.load_state_dict(st["model"])
-        if self.pose is not None:
-            self.pose.load_state_dict(st["pose"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.occ.load_state_dict(st["occupancy"])
@@ -200,11 +192,7 @@ class Trainer:
             batch = self.sampler.sample(phase)
         with timer("forward"):
             ctx = self.field.prepare(*self.data.conditioning(batch.frames))
-            origins, dirs = batch.origins, batch.dirs
-            if self.pose is not None:
-                frames = torch.as_tensor(batch.frames, dtype=torch.long, device=origins.device)
-                origins, dirs = self.pose(frames, batch.frame, origins, dirs)
-            out = self.renderer.render(self.render_field, ctx, origins, dirs, batch.frame,
+            out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame,
                                        batch.background, stratified=True, generator=self.gen)
             loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
             if tcfg.opacity_weight > 0:
@@ -327,8 +315,7 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
                "psnr_head_train": seen["psnr_head"], "ssim_head_train": seen["ssim_head"],
                "generalisation_gap_db": seen["psnr_head"] - final["psnr_head"],
                "eval_seconds": round(time.time() - t0, 2), "image_size": data.size,
-               "occupied_fraction": occ_frac, "au45_source": data.au45_source, **memory,
-               "pose_refinement": trainer.pose.summary() if trainer.pose is not None else None}
+               "occupied_fraction": occ_frac, "au45_source": data.au45_source, **memory}
     STAGE2_METRICS.write(outdir / "metrics.json", metrics, prov)
     ckpt.save(outdir / "checkpoint.pt", trainer.state(complete=True))
     return metrics
