@@ -31,7 +31,6 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 from dataclasses import asdict
@@ -44,11 +43,12 @@ from tqdm import tqdm
 from pipeline import dlib_lmd, evaluate_plots, media
 from pipeline.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS,
                                 N_BLENDSHAPES, N_LANDMARKS, RENDER_STATS, TRACKS, JsonSpec,
-                                Provenance, atomic_output, config_hash, fixed_list_column, npz_iter_rows,
+                                Provenance, config_hash, fixed_list_column, npz_iter_rows,
                                 read_provenance)
 from pipeline.cli import guarded
 from pipeline.config import ActionUnitsConfig, EvaluateConfig, LandmarksConfig, from_mapping
 from pipeline.errors import PipelineError
+from pipeline.evaluate_table import run_table
 from pipeline.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
                               mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 
@@ -319,62 +319,6 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
              subject, doc["psnr_db"], doc["psnr_head_db"], doc["ssim"], doc["lmd_mesh_px"], doc["lmd_dlib_px"],
              off_r, off_g, len(blinks_r), len(blinks_gt), doc["render_fps"])
     return doc
-
-
-# ----------------------------------------------------------------------------- the table
-
-TABLE_COLUMNS = (  # (csv column, markdown header, metrics.json getter, format)
-    ("subject", "Subject", lambda m: m["subject"], "{}"),
-    ("psnr_db", "PSNR ↑", lambda m: m["psnr_db"], "{:.2f}"),
-    ("ssim", "SSIM ↑", lambda m: m["ssim"], "{:.4f}"),
-    ("lpips", "LPIPS ↓", lambda m: m["lpips"], "{:.4f}"),
-    ("lmd_mesh_px", "LMD mesh ↓", lambda m: m["lmd_mesh_px"], "{:.2f}"),
-    ("lmd_dlib_px", "LMD dlib-68 ↓", lambda m: m["lmd_dlib_px"], "{:.2f}"),
-    ("sync_offset_frames", "Sync offset (frames)", lambda m: m["sync_offset_frames"], "{:+d}"),
-    ("blink_au45_mae", "Blink AU45 MAE ↓", lambda m: m["blink"]["au45_mae"], "{:.3f}"),
-    ("blink_count_error", "Blink count err ↓", lambda m: m["blink"]["count_error"], "{:d}"),
-    ("render_fps", "FPS ↑", lambda m: m["render_fps"], "{:.2f}"),
-    ("train_seconds", "Train time", lambda m: m["train_seconds"], "{:.0f} s"),
-    ("psnr_head_db", "PSNR head ↑", lambda m: m["psnr_head_db"], "{:.2f}"),
-    ("size", "Size", lambda m: m["size"], "{:d}"),
-    ("test_frames", "Test frames", lambda m: m["test_frames"], "{:d}"),
-)
-
-
-def run_table(metrics: list[Path | str], out_md: Path | str, out_csv: Path | str) -> list[dict]:
-    """One row per subject's eval/metrics.json -> a markdown table (with notes) and a CSV."""
-    docs = sorted((EVAL_METRICS.read(p) for p in metrics), key=lambda m: m["subject"])
-    if not docs:
-        raise EvaluateError(out_md, "no eval/metrics.json given")
-    rows = [{c: get(m) for c, _, get, _ in TABLE_COLUMNS} for m in docs]
-    with atomic_output(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[c for c, *_ in TABLE_COLUMNS])
-        w.writeheader()
-        w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
-    lines = ["| " + " | ".join(h for _, h, _, _ in TABLE_COLUMNS) + " |",
-             "|" + "---|" * len(TABLE_COLUMNS)]
-    for r in rows:
-        lines.append("| " + " | ".join("–" if r[c] is None else fmt.format(r[c]) for c, _, _, fmt in TABLE_COLUMNS) + " |")
-    notes = ["", "PSNR/SSIM: mean over the test split's frames (full frame; 'PSNR head': parsing labels 3-7). "
-             "LMD: mouth landmark distance in px at the render size, each frame's mouth centroid removed "
-             "(mediapipe 478-point lips; dlib 68-point predictor, points 48-67). Sync offset: frames, > 0 audio late, "
-             "0 ideal. FPS: render speed (video.json). '–': not available (reason below)."]
-    for m in docs:
-        why = []
-        if m["lpips"] is None:
-            why.append(f"LPIPS {m['lpips_note']}")
-        if m["sync_offset_frames"] is None:
-            why.append(f"sync not measurable ({m['sync']['render']['reason']})")
-        if m["render_fps"] is None:
-            why.append("FPS: no video.json beside the video")
-        if m["train_seconds"] is None:
-            missing = [k for k, v in m["train_seconds_parts"].items() if v is None]
-            why.append(f"train time: no metrics.json of {', '.join(missing)}")
-        if why:
-            notes.append(f"- {m['subject']}: " + "; ".join(why))
-    with atomic_output(out_md) as tmp:
-        tmp.write_text("\n".join(lines + notes) + "\n")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> None:

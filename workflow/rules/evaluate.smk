@@ -56,7 +56,7 @@ rule benchmark_table:
     """One row per subject, as in the ER-NeRF / TalkingGaussian tables (markdown with notes, and CSV)."""
     input:
         metrics=benchmark_metrics,
-        code=code("evaluate"),
+        code=code("evaluate", "evaluate_table"),
     output:
         md="results/benchmark.md",
         csv=report("results/benchmark.csv", caption="../report/benchmark.rst", category="Benchmark"),
