@@ -156,13 +156,9 @@ def _hashgrid_fwd(x_ptr, table_ptr, meta_ptr, out_ptr, N,
 
 
 @triton.jit
-def _hashgrid_fwd_vec(x_ptr, table_ptr, meta_ptr, out_ptr, N,
-                      L: tl.constexpr, D: tl.constexpr, F: tl.constexpr,
-                      HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr,
-                      TABLE_EVICT: tl.constexpr, STREAM_EVICT: tl.constexpr):
-    """G levels as one ``[BLOCK, G, F]`` tile (G, F powers of two); each point's ``G F`` outputs stored
-    as one contiguous row."""
-    offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
+def _level_group(meta_ptr, x0, x1, x2, L: tl.constexpr, G: tl.constexpr):
+    """The ``G`` levels of program ``(p, q)`` as ``[1, G]`` rows (mask, first row, dense flag, ``R + 1``) and the
+    points' cells and fractions at each of them (``[BLOCK, G]``)."""
     lv = tl.program_id(1) * G + tl.arange(0, G)
     mask_l = lv < L
     res = tl.load(meta_ptr + lv * 4, mask=mask_l, other=1)[None, :]
@@ -173,6 +169,29 @@ def _hashgrid_fwd_vec(x_ptr, table_ptr, meta_ptr, out_ptr, N,
     c0, f0 = _cell(x0[:, None], resf)
     c1, f1 = _cell(x1[:, None], resf)
     c2, f2 = _cell(x2[:, None], resf)
+    return mask_l, row0, dense, s1, c0, f0, c1, f1, c2, f2
+
+
+@triton.jit
+def _store_group(out_ptr, acc, offs, mask_n, L: tl.constexpr, F: tl.constexpr, G: tl.constexpr,
+                 BLOCK: tl.constexpr, STREAM_EVICT: tl.constexpr):
+    """Store the ``[BLOCK, G, F]`` features of a level group as one contiguous ``G F`` row per point."""
+    flat = tl.reshape(acc, [BLOCK, G * F])
+    gcols = tl.arange(0, G * F)
+    mask_o = mask_n[:, None] & (tl.program_id(1) * (G * F) + gcols[None, :] < L * F)
+    tl.store(out_ptr + offs[:, None] * (L * F) + tl.program_id(1) * (G * F) + gcols[None, :], flat, mask=mask_o,
+             eviction_policy=STREAM_EVICT)
+
+
+@triton.jit
+def _hashgrid_fwd_vec(x_ptr, table_ptr, meta_ptr, out_ptr, N,
+                      L: tl.constexpr, D: tl.constexpr, F: tl.constexpr,
+                      HASH_MASK: tl.constexpr, G: tl.constexpr, BLOCK: tl.constexpr,
+                      TABLE_EVICT: tl.constexpr, STREAM_EVICT: tl.constexpr):
+    """G levels as one ``[BLOCK, G, F]`` tile (G, F powers of two); each point's ``G F`` outputs stored
+    as one contiguous row."""
+    offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
+    mask_l, row0, dense, s1, c0, f0, c1, f1, c2, f2 = _level_group(meta_ptr, x0, x1, x2, L, G)
     cols = tl.arange(0, F)
     mask3 = (mask_n[:, None] & mask_l[None, :])[:, :, None] & (cols[None, None, :] < F)
     acc = tl.zeros([BLOCK, G, F], dtype=tl.float32)
@@ -181,11 +200,7 @@ def _hashgrid_fwd_vec(x_ptr, table_ptr, meta_ptr, out_ptr, N,
         feat = tl.load(table_ptr + row[:, :, None] * F + cols[None, None, :], mask=mask3, other=0.0,
                        eviction_policy=TABLE_EVICT)
         acc += w[:, :, None] * feat
-    flat = tl.reshape(acc, [BLOCK, G * F])
-    gcols = tl.arange(0, G * F)
-    mask_o = mask_n[:, None] & (tl.program_id(1) * (G * F) + gcols[None, :] < L * F)
-    tl.store(out_ptr + offs[:, None] * (L * F) + tl.program_id(1) * (G * F) + gcols[None, :], flat, mask=mask_o,
-             eviction_policy=STREAM_EVICT)
+    _store_group(out_ptr, acc, offs, mask_n, L, F, G, BLOCK, STREAM_EVICT)
 
 
 @triton.jit
@@ -203,16 +218,7 @@ def _hashgrid_fwd_pair(x_ptr, table_ptr, meta_ptr, out_ptr, N, n_rows,
     instead of 8. The two halves of the corners are summed separately, then added.
     """
     offs, mask_n, x0, x1, x2 = _points(x_ptr, N, D, BLOCK, STREAM_EVICT)
-    lv = tl.program_id(1) * G + tl.arange(0, G)
-    mask_l = lv < L
-    res = tl.load(meta_ptr + lv * 4, mask=mask_l, other=1)[None, :]
-    row0 = tl.load(meta_ptr + lv * 4 + 1, mask=mask_l, other=0)[None, :]
-    dense = tl.load(meta_ptr + lv * 4 + 2, mask=mask_l, other=1)[None, :]
-    s1 = tl.load(meta_ptr + lv * 4 + 3, mask=mask_l, other=2).to(tl.uint32)[None, :]
-    resf = res.to(tl.float32)
-    c0, f0 = _cell(x0[:, None], resf)
-    c1, f1 = _cell(x1[:, None], resf)
-    c2, f2 = _cell(x2[:, None], resf)
+    mask_l, row0, dense, s1, c0, f0, c1, f1, c2, f2 = _level_group(meta_ptr, x0, x1, x2, L, G)
     cols = tl.arange(0, F)
     quad = tl.arange(0, 2 * F)
     mask_pl = mask_n[:, None] & mask_l[None, :]
@@ -236,11 +242,7 @@ def _hashgrid_fwd_pair(x_ptr, table_ptr, meta_ptr, out_ptr, N, n_rows,
         feat_b = tl.where(shared[:, :, None], tl.where(((row_b & 1) != 0)[:, :, None], odd, even), alone)
         acc_lo += w_a[:, :, None] * feat_a
         acc_hi += w_b[:, :, None] * feat_b
-    flat = tl.reshape(acc_lo + acc_hi, [BLOCK, G * F])
-    gcols = tl.arange(0, G * F)
-    mask_o = mask_n[:, None] & (tl.program_id(1) * (G * F) + gcols[None, :] < L * F)
-    tl.store(out_ptr + offs[:, None] * (L * F) + tl.program_id(1) * (G * F) + gcols[None, :], flat, mask=mask_o,
-             eviction_policy=STREAM_EVICT)
+    _store_group(out_ptr, acc_lo + acc_hi, offs, mask_n, L, F, G, BLOCK, STREAM_EVICT)
 
 
 @triton.jit
