@@ -27,7 +27,8 @@ import yaml
 
 from pipeline.config import stage2_configs
 from pipeline.stage2.data import SubjectData
-from pipeline.stage2.train import Trainer, resolve_device, setup_torch
+from pipeline.resources import resolve_device
+from pipeline.stage2.train import Trainer, setup_torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
     section = dict(yaml.safe_load((REPO / "config.yaml").read_text())["stage2"])
     section.update(overrides)
     mcfg, tcfg = stage2_configs(section)
-    device = resolve_device(tcfg.device)
+    device = resolve_device(tcfg.device, "stage2.device")
     setup_torch(tcfg, device)
     data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

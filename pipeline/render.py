@@ -38,7 +38,7 @@ from pipeline.cli import guarded
 from pipeline.config import RenderConfig, from_mapping
 from pipeline.errors import PipelineError
 from pipeline.head_render import Head, load_head
-from pipeline.resources import peak_memory, reset_peak
+from pipeline.resources import peak_memory, reset_peak, resolve_device
 from pipeline.torso import Torso, progress, read_poses
 from pipeline.torso import load as load_torso
 
@@ -48,10 +48,6 @@ FPS = 25
 
 class RenderError(PipelineError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -229,7 +225,7 @@ def mux(frames_npz: Path | str, audio: Path | str, out: Path | str, crf: int = 1
 
 def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, start: float, cfg: RenderConfig,
             head: Head | None) -> dict:
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "render.device")
     prev = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     try:

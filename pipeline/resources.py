@@ -1,5 +1,6 @@
-"""Peak memory of the running process, recorded in the metrics of the GPU-heavy steps (train_head, render).
+"""The device a step runs on, and the peak memory it used (recorded in the metrics of train_head and render).
 
+``resolve_device(name, key)``: the ``device`` setting of a config section (``auto`` | ``cpu`` | ``cuda``).
 ``reset_peak(device)`` at the start of the measured work, ``peak_memory(device)`` at its end:
 ``{"peak_gpu_mib": torch.cuda.max_memory_allocated (None off CUDA), "peak_host_rss_mib": the process's
 maximum resident set size so far (Linux ``ru_maxrss``, whole process life)}``.
@@ -11,6 +12,16 @@ import resource
 import sys
 
 import torch
+
+from pipeline.errors import PipelineError
+
+
+def resolve_device(name: str, key: str) -> torch.device:
+    """``auto``: CUDA where torch sees a GPU, else the CPU. ``cuda`` without a GPU is an error naming the config
+    ``key`` (a job that asked for a GPU would otherwise run for hours on the CPU of a node without one)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(key, "cuda requested but torch sees no GPU here")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def reset_peak(device: torch.device | str) -> None:

@@ -41,6 +41,7 @@ from pipeline.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, 
 from pipeline.cli import guarded, parser
 from pipeline.config import TorsoConfig, from_mapping
 from pipeline.errors import PipelineError
+from pipeline.resources import resolve_device
 
 log = logging.getLogger("pipeline.torso")
 
@@ -56,10 +57,6 @@ def progress(iterable, **kwargs):
     except ImportError:
         return iterable
     return tqdm(iterable, mininterval=5, disable=None, **kwargs)
-
-
-def resolve_device(name: str) -> torch.device:
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- network
@@ -288,7 +285,7 @@ def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, t
     outdir = Path(outdir)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "torso.device")
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     doc = TRANSFORMS.read(transforms)

@@ -31,6 +31,7 @@ from pipeline.artifacts import (CANONICAL_LANDMARKS, CROP_META, FACE_MODEL, INGE
 from pipeline.cli import guarded, parser
 from pipeline.config import TrackingConfig, from_mapping
 from pipeline.errors import PipelineError
+from pipeline.resources import resolve_device
 from pipeline import tracking_fit as tf
 
 log = logging.getLogger("pipeline.tracking")
@@ -39,16 +40,6 @@ GL_CONVENTION = "camera_to_head, OpenGL camera (x right, y up, looks down -z), h
 
 class TrackingError(PipelineError):
     pass
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrackingError("tracking.device", "cuda requested but torch sees no GPU")
-    return name
 
 
 def read_observations(path: Path, cfg: TrackingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -126,7 +117,7 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
     split = INGEST_META.read(meta)["split"] if meta else {"train": [0, N], "test": [N, N]}
     task = mp_models.locate(mp_models.FACE_LANDMARKER, cfg.model_path)
     mesh = tf.load_canonical_mesh(mp_models.task_member(task, tf.GEOMETRY_ENTRY))
-    device = resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device, "tracking.device"))
     wts = tf.FitWeights(cfg.huber_px * W / 512.0, cfg.smooth_rot, cfg.smooth_trans, cfg.smooth_expr,
                         cfg.expr_prior, cfg.identity_prior, focal_prior=cfg.focal_prior)
 

@@ -39,6 +39,17 @@ def test_stage2_section_splits_into_model_and_training_configs():
         stage2_configs({"loss": "l3"})
 
 
+def test_device_setting_auto_cpu_and_a_missing_gpu():
+    from pipeline.errors import PipelineError
+    from pipeline.resources import resolve_device
+
+    assert resolve_device("cpu", "stage2.device") == torch.device("cpu")
+    assert resolve_device("auto", "stage2.device").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():   # asked for a GPU on a node without one: an error, not hours on the CPU
+        with pytest.raises(PipelineError, match="render.device.*no GPU"):
+            resolve_device("cuda", "render.device")
+
+
 def test_phases_follow_progress():
     cfg = Stage2TrainConfig(eyes_fraction=0.1, lips_fraction=0.2)
     assert [phase_at(p, cfg) for p in (0.0, 0.69, 0.71, 0.79, 0.81, 0.99)] == ["main", "main", "eyes", "eyes", "lips", "lips"]

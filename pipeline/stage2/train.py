@@ -33,7 +33,7 @@ from pipeline.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, A
                                 config_hash)
 from pipeline.cli import guarded, parser
 from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
-from pipeline.resources import peak_memory, reset_peak
+from pipeline.resources import peak_memory, reset_peak, resolve_device
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip
@@ -91,12 +91,6 @@ def progress_bar(total: int, initial: int):
     except ImportError:
         return _NoBar()
     return tqdm(total=total, initial=initial, desc="train_head", unit="step", mininterval=5)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("stage2.device is cuda but CUDA is not available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
@@ -270,7 +264,7 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
         tcfg: Stage2TrainConfig = Stage2TrainConfig()) -> dict:
     subject_dir = Path(subject_dir)
     outdir = Path(outdir) if outdir else subject_dir / "stage2"
-    device = resolve_device(tcfg.device)
+    device = resolve_device(tcfg.device, "stage2.device")
     setup_torch(tcfg, device)
     data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device)
     if tcfg.image_size and data.size != tcfg.image_size:
