@@ -191,6 +191,46 @@ def test_fallback_on_cpu_tensors_returns_the_reference_and_warns_once(monkeypatc
     torch.testing.assert_close(fast.table.grad, ref.table.grad, rtol=0, atol=0)
 
 
+def test_kernels_that_fail_to_compile_leave_the_reference_in_charge(monkeypatch):
+    """probe_kernels: a JIT/ptxas failure becomes the reason to use the reference (once per geometry and
+    device); CUDA running out of memory is not hidden; working kernels pass."""
+    monkeypatch.setattr(ET, "_PROBED", {})
+    spec = E.HashGridSpec(3, 4, 2, 10, 2, 40)
+    ref = E.TorchHashGrid(spec)
+    meta = torch.tensor([[r, o, int(d), r + 1] for r, o, d in zip(ref.resolutions, ref.offsets, ref.dense)],
+                        dtype=torch.int32)
+    calls = []
+
+    class Broken:
+        @staticmethod
+        def forward(*args):
+            calls.append("forward")
+            raise RuntimeError("PTXAS error: Internal Triton PTX codegen error\nptxas fatal")
+
+    why = ET.probe_kernels(spec, ref.table, meta, Broken)
+    assert "failed to compile or run" in why and "PTXAS error" in why and "ptxas fatal" not in why
+    assert ET.probe_kernels(spec, ref.table, meta, Broken) == why and calls == ["forward"]   # cached
+
+    class OutOfMemory:
+        @staticmethod
+        def forward(*args):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        ET.probe_kernels(E.HashGridSpec(3, 4, 2, 11, 2, 40), ref.table, meta, OutOfMemory)
+
+    class Working:   # the reference in the kernels' calling convention
+        @staticmethod
+        def forward(x, table, meta_, log2):
+            return ref(x)
+
+        @staticmethod
+        def backward(x, grad_out, meta_, n_rows, log2):
+            return torch.zeros(n_rows, spec.features_per_level)
+
+    assert ET.probe_kernels(E.HashGridSpec(3, 4, 2, 12, 2, 40), ref.table, meta, Working) is None
+
+
 @pytest.mark.skipif(KERNELS_OK, reason="the Triton kernels are available here: no fallback to test")
 def test_selecting_an_unavailable_triton_backend_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(E, "_FELL_BACK", set())
@@ -223,6 +263,7 @@ def test_config_accepts_the_triton_backend():
 _INTERPRETER_CHECK = textwrap.dedent("""
     import torch
     from pipeline.stage2 import encoding as E
+    from pipeline.stage2 import encoding_triton as ET
     from pipeline.stage2 import encoding_triton_kernels as K
     for i, (spec, cfg) in enumerate([(E.HashGridSpec(3, 4, 2, 10, 2, 40), K.KernelConfig(64, 4, 4, True, True)),
                                      (E.HashGridSpec(2, 3, 3, 8, 3, 60), K.KernelConfig(32, 2, 1)),
@@ -241,6 +282,7 @@ _INTERPRETER_CHECK = textwrap.dedent("""
         ref.backward(go)
         gt = K.backward(x, go, meta, g.table.shape[0], spec.log2_hashmap_size, cfg)
         torch.testing.assert_close(gt, g.table.grad, rtol=1e-5, atol=1e-5)
+        assert ET.probe_kernels(spec, g.table, meta, K) is None     # the probe's calls match the kernels'
     print("interpreter parity ok")
 """)
 

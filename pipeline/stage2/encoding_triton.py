@@ -9,7 +9,11 @@ torch reference, with one warning per reason and process:
 * CUDA or an importable ``triton`` is missing (``triton_status()`` says which);
 * the inputs or the table are not on a CUDA device, or the table is not float32;
 * the inputs require grad (the kernels give the gradient w.r.t. the table only; the reference gives
-  both) or the table is too large for the kernels' int32 offsets.
+  both) or the table is too large for the kernels' int32 offsets;
+* the kernels fail to compile or run on this GPU: before the first use of a grid geometry on a device,
+  :func:`probe_kernels` runs its forward and backward on 256 points, and any error there (Triton's JIT, ptxas,
+  an unsupported GPU) makes that geometry use the reference for the rest of the process. A CUDA
+  out-of-memory error is raised, not hidden.
 
 Triton is imported lazily (first use on a CUDA machine); nothing is built by hand: Triton compiles
 the kernels just in time and caches them. The backend registers itself as ``"triton"`` and is
@@ -68,6 +72,30 @@ def _kernels():
     return importlib.import_module(KERNELS_MODULE)
 
 
+_PROBED: dict[tuple, str | None] = {}   # (spec, device) -> None (kernels work) or why not
+
+
+def probe_kernels(spec: HashGridSpec, table: torch.Tensor, meta: torch.Tensor, kernels=None) -> str | None:
+    """Compile and run the forward and backward kernels once for this grid geometry on ``table``'s device
+    (256 points): ``None`` when they work, else why not (cached per geometry and device for the process)."""
+    key = (spec, str(table.device))
+    if key not in _PROBED:
+        k = kernels or _kernels()
+        try:
+            x = torch.rand(256, spec.n_dims, device=table.device)
+            out = k.forward(x, table.detach(), meta, spec.log2_hashmap_size)
+            k.backward(x, torch.ones_like(out), meta, table.shape[0], spec.log2_hashmap_size)
+            if table.is_cuda:
+                torch.cuda.synchronize(table.device)
+            _PROBED[key] = None
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the JIT or the driver raise: use the reference
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            _PROBED[key] = f"the kernels failed to compile or run here ({type(exc).__name__}: {first})"
+    return _PROBED[key]
+
+
 class _HashGridFunction(torch.autograd.Function):
     """``(x [N, d] fp32, table [rows, F] fp32) -> [N, L F]``; differentiable w.r.t. the table only."""
 
@@ -113,7 +141,7 @@ class TritonHashGrid(TorchHashGrid):
             return "the inputs require grad (the kernels differentiate w.r.t. the table only)"
         if self.table.numel() >= 2**31 or self.spec.output_dim > 2**20:
             return "the table is too large for the kernels' int32 offsets"
-        return None
+        return probe_kernels(self.spec, self.table, self.meta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.spec.n_dims:
