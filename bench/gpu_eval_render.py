@@ -69,8 +69,8 @@ def score(render: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> dict:
     names = [*PARSING_LABEL_NAMES, f"head_edge_{EDGE_PX}px", "head_interior"]
     regions = {n: {"pixels_per_frame": round(float(c / len(render)), 1),
                    "psnr": round(float(-10 * np.log10(e / c)), 3) if c and e > 0 else None,
-                   "share_of_head_sse": round(float(e / head_sse), 4) if n != "background" and n not in
-                   ("torso", "neck") else None}
+                   "share_of_head_sse": round(float(e / head_sse), 4) if n not in ("background", "torso", "neck")
+                   else None}
                for n, e, c in zip(names, sse, count)}
     return {"mean": mean, "regions": regions, "per_frame": rows, "error_map": err_sum / len(render)}
 
