@@ -9,7 +9,7 @@ frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.c
 * ``render_eval.json``: per test frame and averaged, PSNR / SSIM of the whole frame (head + torso + plate,
   what ``video.mp4`` shows), PSNR over the head labels (3-7) and over torso + neck (1-2), all on the
   uncompressed render; head-only rendering speed at the crop size (``--fps-frames`` frames, CUDA-synchronised,
-  one frame per call), and the head + torso speed recorded by the render (``video.json``);
+  the render defaults: ``batch_frames`` frames a call), and the head + torso speed recorded by the render (``video.json``);
 * ``error_map.png``: the mean absolute error over the test frames (0 black .. 0.15 yellow), and in
   ``render_eval.json`` ``regions``: the error per parsing class and in the head's outline band (:func:`score`);
 * ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate``
@@ -89,17 +89,19 @@ def head_fps(subject_dir: Path, n: int, device: str) -> dict:
     head = load_head(root / "stage2", device).with_samples(cfg.num_samples, cfg.early_stop_eps)
     n = min(n, len(drive))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    args = (scene.focal, scene.cx, scene.cy, scene.crop_size, scene.crop_size, 1 << 18)
-    head.render(drive.c2w[:1], drive.landmarks[:1], drive.audio[:1], drive.au45[:1], *args)  # warm-up
+    args = (scene.focal, scene.cx, scene.cy, scene.crop_size, scene.crop_size, cfg.ray_chunk)
+    b = cfg.batch_frames
+    head.render(drive.c2w[:b], drive.landmarks[:b], drive.audio[:b], drive.au45[:b], *args)  # warm-up
     sync()
     t0 = time.perf_counter()
-    for i in range(n):
-        sl = slice(i, i + 1)
+    for i in range(0, n, b):
+        sl = slice(i, min(i + b, n))
         head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], *args)
     sync()
     sec = time.perf_counter() - t0
     return {"frames": n, "size": scene.crop_size, "seconds": round(sec, 3), "frames_per_sec": round(n / sec, 2),
-            "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps}
+            "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
+            "batch_frames": b, "ray_chunk": cfg.ray_chunk or "auto"}
 
 
 def frames_to_npz(tar_path: Path | str, like_npz_json: Path | str, out: Path | str) -> int:

@@ -286,7 +286,7 @@ class RenderConfig:
     size: int = 0                   # output width = height in px (0 = the crop size)
     num_samples: int = 0            # samples per ray of the head (0 = the trained head's stage2.num_samples)
     early_stop_eps: float = 1e-3    # skip head samples behind transmittance < eps (0 = off; same image within eps)
-    ray_chunk: int = 16384          # rays per renderer call
+    ray_chunk: int = 0              # rays per renderer call (0 = 2^20 on a GPU, 2^14 on a CPU)
     batch_frames: int = 4           # frames synthesised per step
     compositing: str = "soft"       # "soft" (feathered neck seam) | "hard" (binary alphas, for comparison)
     feather: float = 0.015          # soft seam: Gaussian sigma of the head alpha in the neck band, x output size
@@ -298,8 +298,8 @@ class RenderConfig:
     device: str = "auto"            # "auto" | "cpu" | "cuda"
 
     def __post_init__(self) -> None:
-        if self.size < 0 or self.size % 2 or self.num_samples < 0 or self.ray_chunk < 1 or self.batch_frames < 1:
-            raise ConfigError("render: size must be even and >= 0, num_samples >= 0, ray_chunk and batch_frames >= 1")
+        if self.size < 0 or self.size % 2 or self.num_samples < 0 or self.ray_chunk < 0 or self.batch_frames < 1:
+            raise ConfigError("render: size must be even and >= 0, num_samples and ray_chunk >= 0, batch_frames >= 1")
         if self.compositing not in ("soft", "hard"):
             raise ConfigError(f"render.compositing: {self.compositing!r} is not one of soft, hard")
         if self.feather < 0 or self.pose_smooth_sigma < 0 or not 0 <= self.crf <= 51 or not 0 <= self.early_stop_eps < 1:

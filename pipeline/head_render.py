@@ -5,7 +5,8 @@ field's normalised cube: ``x_n = (x_cm - center) * scale``; a camera-to-head tra
 and maps its translation the same way (a similarity, so rays stay rays).
 
 ``Head.render(c2w, landmarks, audio, au45, focal, cx, cy, size)`` renders B frames at ``size``² (the
-intrinsics are given at the crop size and rescaled) and returns the *premultiplied* colour (over black)
+intrinsics are given at the crop size and rescaled; the rays of all B frames are marched together, ``ray_chunk``
+at a time) and returns the *premultiplied* colour (over black)
 ``[B, 3, S, S]`` and the accumulated opacity ``[B, 1, S, S]``: the head layer of pipeline.compositing.
 
 ``load_head(stage2_dir)`` reads the trained head (``stage2/head.json`` + weights-only ``stage2/head.pt``);
@@ -31,6 +32,12 @@ from pipeline.stage2.data import HeadSpace
 
 class HeadError(PipelineError):
     pass
+
+
+def default_ray_chunk(device: torch.device) -> int:
+    """Rays per renderer call when the config says 0: 2^20 on a GPU (four 512² frames in one marching loop;
+    ~11 GB peak with the default head, BENCHMARKS.md), 2^14 on a CPU (bounded memory, no launch overhead)."""
+    return 1 << 20 if torch.device(device).type == "cuda" else 1 << 14
 
 
 class Head:
@@ -61,8 +68,9 @@ class Head:
     @torch.no_grad()
     def render(self, c2w: np.ndarray, landmarks: np.ndarray, audio: np.ndarray | None, au45: np.ndarray,
                focal: float, cx: float, cy: float, crop_size: int, size: int,
-               ray_chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+               ray_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
+        ray_chunk = ray_chunk or default_ray_chunk(dev)
         b = len(c2w)
         lm = torch.from_numpy(self.space.points(landmarks)).to(dev)
         aud = torch.tensor(np.asarray(audio), dtype=torch.float32, device=dev) if self.uses_audio else None
@@ -70,17 +78,21 @@ class Head:
         k = size / crop_size
         uv = pixel_centers(size, size, device=dev)
         mats = torch.from_numpy(self.space.c2w(c2w)).to(dev)
-        pre = torch.empty(b, size * size, 3, device=dev)
-        alpha = torch.empty(b, size * size, device=dev)
+        n = uv.shape[0]
+        # the rays of all b frames in one list, so that a chunk (and so one marching loop) spans frames:
+        # fewer, larger launches per frame, which is what limits the speed on a GPU
+        rays = [camera_rays(mats[f], uv, focal * k, cx * k, cy * k) for f in range(b)]
+        origins = torch.cat([r[0] for r in rays])
+        dirs = torch.cat([r[1] for r in rays])
+        frames = torch.arange(b, device=dev).repeat_interleave(n)
+        pre = torch.empty(b * n, 3, device=dev)
+        alpha = torch.empty(b * n, device=dev)
         black = torch.zeros(3, device=dev)
-        for f in range(b):
-            origins, dirs = camera_rays(mats[f], uv, focal * k, cx * k, cy * k)
-            for i in range(0, uv.shape[0], ray_chunk):
-                o, d = origins[i:i + ray_chunk], dirs[i:i + ray_chunk]
-                fr = torch.full((o.shape[0],), f, dtype=torch.int64, device=dev)
-                out = self.renderer.render(self.field, ctx, o, d, fr, black)
-                pre[f, i:i + ray_chunk] = out.rgb
-                alpha[f, i:i + ray_chunk] = out.opacity
+        for i in range(0, b * n, ray_chunk):
+            out = self.renderer.render(self.field, ctx, origins[i:i + ray_chunk], dirs[i:i + ray_chunk],
+                                       frames[i:i + ray_chunk], black)
+            pre[i:i + ray_chunk] = out.rgb
+            alpha[i:i + ray_chunk] = out.opacity
         pre = pre.reshape(b, size, size, 3).permute(0, 3, 1, 2)
         alpha = alpha.reshape(b, 1, size, size)
         return pre.clamp(0, 1), alpha.clamp(0, 1)

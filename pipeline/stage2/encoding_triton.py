@@ -37,31 +37,43 @@ from .encoding import Backend, HashGridSpec, TorchHashGrid, register_backend
 LOG = logging.getLogger("pipeline.stage2.encoding_triton")
 KERNELS_MODULE = "pipeline.stage2.encoding_triton_kernels"
 
-_WARNED: set[str] = set()
+_WARNED: set[tuple[str, str]] = set()
 
 
-def warn_once(reason: str) -> None:
+def warn_once(reason: str, what: str = "triton hash-grid backend",
+              instead: str = "the torch reference (same table layout)") -> None:
     """Warn (and log) that the torch reference runs instead of the kernels, once per reason and process."""
-    if reason in _WARNED:
+    if (what, reason) in _WARNED:
         return
-    _WARNED.add(reason)
-    msg = f"triton hash-grid backend: {reason}; using the torch reference (same table layout)"
+    _WARNED.add((what, reason))
+    msg = f"{what}: {reason}; using {instead}"
     LOG.warning(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 @functools.lru_cache(maxsize=None)
-def triton_status() -> tuple[bool, str]:
-    """``(True, "")`` when the kernels can run here, else ``(False, why not)``."""
+def module_status(module: str) -> tuple[bool, str]:
+    """``(True, "")`` when the Triton kernels of ``module`` can run here, else ``(False, why not)``."""
     if not torch.cuda.is_available():
         return False, "CUDA is not available"
     if importlib.util.find_spec("triton") is None:
         return False, "the triton package is not installed"
     try:
-        importlib.import_module(KERNELS_MODULE)
+        importlib.import_module(module)
     except Exception as exc:  # a broken/incompatible Triton is "unavailable", never a crash
         return False, f"triton failed to import ({type(exc).__name__}: {exc})"
     return True, ""
+
+
+def triton_status() -> tuple[bool, str]:
+    """``module_status`` of the hash-grid kernels."""
+    return module_status(KERNELS_MODULE)
+
+
+def probe_failure(exc: Exception) -> str:
+    """What a failed kernel probe reports (CUDA OOM is raised by the callers, never reported)."""
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"the kernels failed to compile or run here ({type(exc).__name__}: {first})"
 
 
 def triton_available() -> bool:
@@ -91,8 +103,7 @@ def probe_kernels(spec: HashGridSpec, table: torch.Tensor, meta: torch.Tensor, k
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever the JIT or the driver raise: use the reference
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            _PROBED[key] = f"the kernels failed to compile or run here ({type(exc).__name__}: {first})"
+            _PROBED[key] = probe_failure(exc)
     return _PROBED[key]
 
 

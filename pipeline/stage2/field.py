@@ -16,8 +16,8 @@ Then ``field.density(x, frame, ctx) -> sigma [N]`` and ``field(x, d, frame, ctx)
 ``frame [N]`` indexing the batch of ``ctx`` (the renderer's ``RadianceField`` protocol).
 
 Gaussian relative-position encoding (``GaussianLandmarkEncoding``): for a point x of frame b, its k nearest
-subset landmarks l_j (selected without gradient, chunked per frame so nothing of size [N, M_all] exists),
-offsets ``o_j = (x - l_j) / sigma``, weights ``w_j = exp(-|o_j|^2 / 2)``, per-neighbour input
+subset landmarks l_j (selected without gradient; by a Triton kernel on GPUs, otherwise in chunks of points so
+that nothing of size [N, M] exists), offsets ``o_j = (x - l_j) / sigma``, weights ``w_j = exp(-|o_j|^2 / 2)``, per-neighbour input
 ``z_j = [w_j o_j, sin/cos(2^f pi w_j o_j) for f < landmark_freqs, E[id_j]]`` (``E`` a learned embedding of the
 landmark's identity, so the network knows *which* landmark it is near), ``h = sum_j w_j relu(W z_j + b)``
 (a sum: invariant to neighbour order, continuous when the k-nearest set changes since far neighbours
@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import Stage2ModelConfig
+from . import landmark_triton
 from .encoding import HashGridSpec, build_encoding
 
 # mediapipe FaceMesh indices (478-point topology)
@@ -123,7 +124,7 @@ class GaussianLandmarkEncoding(nn.Module):
     """Gaussian relative-position encoding of points w.r.t. their k nearest landmarks (module docstring)."""
 
     def __init__(self, n_landmarks: int, k: int, sigma: float, n_freqs: int, embed_dim: int, out_dim: int,
-                 knn_chunk: int = 1 << 16):
+                 knn_chunk: int = 1 << 16, use_kernels: bool = True):
         super().__init__()
         if n_landmarks < 1 or k < 1 or sigma <= 0:
             raise ValueError("landmark encoding needs n_landmarks >= 1, k >= 1 and sigma > 0")
@@ -132,6 +133,7 @@ class GaussianLandmarkEncoding(nn.Module):
         self.sigma = float(sigma)
         self.n_freqs = n_freqs
         self.knn_chunk = knn_chunk
+        self.use_kernels = use_kernels   # the Triton kNN on CUDA (landmark_triton), else knn_reference
         self.embed = nn.Embedding(n_landmarks, embed_dim)
         nn.init.normal_(self.embed.weight, std=0.5)
         self.lin = nn.Linear(3 + 6 * n_freqs + embed_dim, out_dim)
@@ -143,7 +145,19 @@ class GaussianLandmarkEncoding(nn.Module):
 
     @torch.no_grad()
     def knn(self, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        """Indices ``[N, k]`` (into the subset) of each point's k nearest landmarks of its frame."""
+        """Indices ``[N, k]`` (into the subset) of each point's k nearest landmarks of its frame: the Triton
+        kernel on a GPU (``landmark_triton.fast_knn``), else :meth:`knn_reference`."""
+        if self.use_kernels and x.is_cuda:
+            idx = landmark_triton.fast_knn(self.k, x, frame, landmarks)
+            if idx is not None:
+                return idx
+        return self.knn_reference(x, frame, landmarks)
+
+    @torch.no_grad()
+    def knn_reference(self, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        """The torch kNN: per frame, distances to its landmarks computed directly (``cdist`` without the
+        ``|a|^2 + |b|^2 - 2ab`` matrix-product shortcut, whose cancellation reorders near neighbours; the kernel
+        computes them directly too), ``knn_chunk`` points at a time, then ``topk``."""
         idx = torch.empty(x.shape[0], self.k, dtype=torch.int64, device=x.device)
         frames, inverse = torch.unique(frame, return_inverse=True)
         for j, f in enumerate(frames.tolist()):
@@ -151,8 +165,8 @@ class GaussianLandmarkEncoding(nn.Module):
             lm = landmarks[f].to(x.dtype)
             for s in range(0, rows.numel(), self.knn_chunk):
                 r = rows[s:s + self.knn_chunk]
-                d2 = torch.cdist(x[r], lm)
-                idx[r] = d2.topk(self.k, dim=1, largest=False).indices
+                d = torch.cdist(x[r], lm, compute_mode="donot_use_mm_for_euclid_dist")
+                idx[r] = d.topk(self.k, dim=1, largest=False).indices
         return idx
 
     def forward(self, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
@@ -206,7 +220,8 @@ class LandmarkField(nn.Module):
             self.register_buffer("landmark_ids", torch.tensor(ids, dtype=torch.int64))
             self.landmark_enc = GaussianLandmarkEncoding(len(ids), cfg.landmark_k, cfg.landmark_sigma,
                                                          cfg.landmark_freqs, cfg.landmark_embed_dim,
-                                                         cfg.landmark_feat_dim)
+                                                         cfg.landmark_feat_dim,
+                                                         use_kernels=cfg.backend in ("auto", "triton"))
             in_dim += self.landmark_enc.output_dim
         self.audio_att: AudioAttention | None = None
         if cfg.audio_dim > 0:

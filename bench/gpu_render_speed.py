@@ -1,0 +1,106 @@
+"""Head rendering speed on a GPU against the marching settings, and where a frame's time goes.
+
+    PYTHONPATH=. python bench/gpu_render_speed.py --subject-dir S --out OUT [--frames 24] [--size 512]
+
+S is a subject directory with a trained head (``stage2/head.pt``, ``head.json``, ``occupancy.npz``) and what
+``pipeline.render.test_drive`` reads. For each setting (frames per call, rays per renderer call, samples a
+marching round, samples per field call) it renders the first ``--frames`` test frames head-only (the
+render default: the head's samples per ray, early stop 1e-3), CUDA-synchronised, and reports frames/s and
+the largest colour / opacity difference to the first setting (the settings change only the batching, so
+the images must agree to float rounding). Then one ``torch.profiler`` pass over 4 frames with the fastest
+setting lists the CUDA kernels and CPU operators by total time. Writes ``OUT/render_speed.json`` and
+``OUT/render_profile.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import RenderConfig
+from pipeline.head_render import Head, load_head
+from pipeline.render import Drive, Scene, load_scene, test_drive
+
+# (frames per call, rays per renderer call, samples per ray a marching round, samples per field call)
+SETTINGS = [(1, 1 << 14, 8, 1 << 18),    # the render default before this benchmark: 16 chunks per frame
+            (1, 1 << 18, 8, 1 << 18),    # one chunk per frame (gpu_eval_render's head-only timing)
+            (4, 1 << 20, 8, 1 << 18),    # four frames a chunk
+            (4, 1 << 20, 8, 1 << 20),
+            (4, 1 << 20, 16, 1 << 20),
+            (8, 1 << 21, 8, 1 << 20),
+            (8, 1 << 21, 16, 1 << 21)]
+
+
+def render_all(head: Head, scene: Scene, drive: Drive, n: int, size: int, batch: int,
+               ray_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pres, alphas = [], []
+    for s in range(0, n, batch):
+        sl = slice(s, min(s + batch, n))
+        pre, a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
+                             scene.cx, scene.cy, scene.crop_size, size, ray_chunk)
+        pres.append(pre)
+        alphas.append(a)
+    return torch.cat(pres), torch.cat(alphas)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--subject-dir", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--size", type=int, default=0, help="output size (0: the crop size)")
+    p.add_argument("--device", default="cuda")
+    args = p.parse_args()
+    root, dev = args.subject_dir, args.device
+    scene = load_scene(root)
+    drive, _, _ = test_drive(root, scene)
+    size = args.size or scene.crop_size
+    n = min(args.frames, len(drive))
+    cfg = RenderConfig()
+    head = load_head(root / "stage2", dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    rows, ref = [], None
+    for batch, ray_chunk, window, chunk in SETTINGS:
+        head.renderer.march_window, head.renderer.chunk = window, chunk
+        render_all(head, scene, drive, min(batch, n), size, batch, ray_chunk)   # warm-up (kernels, allocator)
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t0 = time.perf_counter()
+        pre, alpha = render_all(head, scene, drive, n, size, batch, ray_chunk)
+        sync()
+        sec = time.perf_counter() - t0
+        if ref is None:
+            ref = (pre, alpha)
+        row = {"batch_frames": batch, "ray_chunk": ray_chunk, "march_window": window, "field_chunk": chunk,
+               "frames": n, "seconds": round(sec, 3), "frames_per_sec": round(n / sec, 2),
+               "max_abs_rgb_vs_first": float((pre - ref[0]).abs().max()),
+               "max_abs_alpha_vs_first": float((alpha - ref[1]).abs().max()),
+               "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if dev == "cuda" else None}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    best = max(rows, key=lambda r: r["frames_per_sec"])
+    head.renderer.march_window, head.renderer.chunk = best["march_window"], best["field_chunk"]
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev == "cuda" else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        render_all(head, scene, drive, min(4, n), size, best["batch_frames"], best["ray_chunk"])
+        sync()
+    sort = "cuda_time_total" if dev == "cuda" else "cpu_time_total"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "render_profile.txt").write_text(
+        f"best setting {best}\n\n" + prof.key_averages().table(sort_by=sort, row_limit=40)
+        + "\n\nby CPU time\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
+    result = {"size": size, "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
+              "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+              "settings": rows, "best": best}
+    (args.out / "render_speed.json").write_text(json.dumps(result, indent=1))
+    print(f"best: {best['frames_per_sec']} frames/s at {size}² ({best})")
+
+
+if __name__ == "__main__":
+    main()
