@@ -8,8 +8,10 @@ marching round, samples per field call) it renders the first ``--frames`` test f
 render default: the head's samples per ray, early stop 1e-3), CUDA-synchronised, and reports frames/s and
 the largest colour / opacity difference to the first setting (the settings change only the batching, so
 the images must agree to float rounding). Then one ``torch.profiler`` pass over 4 frames with the fastest
-setting lists the CUDA kernels and CPU operators by total time. Writes ``OUT/render_speed.json`` and
-``OUT/render_profile.txt``.
+setting lists the CUDA kernels and CPU operators by total time. Where S has a trained torso (``torso/``),
+the whole synthesis (``pipeline.render.synthesize``: head, torso, soft compositing, the seam measure, uint8
+frames on the host) is timed over the same frames, and split into those parts with a CUDA synchronisation
+after each. Writes ``OUT/render_speed.json`` and ``OUT/render_profile.txt``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
+import cv2
 import torch
 
+from pipeline import compositing
 from pipeline.config import RenderConfig
 from pipeline.head_render import Head, load_head
-from pipeline.render import Drive, Scene, load_scene, test_drive
+from pipeline.render import Drive, Scene, load_scene, synthesize, test_drive
+from pipeline.torso import Torso
+from pipeline.torso import load as load_torso
 
 # (frames per call, rays per renderer call, samples per ray a marching round, samples per field call)
 SETTINGS = [(1, 1 << 14, 8, 1 << 18),    # the render default before this benchmark: 16 chunks per frame
@@ -46,6 +51,39 @@ def render_all(head: Head, scene: Scene, drive: Drive, n: int, size: int, batch:
         pres.append(pre)
         alphas.append(a)
     return torch.cat(pres), torch.cat(alphas)
+
+
+def synthesis_parts(head: Head, torso: Torso, scene: Scene, drive: Drive, n: int, cfg: RenderConfig,
+                    sync) -> dict:
+    """Milliseconds per frame of each step of ``synthesize`` (same calls, a synchronisation after each)."""
+    size = cfg.size or scene.crop_size
+    bg = cv2.resize(scene.background, (size, size), interpolation=cv2.INTER_AREA)
+    bg = torch.from_numpy(bg).to(head.device).permute(2, 0, 1)[None].float() / 255.0
+    feather = cfg.feather * size
+    parts = dict.fromkeys(("head", "torso", "composite", "seam", "to_host"), 0.0)
+    for s in range(0, n, cfg.batch_frames):
+        sl = slice(s, min(s + cfg.batch_frames, n))
+        t = time.perf_counter()
+        pre, h_a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
+                               scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)
+        sync()
+        parts["head"] += time.perf_counter() - t
+        t = time.perf_counter()
+        t_rgb, t_a = torso.predict(drive.poses[sl], size)
+        sync()
+        parts["torso"] += time.perf_counter() - t
+        t = time.perf_counter()
+        img = compositing.composite_soft(bg, t_rgb, t_a, pre, h_a, feather)
+        sync()
+        parts["composite"] += time.perf_counter() - t
+        t = time.perf_counter()
+        compositing.seam_jump(img, compositing.seam_band(h_a, t_a, max(1, int(round(feather)))))
+        sync()
+        parts["seam"] += time.perf_counter() - t
+        t = time.perf_counter()
+        (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        parts["to_host"] += time.perf_counter() - t
+    return {k: round(v / n * 1000, 2) for k, v in parts.items()} | {"unit": "ms per frame"}
 
 
 def main() -> None:
@@ -98,6 +136,21 @@ def main() -> None:
     result = {"size": size, "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
               "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
               "settings": rows, "best": best}
+    if (root / "torso" / "torso.json").is_file():
+        head.renderer.march_window, head.renderer.chunk = 8, 1 << 18     # the render defaults again
+        torso = load_torso(root / "torso", dev)
+        rcfg = RenderConfig(size=size, device=dev)
+        sub = Drive(drive.c2w[:n], drive.poses[:n], drive.landmarks[:n], drive.audio[:n], drive.au45[:n])
+        synthesis_parts(head, torso, scene, sub, rcfg.batch_frames, rcfg, sync)          # warm-up
+        stats: dict = {}
+        sync()
+        t0 = time.perf_counter()
+        for _ in synthesize(head, torso, scene, sub, rcfg, stats):
+            pass
+        sync()
+        result["synthesis"] = {"frames": n, "frames_per_sec": round(n / (time.perf_counter() - t0), 2),
+                               "parts": synthesis_parts(head, torso, scene, sub, n, rcfg, sync)}
+        print(json.dumps(result["synthesis"]))
     (args.out / "render_speed.json").write_text(json.dumps(result, indent=1))
     print(f"best: {best['frames_per_sec']} frames/s at {size}² ({best})")
 

@@ -172,7 +172,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
         jump = compositing.seam_jump(img, compositing.seam_band(h_a, t_a, max(1, int(round(feather)))))
         if jump is not None:
             jumps.append(jump)
-        yield (img.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+        yield (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # 1/4 of the copy
     seconds = time.perf_counter() - t_start
     stats["frames_per_sec"] = round(len(drive) / max(seconds, 1e-9), 4)
     stats["seam_jump"] = float(np.mean(jumps)) if jumps else None
