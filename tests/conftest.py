@@ -47,6 +47,27 @@ def shared_data() -> Path:
     return _need_shared()
 
 
+def run_in_triton_interpreter(script: str) -> None:
+    """Run ``script`` (Python that prints "interpreter parity ok") with ``TRITON_INTERPRET=1``: Triton kernels on
+    CPU tensors, a developer check of their arithmetic where ``triton`` is installed but there is no GPU.
+    Skips where CUDA is present (the compiled kernels are tested there) or ``triton`` is not installed (it
+    is no CI dependency)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: the compiled kernels are tested instead")
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed (pip install triton for this check)")
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=dict(os.environ, TRITON_INTERPRET="1"),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "interpreter parity ok" in res.stdout
+
+
 def clip_path(name: str) -> Path:
     return _need_shared() / f"{name}.mp4"
 

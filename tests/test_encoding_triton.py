@@ -8,18 +8,16 @@ not a CI dependency).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.stage2 import encoding as E
 from pipeline.stage2 import encoding_triton as ET
+
+from conftest import run_in_triton_interpreter
 
 KERNELS_OK, KERNELS_WHY = ET.triton_status()
 needs_kernels = pytest.mark.skipif(not KERNELS_OK, reason=f"Triton kernels cannot run here: {KERNELS_WHY}")
@@ -287,17 +285,5 @@ _INTERPRETER_CHECK = textwrap.dedent("""
 """)
 
 
-def _triton_importable() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the compiled kernels are tested instead")
-@pytest.mark.skipif(not _triton_importable(), reason="triton is not installed (pip install triton for this check)")
 def test_kernels_in_triton_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", _INTERPRETER_CHECK], cwd=Path(__file__).resolve().parents[1],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "interpreter parity ok" in res.stdout
+    run_in_triton_interpreter(_INTERPRETER_CHECK)

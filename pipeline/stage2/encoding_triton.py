@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import logging
 import warnings
+from typing import Callable
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -70,10 +71,19 @@ def triton_status() -> tuple[bool, str]:
     return module_status(KERNELS_MODULE)
 
 
-def probe_failure(exc: Exception) -> str:
-    """What a failed kernel probe reports (CUDA OOM is raised by the callers, never reported)."""
-    first = (str(exc).strip().splitlines() or [""])[0][:200]
-    return f"the kernels failed to compile or run here ({type(exc).__name__}: {first})"
+def run_probe(launch: Callable[[], object], device: torch.device | str) -> str | None:
+    """Call ``launch`` (kernels on a few points) and wait for the device: ``None`` when it worked, else why
+    not, in one line. A CUDA out-of-memory error is raised, never turned into a fallback."""
+    try:
+        launch()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+        return None
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the JIT or the driver raise: use the reference
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"the kernels failed to compile or run here ({type(exc).__name__}: {first})"
 
 
 def triton_available() -> bool:
@@ -93,17 +103,13 @@ def probe_kernels(spec: HashGridSpec, table: torch.Tensor, meta: torch.Tensor, k
     key = (spec, str(table.device))
     if key not in _PROBED:
         k = kernels or _kernels()
-        try:
+
+        def launch() -> None:
             x = torch.rand(256, spec.n_dims, device=table.device)
             out = k.forward(x, table.detach(), meta, spec.log2_hashmap_size)
             k.backward(x, torch.ones_like(out), meta, table.shape[0], spec.log2_hashmap_size)
-            if table.is_cuda:
-                torch.cuda.synchronize(table.device)
-            _PROBED[key] = None
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever the JIT or the driver raise: use the reference
-            _PROBED[key] = probe_failure(exc)
+
+        _PROBED[key] = run_probe(launch, table.device)
     return _PROBED[key]
 
 

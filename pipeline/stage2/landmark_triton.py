@@ -17,7 +17,7 @@ import importlib
 
 import torch
 
-from .encoding_triton import module_status, probe_failure, warn_once
+from .encoding_triton import module_status, run_probe, warn_once
 
 KERNELS_MODULE = "pipeline.stage2.landmark_triton_kernels"
 _PROBED: dict[tuple, str | None] = {}
@@ -33,16 +33,9 @@ def probe(k: int, n_landmarks: int, device: torch.device, kernels=None) -> str |
     key = (k, n_landmarks, str(device))
     if key not in _PROBED:
         kern = kernels or _kernels()
-        try:
-            x = torch.rand(256, 3, device=device)
-            kern.knn(x, torch.arange(256, device=device) % 2, torch.rand(2, n_landmarks, 3, device=device), k)
-            if torch.device(device).type == "cuda":
-                torch.cuda.synchronize(device)
-            _PROBED[key] = None
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever the JIT or the driver raise: use the reference
-            _PROBED[key] = probe_failure(exc)
+        x = torch.rand(256, 3, device=device)
+        lm = torch.rand(2, n_landmarks, 3, device=device)
+        _PROBED[key] = run_probe(lambda: kern.knn(x, torch.arange(256, device=device) % 2, lm, k), device)
     return _PROBED[key]
 
 
