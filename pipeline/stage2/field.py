@@ -17,7 +17,8 @@ Then ``field.density(x, frame, ctx) -> sigma [N]`` and ``field(x, d, frame, ctx)
 
 Gaussian relative-position encoding (``GaussianLandmarkEncoding``): for a point x of frame b, its k nearest
 subset landmarks l_j (selected without gradient; by a Triton kernel on GPUs, otherwise in chunks of points so
-that nothing of size [N, M] exists), offsets ``o_j = (x - l_j) / sigma``, weights ``w_j = exp(-|o_j|^2 / 2)``, per-neighbour input
+that nothing of size [N, M] exists), offsets ``o_j = (x - l_j) / sigma``, weights ``w_j = exp(-|o_j|^2 / 2)``,
+per-neighbour input
 ``z_j = [w_j o_j, sin/cos(2^f pi w_j o_j) for f < landmark_freqs, E[id_j]]`` (``E`` a learned embedding of the
 landmark's identity, so the network knows *which* landmark it is near), ``h = sum_j w_j relu(W z_j + b)``
 (a sum: invariant to neighbour order, continuous when the k-nearest set changes since far neighbours

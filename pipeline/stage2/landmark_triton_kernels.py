@@ -12,7 +12,9 @@ One program holds ``BLOCK`` points and streams the frame's ``M`` landmarks once,
   work stays in its own thread.
 * ``k > 8`` (``_knn_tile``): a ``[BLOCK, KP]`` tile (``KP`` the next power of two, padding columns -inf)
   where a landmark closer than the row's worst replaces it; the row max and argmax are reductions across
-  threads, so this is ~1.4x slower (BENCHMARKS.md).
+  threads, so this is ~2.4x slower (BENCHMARKS.md).
+
+``M`` (the number of landmarks) is a compile-time constant: one compiled kernel per landmark subset.
 
 The ``k`` indices come back in no particular order (the encoding sums over its neighbours). Where two
 landmarks are exactly equally far, the lower index stays. The kernel also runs under the Triton
