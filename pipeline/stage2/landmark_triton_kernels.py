@@ -114,26 +114,14 @@ def _knn_kernel(x_ptr, frame_ptr, lm_ptr, idx_ptr, N, M: tl.constexpr, K: tl.con
     rows, mask, x0, x1, x2, lm_base = _load_points(x_ptr, frame_ptr, lm_ptr, N, M, BLOCK)
     if SLOTS:
         i0, i1, i2, i3, i4, i5, i6, i7 = _knn_slots(x0, x1, x2, lm_base, mask, M, K, BLOCK)
-        out = idx_ptr + rows * K
-        tl.store(out, i0.to(tl.int64), mask=mask)
-        if K > 1:
-            tl.store(out + 1, i1.to(tl.int64), mask=mask)
-        if K > 2:
-            tl.store(out + 2, i2.to(tl.int64), mask=mask)
-        if K > 3:
-            tl.store(out + 3, i3.to(tl.int64), mask=mask)
-        if K > 4:
-            tl.store(out + 4, i4.to(tl.int64), mask=mask)
-        if K > 5:
-            tl.store(out + 5, i5.to(tl.int64), mask=mask)
-        if K > 6:
-            tl.store(out + 6, i6.to(tl.int64), mask=mask)
-        if K > 7:
-            tl.store(out + 7, i7.to(tl.int64), mask=mask)
+        cols = tl.arange(0, 8)[None, :]
+        best_i = tl.where(cols == 0, i0[:, None], tl.where(cols == 1, i1[:, None], tl.where(
+            cols == 2, i2[:, None], tl.where(cols == 3, i3[:, None], tl.where(cols == 4, i4[:, None], tl.where(
+                cols == 5, i5[:, None], tl.where(cols == 6, i6[:, None], i7[:, None])))))))
     else:
         _, best_i = _knn_tile(x0, x1, x2, lm_base, mask, M, K, KP, BLOCK)
         cols = tl.arange(0, KP)[None, :]
-        tl.store(idx_ptr + rows[:, None] * K + cols, best_i.to(tl.int64), mask=mask[:, None] & (cols < K))
+    tl.store(idx_ptr + rows[:, None] * K + cols, best_i.to(tl.int64), mask=mask[:, None] & (cols < K))
 
 
 def knn(x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor, k: int, block: int = BLOCK_KNN,
