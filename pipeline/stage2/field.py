@@ -171,17 +171,22 @@ class GaussianLandmarkEncoding(nn.Module):
         return idx
 
     def forward(self, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        """``[N, out_dim + 1]``. The per-neighbour inputs are built feature-major, ``[D, N k]``: every piece
+        is a contiguous block (a 3-wide last dimension made ``torch.cat`` and the embedding gather the slowest
+        kernels of a rendered frame, BENCHMARKS.md), and the linear layer is one ``W @ input`` product."""
+        n = x.shape[0]
         idx = self.knn(x.detach(), frame, landmarks.detach())
         nb = landmarks[frame[:, None], idx].to(x.dtype)             # [N, k, 3]
         off = (x[:, None, :] - nb) / self.sigma
         w = torch.exp(-0.5 * (off * off).sum(-1))                   # [N, k]
-        z = w.unsqueeze(-1) * off
+        z = (w.unsqueeze(-1) * off).reshape(-1, 3).T.contiguous()   # [3, N k]
         parts = [z]
         for f in range(self.n_freqs):
             parts += [torch.sin((2.0**f) * math.pi * z), torch.cos((2.0**f) * math.pi * z)]
-        parts.append(self.embed(idx).to(x.dtype))
-        h = F.relu(self.lin(torch.cat(parts, dim=-1)))              # [N, k, C]
-        return torch.cat([(w.unsqueeze(-1) * h).sum(1), w.sum(1, keepdim=True)], dim=-1)
+        parts.append(self.embed.weight.T.to(x.dtype).index_select(1, idx.reshape(-1)))   # [E, N k]
+        h = F.relu(torch.addmm(self.lin.bias[:, None], self.lin.weight, torch.cat(parts)))  # [C, N k]
+        out = (h.view(-1, n, self.k) * w).sum(-1)                   # [C, N]
+        return torch.cat([out.T, w.sum(1, keepdim=True)], dim=-1)
 
 
 @dataclass
