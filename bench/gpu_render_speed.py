@@ -21,13 +21,12 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import torch
 
 from pipeline import compositing
 from pipeline.config import RenderConfig
 from pipeline.head_render import Head, load_head
-from pipeline.render import Drive, Scene, load_scene, synthesize, test_drive
+from pipeline.render import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
 from pipeline.torso import Torso
 from pipeline.torso import load as load_torso
 
@@ -57,8 +56,7 @@ def synthesis_parts(head: Head, torso: Torso, scene: Scene, drive: Drive, n: int
                     sync) -> dict:
     """Milliseconds per frame of each step of ``synthesize`` (same calls, a synchronisation after each)."""
     size = cfg.size or scene.crop_size
-    bg = cv2.resize(scene.background, (size, size), interpolation=cv2.INTER_AREA)
-    bg = torch.from_numpy(bg).to(head.device).permute(2, 0, 1)[None].float() / 255.0
+    bg = background_tensor(scene, size, head.device)
     feather = cfg.feather * size
     parts = dict.fromkeys(("head", "torso", "composite", "seam", "to_host"), 0.0)
     for s in range(0, n, cfg.batch_frames):

@@ -147,15 +147,21 @@ def clip_drive(root: Path, scene: Scene, clip: str, cfg: RenderConfig) -> Drive:
 
 # ----------------------------------------------------------------------------- synthesis
 
+def background_tensor(scene: Scene, size: int, device: torch.device) -> torch.Tensor:
+    """The background plate at ``size``² as ``[1, 3, S, S]`` floats in [0, 1] on ``device``."""
+    bg = scene.background
+    if bg.shape[0] != size:
+        bg = cv2.resize(bg, (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(bg).to(device).permute(2, 0, 1)[None].float() / 255.0
+
+
 def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: RenderConfig,
                stats: dict) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` (frames_per_sec, seam_jump, peak_gpu_mib,
     peak_host_rss_mib) at the end."""
     size = cfg.size or scene.crop_size
     dev = head.device
-    bg = cv2.resize(scene.background, (size, size), interpolation=cv2.INTER_AREA) \
-        if scene.background.shape[0] != size else scene.background
-    bg_t = torch.from_numpy(bg).to(dev).permute(2, 0, 1)[None].float() / 255.0
+    bg_t = background_tensor(scene, size, dev)
     feather = cfg.feather * size
     jumps: list[float] = []
     reset_peak(dev)

@@ -41,13 +41,12 @@ def probe(k: int, n_landmarks: int, device: torch.device, kernels=None) -> str |
 
 def fast_knn(k: int, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor | None:
     """``[N, k]`` nearest-landmark indices (unordered) by the kernel, or ``None`` (use the reference)."""
-    ok, why = module_status(KERNELS_MODULE)
-    if ok and not x.is_cuda:
+    if not x.is_cuda:
         return None                      # CPU tensors: the reference is the plan, not a fallback to warn about
+    ok, why = module_status(KERNELS_MODULE)
     if ok:
         why = probe(k, landmarks.shape[1], x.device)
     if why is not None:
-        if x.is_cuda:
-            warn_once(why, "triton landmark kNN", "the torch reference")
+        warn_once(why, "triton landmark kNN", "the torch reference")
         return None
     return _kernels().knn(x, frame, landmarks, k)

@@ -32,17 +32,23 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def _dist2(x0, x1, x2, lm_base, m, mask):
+    """Squared distance of each point to landmark ``m`` of its frame, computed directly."""
+    p = lm_base + m * 3
+    dx = x0 - tl.load(p, mask=mask, other=0.0)
+    dy = x1 - tl.load(p + 1, mask=mask, other=0.0)
+    dz = x2 - tl.load(p + 2, mask=mask, other=0.0)
+    return dx * dx + dy * dy + dz * dz
+
+
+@triton.jit
 def _knn_tile(x0, x1, x2, lm_base, mask, M: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr):
     """``(best_d, best_i)``: ``[BLOCK, KP]`` squared distances and indices of the k nearest landmarks."""
     cols = tl.arange(0, KP)[None, :]
     best_d = tl.where(cols < K, float("inf"), float("-inf")) + tl.zeros([BLOCK, KP], dtype=tl.float32)
     best_i = tl.zeros([BLOCK, KP], dtype=tl.int32)
     for m in range(M):
-        p = lm_base + m * 3
-        dx = x0 - tl.load(p, mask=mask, other=0.0)
-        dy = x1 - tl.load(p + 1, mask=mask, other=0.0)
-        dz = x2 - tl.load(p + 2, mask=mask, other=0.0)
-        d = dx * dx + dy * dy + dz * dz
+        d = _dist2(x0, x1, x2, lm_base, m, mask)
         worst = tl.max(best_d, axis=1)
         at = tl.argmax(best_d, axis=1, tie_break_left=True)
         replace = (d < worst)[:, None] & (cols == at[:, None])
@@ -80,11 +86,7 @@ def _knn_slots(x0, x1, x2, lm_base, mask, M: tl.constexpr, K: tl.constexpr, BLOC
     i6 = i0
     i7 = i0
     for m in range(M):
-        p = lm_base + m * 3
-        dx = x0 - tl.load(p, mask=mask, other=0.0)
-        dy = x1 - tl.load(p + 1, mask=mask, other=0.0)
-        dz = x2 - tl.load(p + 2, mask=mask, other=0.0)
-        cd = dx * dx + dy * dy + dz * dz
+        cd = _dist2(x0, x1, x2, lm_base, m, mask)
         ci = tl.zeros([BLOCK], dtype=tl.int32) + m
         cd, ci, d0, i0 = _insert(cd, ci, d0, i0)
         cd, ci, d1, i1 = _insert(cd, ci, d1, i1)
