@@ -3,10 +3,15 @@ PY := .venv/bin/python
 SNAKEMAKE := .venv/bin/snakemake
 DEMO_TARGET := results/demo/video.mp4
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup lock demo test clean-demo
 
+## The venv from requirements/lock/ (TORCH_BUILD=cuda for the CUDA torch).
 setup:
 	@scripts/setup.sh
+
+## Re-make requirements/lock/ from the ranges in requirements/*.txt (after editing them).
+lock:
+	@scripts/lock.sh
 
 ## Build the demo subject end to end on the tiny profile (CPU).
 demo: setup
