@@ -67,21 +67,29 @@ def _psnr(a, b) -> float:
     return float(-10 * torch.log10(((a - b) ** 2).mean()))
 
 
-def test_fit_textured_sphere_reaches_25db_on_a_held_out_view():
-    torch.manual_seed(0)
+def sphere_fit_psnr(seed: int = 0, steps: int = 400) -> tuple[float, float]:
+    """Held-out-view PSNR of a field fitted for ``steps`` steps to 24 views of a textured sphere, and of the same
+    field untrained (dB). ``seed`` drives the field's initialisation and the ray draws."""
+    torch.manual_seed(seed)
     n_views = 24                             # rays per step are fixed, so more views cost nothing per step
     views = [_look_at(2 * math.pi * i / n_views, 0.4 * (i % 3 - 1)) for i in range(n_views)]
     data = [_sphere_image(v) for v in views]
     rays = tuple(torch.cat([dd[i] for dd in data]) for i in range(3)) + (torch.zeros(n_views * H * W, dtype=torch.int64),)
     field = LandmarkField(_small_cfg())
-    ren = _fit(field, rays, None, steps=200)
+    ren = _fit(field, rays, None, steps=steps, seed=seed)
     test = _look_at(2 * math.pi * 0.5 / n_views, 0.2)   # between two training views, at a new elevation
     gt, _, _ = _sphere_image(test)
     img = ren.render_image(field, field.prepare(), test, H, W, FOCAL, W / 2, H / 2, 0, BG)["rgb"].reshape(-1, 3)
     untrained = LandmarkField(_small_cfg())
     img0 = ren.render_image(untrained, untrained.prepare(), test, H, W, FOCAL, W / 2, H / 2, 0, BG)["rgb"].reshape(-1, 3)
-    assert _psnr(img0, gt) < 15
-    assert _psnr(img, gt) > 25
+    return _psnr(img, gt), _psnr(img0, gt)
+
+
+def test_fit_textured_sphere_reaches_28db_on_a_held_out_view():
+    trained, untrained = sphere_fit_psnr(seed=0)
+    # measured (bench/test_margins.py, seeds 0-4 x torch threads 1, 2): trained 32.1-35.9 dB, untrained 11.2-11.9
+    assert untrained < 15
+    assert trained > 28
 
 
 def _spot(theta: float) -> torch.Tensor:
@@ -91,9 +99,10 @@ def _spot(theta: float) -> torch.Tensor:
 COND_STEPS = 150
 
 
-def test_landmark_conditioning_moves_the_mouth_blob():
-    """A red 'mouth' spot follows landmark 0; two landmarks stay put. Held-out spot positions are
-    reproduced with conditioning and not without, and the rendered spot moves with the landmark."""
+def landmark_conditioning_fit(seed: int = 1) -> dict:
+    """A red 'mouth' spot follows landmark 0; two landmarks stay put. Fits the same scene with and without
+    landmark conditioning and scores two held-out spot positions: mean PSNR of each, and how far the rendered
+    spot moves between them against the ground truth's move (pixels)."""
     train_theta = [-0.6, -0.36, -0.12, 0.12, 0.36, 0.6]
     test_theta = [-0.24, 0.24]
     fixed = torch.tensor([[-0.3, 0.25, 0.45], [0.3, 0.25, 0.45]])
@@ -110,22 +119,29 @@ def test_landmark_conditioning_moves_the_mouth_blob():
     rays = tuple(torch.cat([p[i] for p in parts]) for i in range(4))
     results = {}
     for cond in (True, False):
-        torch.manual_seed(1)
+        torch.manual_seed(seed)
         cfg = _small_cfg(use_landmarks=cond, landmark_k=3, landmark_sigma=0.25, landmark_feat_dim=16)
         field = LandmarkField(cfg, landmark_ids=(0, 1, 2) if cond else None)
-        ren = _fit(field, rays, lms(train_theta) if cond else None, steps=COND_STEPS)
+        ren = _fit(field, rays, lms(train_theta) if cond else None, steps=COND_STEPS, seed=seed - 1)
         ctx = field.prepare(lms(test_theta) if cond else None)
         imgs = [ren.render_image(field, ctx, views[1], H, W, FOCAL, W / 2, H / 2, f if cond else 0, BG)["rgb"]
                 for f in range(len(test_theta))]
         gts = [_sphere_image(views[1], _spot(t))[0].reshape(H, W, 3) for t in test_theta]
         results[cond] = (sum(_psnr(i, g) for i, g in zip(imgs, gts)) / len(imgs), imgs, gts)
     psnr_cond, imgs, gts = results[True]
-    psnr_plain = results[False][0]
-    assert psnr_cond > psnr_plain + 3.0, (psnr_cond, psnr_plain)
 
     def spot_x(img):
         red = (img[..., 0] - img[..., 1:].mean(-1)).clamp_min(0) ** 2
         return float((red.sum(0) * torch.arange(W)).sum() / red.sum())
 
     moved, moved_gt = spot_x(imgs[1]) - spot_x(imgs[0]), spot_x(gts[1]) - spot_x(gts[0])
-    assert moved_gt > 2 and abs(moved - moved_gt) < 0.35 * moved_gt, (moved, moved_gt)
+    return dict(psnr_cond=psnr_cond, psnr_plain=results[False][0], moved=moved, moved_gt=moved_gt)
+
+
+def test_landmark_conditioning_moves_the_mouth_blob():
+    """Held-out spot positions are reproduced with conditioning and not without, and the rendered spot moves
+    with the landmark."""
+    r = landmark_conditioning_fit(seed=1)
+    # measured (bench/test_margins.py, seeds 1-5 x threads 1, 2): +6.3-11.9 dB, move error 0.3-4.7 % of the move
+    assert r["psnr_cond"] > r["psnr_plain"] + 3.0, r
+    assert r["moved_gt"] > 2 and abs(r["moved"] - r["moved_gt"]) < 0.35 * r["moved_gt"], r

@@ -171,6 +171,8 @@ def test_tiny_training_beats_the_background_plate_by_3db(subject):
           f"SSIM {metrics['ssim_head']:.3f}, {metrics['steps']} steps in {metrics['train_seconds']:.0f} s "
           f"({metrics['steps_per_sec']:.2f} steps/s)")
     assert metrics["steps"] == tcfg.steps and metrics["resumed_from"] is None
+    # measured over seeds 0-2 x threads 1, 2 (bench/test_margins.py): test +7.2-8.4 dB over the plate, train
+    # +7.7-8.4, generalisation gap 0.00-0.79 dB, curve rise 4.2-6.6 dB
     assert metrics["psnr_head"] >= metrics["psnr_head_baseline"] + 3.0
     # the training frames it saw are fitted at least about as well as the held-out ones
     assert metrics["psnr_head_train"] > metrics["psnr_head_baseline"] + 3.0

@@ -74,7 +74,7 @@ def test_torso_beats_mean_torso(subject):
     print(f"torso test PSNR {m['psnr_torso_db']:.2f} dB vs mean torso {m['psnr_torso_mean_db']:.2f} dB; "
           f"alpha IoU {m['alpha_iou']:.3f} vs {m['alpha_iou_mean']:.3f} ({m['train_seconds']} s)")
     assert m["test_frames"] > 0
-    assert m["psnr_torso_db"] > m["psnr_torso_mean_db"] + 0.5
+    assert m["psnr_torso_db"] > m["psnr_torso_mean_db"] + 0.5   # measured +2.46-3.33 dB (bench/test_margins.py)
     model = torso.load(subject / "torso")
     poses = torso.read_poses(subject / "tracking/tracks.parquet")
     rgb, alpha = model.predict(poses[:3], 64)
