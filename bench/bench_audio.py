@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from pipeline import audio_features as af
-from pipeline import media
-from pipeline.config import AudioConfig
+from pipeline.core import media
+from pipeline.core.config import AudioConfig
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from pipeline import crop, ingest, landmarks, mp_models
-from pipeline.artifacts import CROP_META
-from pipeline.config import CropConfig, LandmarksConfig
+from pipeline.core.artifacts import CROP_META
+from pipeline.core.config import CropConfig, LandmarksConfig
 
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

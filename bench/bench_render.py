@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import RenderConfig, Stage2ModelConfig  # noqa: E402
+from pipeline.core.config import RenderConfig, Stage2ModelConfig  # noqa: E402
 from pipeline.head_render import untrained_head  # noqa: E402
 from pipeline.render import Drive, Scene, synthesize  # noqa: E402
 from pipeline.torso import Torso, TorsoNet  # noqa: E402

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from pipeline import tracking
-from pipeline.config import TrackingConfig
+from pipeline.core.config import TrackingConfig
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/gpu_eval_render.py --subject-dir S --frames S/video.npz --out OUT [--fps-frames 25]
 
 Run on the GPU machine after ``python -m pipeline.render video --subject-dir S --out S/video.npz`` (frames
-as :data:`pipeline.artifacts.RENDER_FRAMES`; that machine has no ffmpeg). S holds the subject's files and the
+as :data:`pipeline.core.artifacts.RENDER_FRAMES`; that machine has no ffmpeg). S holds the subject's files and the
 frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.cache``). Writes to OUT:
 
 * ``render_eval.json``: per test frame and averaged, PSNR / SSIM of the whole frame (head + torso + plate,
@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
+from pipeline.core.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
                                 STAGE2_LABELS, Provenance)
-from pipeline.config import RenderConfig
+from pipeline.core.config import RenderConfig
 from pipeline.head_render import load_head
-from pipeline.metrics import psnr, ssim
+from pipeline.core.metrics import psnr, ssim
 from pipeline.render import load_scene, test_drive
 
 EDGE_PX = 6   # width of the band along the head outline whose error is reported apart

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from pipeline import compositing
-from pipeline.config import RenderConfig
+from pipeline.core.config import RenderConfig
 from pipeline.head_render import Head, load_head
 from pipeline.render import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
 from pipeline.torso import Torso

@@ -2,7 +2,7 @@
 
 Inputs: ``landmarks/landmarks.parquet`` (mediapipe's 52 blendshapes and 478 3D points per frame) and
 ``tracking/canonical.npz`` (the tracking's pose-free fitted shapes). Outputs: ``aus/aus.parquet``
-(:data:`~pipeline.artifacts.AUS`) and ``aus/aus.json`` (:data:`~pipeline.artifacts.AUS_STATS`).
+(:data:`~pipeline.core.artifacts.AUS`) and ``aus/aus.json`` (:data:`~pipeline.core.artifacts.AUS_STATS`).
 
 Mappings (blendshape names are mediapipe's / ARKit's; "L/R" = mean of the Left and Right scores;
 point numbers are mediapipe face-mesh ids):
@@ -75,13 +75,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import (AUS, AUS_STATS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
+from pipeline.core.artifacts import (AUS, AUS_STATS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
                                 N_BLENDSHAPES, N_LANDMARKS, Provenance, atomic_output, config_hash,
                                 fixed_list_column, read_provenance)
-from pipeline.cli import guarded, parser
-from pipeline.config import ActionUnitsConfig, IngestConfig, from_mapping
-from pipeline.errors import PipelineError
-from pipeline.metrics import smooth_frames as smooth  # centred Gaussian over frames, edges held
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import ActionUnitsConfig, IngestConfig, from_mapping
+from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import smooth_frames as smooth  # centred Gaussian over frames, edges held
 
 log = logging.getLogger("pipeline.action_units")
 

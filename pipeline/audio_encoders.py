@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import AudioConfig
-from pipeline.errors import PipelineError
+from pipeline.core.config import AudioConfig
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.audio_encoders")
 

@@ -2,7 +2,7 @@
 
 One module serves the subject's own audio (``ingest/audio.wav``) and any driving clip
 (``data/audio/<clip>.wav``); both become ``audio/<clip>.npz`` + ``audio/<clip>.parquet``
-(:data:`pipeline.artifacts.AUDIO_FEATURES`, :data:`pipeline.artifacts.AUDIO_FRAMES`).
+(:data:`pipeline.core.artifacts.AUDIO_FEATURES`, :data:`pipeline.core.artifacts.AUDIO_FRAMES`).
 
 Everything is computed on one 50 Hz grid (feature frame ``j`` is centred at ``t = j / 50`` s,
 ``1 + n_samples // 320`` frames at 16 kHz):
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import media
-from pipeline.artifacts import AUDIO_FEATURES, AUDIO_FRAMES, Provenance, config_hash, file_sha256
-from pipeline.cli import guarded, parser
-from pipeline.config import AudioConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline.core import media
+from pipeline.core.artifacts import AUDIO_FEATURES, AUDIO_FRAMES, Provenance, config_hash, file_sha256
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import AudioConfig, from_mapping
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.audio_features")
 

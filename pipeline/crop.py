@@ -13,8 +13,8 @@ frame, streamed from ``ingest/video.mp4``:
   the padding recorded, in source px (``padding``) and as the valid region in output px.
 
 Writes ``crop/video.mp4`` (one ffmpeg pass: crop, pad, smear, lanczos scale; x264 CRF <= 14 or
-lossless), ``crop/boxes.parquet`` (:data:`~pipeline.artifacts.CROP_BOXES`) and ``crop/crop.json``
-(:data:`~pipeline.artifacts.CROP_META`). Refused, naming the frames, with nothing written: no face
+lossless), ``crop/boxes.parquet`` (:data:`~pipeline.core.artifacts.CROP_BOXES`) and ``crop/crop.json``
+(:data:`~pipeline.core.artifacts.CROP_META`). Refused, naming the frames, with nothing written: no face
 (faces on fewer than ``min_face_fraction`` of the sampled frames), a second face on more than
 ``max_second_face_fraction`` of them, the face box crossing the image border (face leaving the image).
 """
@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import media, mp_models
-from pipeline.artifacts import CROP_BOXES, CROP_META, INGEST_META, Provenance, atomic_output, config_hash
-from pipeline.cli import guarded, parser
-from pipeline.config import CropConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline import mp_models
+from pipeline.core import media
+from pipeline.core.artifacts import CROP_BOXES, CROP_META, INGEST_META, Provenance, atomic_output, config_hash
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import CropConfig, from_mapping
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.crop")
 

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from scipy.signal import lfilter
 
-from pipeline import media
-from pipeline.cli import guarded, parser
+from pipeline.core import media
+from pipeline.core.cli import guarded, parser
 
 # Geometry of the astronaut photo (512 x 512), measured once with mediapipe's FaceLandmarker.
 MOUTH_X, LIP_GAP_Y, CHIN_Y = 223.0, 146.0, 177.0

@@ -11,7 +11,7 @@ at the native size). Where it finds none, a box is borrowed (and counted) in thi
 same frame in the reference video (for a render: the ground truth, same camera and replayed pose), the
 last box found in the same video, a box derived from the reference mediapipe mesh of that frame.
 Mouth LMD uses points 48-67 (outer and inner lip contours), each frame's mouth centroid removed
-(:func:`pipeline.metrics.mouth_lmd`).
+(:func:`pipeline.core.metrics.mouth_lmd`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import file_sha256
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import file_sha256
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.dlib_lmd")
 

@@ -1,11 +1,11 @@
 """Rules ``evaluate`` (per subject) and ``benchmark_table`` (all subjects): how good is the talking head?
 
 ``subject``: ``video.mp4`` (the test split re-synthesised by pipeline.render) against the ground-truth
-test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeline.artifacts.EVAL_METRICS`),
-``eval/frames.parquet`` (:data:`~pipeline.artifacts.EVAL_FRAMES`) and ``eval/plots/*.png``
+test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeline.core.artifacts.EVAL_METRICS`),
+``eval/frames.parquet`` (:data:`~pipeline.core.artifacts.EVAL_FRAMES`) and ``eval/plots/*.png``
 (:mod:`pipeline.evaluate_plots`). The metrics, as in the ER-NeRF / TalkingGaussian tables:
 
-* PSNR / SSIM (:mod:`pipeline.metrics`), per frame then averaged: full frame, and the head region
+* PSNR / SSIM (:mod:`pipeline.core.metrics`), per frame then averaged: full frame, and the head region
   (parsing labels 3-7: face, hair, lips, mouth, eyes of the ground truth). Frames are compared at the
   render's size (the ground truth is area-resized when it differs from the crop size).
 * LPIPS only where the ``lpips`` package and torchvision's ImageNet AlexNet weights are present locally;
@@ -17,12 +17,12 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
 * Blinks: AU45 of the render and of the ground truth computed the same way, on the subject's scale (the
   fit and normalisation of ``aus/aus.json``, functions of :mod:`pipeline.action_units`), from mediapipe
   on both test splits: blink counts, per-frame AU45 MAE and correlation.
-* Lip-audio offset in frames (:func:`pipeline.metrics.sync_offset`; 0 ideal, > 0: audio late), of the
+* Lip-audio offset in frames (:func:`pipeline.core.metrics.sync_offset`; 0 ideal, > 0: audio late), of the
   render (its mouth signals vs the audio muxed into video.mp4) and, as the reference, of the ground
   truth against the same audio; ``null`` with the reason when the split is too short or the signals
-  too weakly related to measure it. The mouth signals (:func:`pipeline.metrics.sync_visual`): the dark
+  too weakly related to measure it. The mouth signals (:func:`pipeline.core.metrics.sync_visual`): the dark
   share of the mouth box, from the frames the image metrics decode anyway, and the jaw drop, from the mesh;
-  the audio's: log energy in 7 bands (:func:`pipeline.metrics.band_energies`).
+  the audio's: log energy in 7 bands (:func:`pipeline.core.metrics.band_energies`).
 * Render FPS from the render step's ``video.json``; train time from stage 1, stage 2 and torso metrics.
 
 ``table``: eval/metrics.json of any set of subjects -> ``benchmark.md`` and ``benchmark.csv``.
@@ -40,16 +40,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import dlib_lmd, evaluate_plots, media
-from pipeline.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS,
+from pipeline import dlib_lmd, evaluate_plots
+from pipeline.core import media
+from pipeline.core.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS,
                                 N_BLENDSHAPES, N_LANDMARKS, RENDER_STATS, TRACKS, JsonSpec,
                                 Provenance, config_hash, fixed_list_column, npz_iter_rows,
                                 read_provenance)
-from pipeline.cli import guarded
-from pipeline.config import ActionUnitsConfig, EvaluateConfig, LandmarksConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline.core.cli import guarded
+from pipeline.core.config import ActionUnitsConfig, EvaluateConfig, LandmarksConfig, from_mapping
+from pipeline.core.errors import PipelineError
 from pipeline.evaluate_table import run_table
-from pipeline.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
+from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
                               mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 
 log = logging.getLogger("pipeline.evaluate")

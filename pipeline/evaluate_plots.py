@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import atomic_output
+from pipeline.core.artifacts import atomic_output
 
 PLOTS = ("psnr.png", "mouth.png", "pose.png", "strip.png")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline.artifacts import EVAL_METRICS, ArtifactError, atomic_output
+from pipeline.core.artifacts import EVAL_METRICS, ArtifactError, atomic_output
 
 TABLE_COLUMNS = (  # (csv column, markdown header, metrics.json getter, format)
     ("subject", "Subject", lambda m: m["subject"], "{}"),

@@ -44,13 +44,13 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline import media
-from pipeline.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, EXPORT_ERNERF_STATS, FACE_MODEL, INGEST_META, LANDMARKS,
+from pipeline.core import media
+from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, EXPORT_ERNERF_STATS, FACE_MODEL, INGEST_META, LANDMARKS,
                                 N_BLENDSHAPES, N_LANDMARKS, PARSING_LABELS, PARSING_TORSO, TRANSFORMS, Provenance,
                                 config_hash, fixed_list_column, npz_iter_rows, read_provenance)
-from pipeline.cli import guarded, parser
-from pipeline.config import ExportConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import ExportConfig, from_mapping
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.export")
 
@@ -75,7 +75,7 @@ MP_TO_IBUG68 = np.array([
 ], dtype=np.int32)
 assert len(MP_TO_IBUG68) == 68
 
-# Our label value (pipeline.artifacts LABEL_*) -> ER-NeRF parsing colour as a cv2 (B, G, R) triplet.
+# Our label value (pipeline.core.artifacts LABEL_*) -> ER-NeRF parsing colour as a cv2 (B, G, R) triplet.
 ERNERF_HEAD, ERNERF_NECK, ERNERF_TORSO, ERNERF_BACKGROUND = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 LABEL_TO_ERNERF_BGR = np.array([ERNERF_BACKGROUND, ERNERF_TORSO, ERNERF_NECK] + [ERNERF_HEAD] * 5, np.uint8)
 
@@ -165,7 +165,7 @@ def extra_aus(table, aus_json: Path) -> dict[str, np.ndarray]:
     (both sides averaged); gaps filled, smoothed and mapped to 0-5 with the aus stage's own config.
     """
     from pipeline import action_units as au
-    from pipeline.config import ActionUnitsConfig
+    from pipeline.core.config import ActionUnitsConfig
 
     cfg = ActionUnitsConfig(**AUS_STATS.read(aus_json)["config"])
     bs = au.fill_gaps(fixed_list_column(table, "blendshapes", (N_BLENDSHAPES,)))

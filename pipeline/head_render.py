@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import STAGE2_HEAD, STAGE2_OCCUPANCY
-from pipeline.config import Stage2ModelConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import STAGE2_HEAD, STAGE2_OCCUPANCY
+from pipeline.core.config import Stage2ModelConfig, from_mapping
+from pipeline.core.errors import PipelineError
 from pipeline.stage2 import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
 from pipeline.stage2.data import HeadSpace
 

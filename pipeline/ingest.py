@@ -8,7 +8,7 @@ What it guarantees downstream:
   ``n_frames / 25`` seconds long. Container start-time offsets between audio and video streams
   (e.g. the Macron clip's video starts 80 ms after its audio) are corrected by dropping leading
   audio or prepending silence; the amount is recorded in ``meta.json``;
-* ``meta.json``: :data:`pipeline.artifacts.INGEST_META`, including the train/test split (last 1/11).
+* ``meta.json``: :data:`pipeline.core.artifacts.INGEST_META`, including the train/test split (last 1/11).
 
 Refused, with one line naming the file and nothing written: missing or unreadable file, no video
 stream, no audio stream, shorter than ``min_duration_sec``, a decode that yields far fewer frames
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import media
-from pipeline.artifacts import INGEST_META, Provenance, atomic_output, config_hash, file_sha256
-from pipeline.cli import guarded, parser
-from pipeline.config import IngestConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline.core import media
+from pipeline.core.artifacts import INGEST_META, Provenance, atomic_output, config_hash, file_sha256
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import IngestConfig, from_mapping
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.ingest")
 

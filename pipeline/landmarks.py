@@ -4,7 +4,7 @@ The FaceLandmarker (Tasks API, VIDEO running mode: it tracks the face from frame
 face detector runs only when tracking is lost) gives per frame 478 points, 52 blendshape scores
 and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.mp_models`.
 
-Contract (:data:`pipeline.artifacts.LANDMARKS`, one row per frame of ``crop/video.mp4``):
+Contract (:data:`pipeline.core.artifacts.LANDMARKS`, one row per frame of ``crop/video.mp4``):
 x, y in crop pixels, z = mediapipe's z (same normalised scale as x) times the crop width.
 Missing frames are handled so every later stage can rely on the table:
 
@@ -33,13 +33,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import media, mp_models
-from pipeline.artifacts import (BLENDSHAPE_NAMES, CROP_META, INGEST_META, LANDMARKS, N_BLENDSHAPES, N_LANDMARKS,
+from pipeline import mp_models
+from pipeline.core import media
+from pipeline.core.artifacts import (BLENDSHAPE_NAMES, CROP_META, INGEST_META, LANDMARKS, N_BLENDSHAPES, N_LANDMARKS,
                                 Provenance, atomic_output, config_hash)
-from pipeline.cli import guarded, parser
-from pipeline.config import LandmarksConfig, from_mapping
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import LandmarksConfig, from_mapping
 from pipeline.crop import format_ranges
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.landmarks")
 

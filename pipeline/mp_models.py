@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.artifacts import file_sha256
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import file_sha256
+from pipeline.core.errors import PipelineError
 
 log = logging.getLogger("pipeline.mp_models")
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from pipeline.artifacts import (LABEL_EYES, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH,
+from pipeline.core.artifacts import (LABEL_EYES, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH,
                                 LABEL_NECK, LABEL_TORSO)
 
 # Ordered loops (clockwise in the image for a frontal face), from mediapipe's connection sets.

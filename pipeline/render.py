@@ -8,12 +8,12 @@
   ``stage1/pred/<clip>.parquet``; poses replayed from the track, mirror-looped over the train frames and
   smoothed (pipeline.motion); blinks sampled from the subject's AU45 statistics; length = the audio's,
   ``round(duration x 25)`` frames.
-* ``mux``: frames rendered into an npz (:data:`~pipeline.artifacts.RENDER_FRAMES`, the ``--out *.npz`` form,
+* ``mux``: frames rendered into an npz (:data:`~pipeline.core.artifacts.RENDER_FRAMES`, the ``--out *.npz`` form,
   for GPU machines without ffmpeg) -> mp4 with audio, on the CPU side.
 
 Frame synthesis (``synthesize``) needs torch, numpy, pandas, pyarrow and opencv only; the mp4 encoding and
-audio muxing import ``pipeline.media`` (ffmpeg) inside the functions that do them. Every video gets a
-``<video>.json`` (:data:`~pipeline.artifacts.RENDER_STATS`): frames, audio span, head used, speed, seam jump.
+audio muxing import ``pipeline.core.media`` (ffmpeg) inside the functions that do them. Every video gets a
+``<video>.json`` (:data:`~pipeline.core.artifacts.RENDER_STATS`): frames, audio span, head used, speed, seam jump.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from pipeline import compositing, motion
-from pipeline.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, N_LANDMARKS, RENDER_FRAMES, RENDER_STATS,
+from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, N_LANDMARKS, RENDER_FRAMES, RENDER_STATS,
                                 STAGE1_PRED, TRANSFORMS, Provenance, config_hash, fixed_list_column, npz_stream)
-from pipeline.cli import guarded
-from pipeline.config import RenderConfig, from_mapping
-from pipeline.errors import PipelineError
+from pipeline.core.cli import guarded
+from pipeline.core.config import RenderConfig, from_mapping
+from pipeline.core.errors import PipelineError
 from pipeline.head_render import Head, load_head
-from pipeline.resources import peak_memory, reset_peak, resolve_device
+from pipeline.core.device import peak_memory, reset_peak, resolve_device
 from pipeline.torso import Torso, progress, read_poses
 from pipeline.torso import load as load_torso
 
@@ -186,7 +186,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
 
 
 def _audio_slice(audio: Path, start: float, end: float, folder: Path) -> Path:
-    from pipeline import media
+    from pipeline.core import media
 
     y = media.read_audio(audio, 16000)
     a, b = int(round(start * 16000)), int(round(end * 16000))
@@ -207,7 +207,7 @@ def write_video(frames: Iterator[np.ndarray], n: int, size: int, out: Path, audi
             for block in frames:
                 w.append("frames", block)
         return
-    from pipeline import media
+    from pipeline.core import media
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".render", dir=out.parent) as tmp:

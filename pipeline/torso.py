@@ -3,7 +3,7 @@
 Inputs: ``crop/video.mp4`` (RGB), ``parsing/torso.npz`` (soft torso+neck matte, head removed),
 ``parsing/background.png`` (for the metric), ``tracking/tracks.parquet`` (head pose) and the split of
 ``tracking/transforms.json``. Outputs ``torso/torso.pt`` (weights only), ``torso/torso.json``
-(:data:`~pipeline.artifacts.TORSO_MODEL`) and ``torso/metrics.json`` (:data:`~pipeline.artifacts.TORSO_METRICS`).
+(:data:`~pipeline.core.artifacts.TORSO_MODEL`) and ``torso/metrics.json`` (:data:`~pipeline.core.artifacts.TORSO_METRICS`).
 
 Model (StyleUNet-like, small): the pose ``p`` = z-scored (yaw, pitch, roll, tx, ty, tz) goes through a
 mapping MLP to a style code that modulates every conv of a U-Net (FiLM: per-channel scale and shift).
@@ -36,12 +36,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS,
+from pipeline.core.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS,
                                 Provenance, atomic_output, config_hash, npz_iter_rows, read_provenance)
-from pipeline.cli import guarded, parser
-from pipeline.config import TorsoConfig, from_mapping
-from pipeline.errors import PipelineError
-from pipeline.resources import resolve_device
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import TorsoConfig, from_mapping
+from pipeline.core.errors import PipelineError
+from pipeline.core.device import resolve_device
 
 log = logging.getLogger("pipeline.torso")
 

@@ -10,7 +10,7 @@ From ``landmarks/landmarks.parquet`` (478 mediapipe points per frame, crop px) i
   error plus temporal smoothness of pose and expression (``pipeline.tracking_fit``), initialised in
   closed form by a per-frame Umeyama similarity on mediapipe's 3D landmarks.
 
-Outputs (``tracking/``, contracts in ``pipeline/artifacts/``): tracks.parquet, face_model.npz,
+Outputs (``tracking/``, contracts in ``pipeline/core/artifacts/``): tracks.parquet, face_model.npz,
 canonical.npz (pose-free fitted landmarks, cm), transforms.json (camera-to-head, OpenGL), metrics.json
 (reprojection error, jitter of the fit and of the closed-form init), overlay.png and pose.png.
 """
@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import mp_models
-from pipeline.artifacts import (CANONICAL_LANDMARKS, CROP_META, FACE_MODEL, INGEST_META, LANDMARKS, N_EXPR,
+from pipeline.core.artifacts import (CANONICAL_LANDMARKS, CROP_META, FACE_MODEL, INGEST_META, LANDMARKS, N_EXPR,
                                 N_LANDMARKS, TRACKING_METRICS, TRACKS, TRANSFORMS, Provenance, atomic_output,
                                 config_hash, fixed_list_column, read_provenance)
-from pipeline.cli import guarded, parser
-from pipeline.config import TrackingConfig, from_mapping
-from pipeline.errors import PipelineError
-from pipeline.resources import resolve_device
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import TrackingConfig, from_mapping
+from pipeline.core.errors import PipelineError
+from pipeline.core.device import resolve_device
 from pipeline import tracking_fit as tf
 
 log = logging.getLogger("pipeline.tracking")

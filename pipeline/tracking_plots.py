@@ -24,7 +24,7 @@ def _frames(video: Path | str | None, w: int, h: int, picks: np.ndarray) -> dict
     """The picked frames of ``video`` (uint8 RGB), streamed; empty when there is no video."""
     if video is None or not Path(video).is_file():
         return {}
-    from pipeline import media
+    from pipeline.core import media
 
     want, out, i = set(int(p) for p in picks), {}, 0
     for chunk in media.iter_frames(video, w, h):

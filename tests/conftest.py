@@ -102,7 +102,7 @@ class Processed:
     def crop(self, clip: str) -> dict:
         """crop_faces on the ingested clip -> <dir>/crop/; returns the crop.json dict."""
         from pipeline import crop
-        from pipeline.config import CropConfig
+        from pipeline.core.config import CropConfig
 
         def build():
             self.ingest(clip)
@@ -138,7 +138,7 @@ class Processed:
     def tracking(self, clip: str) -> dict:
         """track_face on the clip's landmarks -> <dir>/tracking/; returns the metrics.json dict."""
         from pipeline import tracking
-        from pipeline.config import TrackingConfig
+        from pipeline.core.config import TrackingConfig
 
         def build():
             self.landmarks(clip)  # also runs ingest and crop
@@ -162,7 +162,7 @@ class Processed:
 
     def stage1(self, clip: str) -> dict:
         """train_audio2lmk (tests' size) -> <dir>/stage1/; returns metrics.json."""
-        from pipeline.config import Stage1Config
+        from pipeline.core.config import Stage1Config
         from pipeline.stage1 import train
 
         def build():
@@ -190,7 +190,7 @@ class Processed:
     def stage2(self, clip: str) -> dict:
         """cache_frames + train_head with the tiny profile (config.yaml + configs/tiny.yaml) -> <dir>/stage2/;
         returns metrics.json."""
-        from pipeline.config import stage2_configs
+        from pipeline.core.config import stage2_configs
         from pipeline.stage2 import cache, train
 
         def build():

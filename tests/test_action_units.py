@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import media, metrics
+from pipeline.core import media
+from pipeline.core import metrics
 from pipeline.action_units import (AU_COLUMNS, ActionUnitsError, detect_blinks, eye_aspect_ratio, geometry_signals,
                                    run, smooth)
-from pipeline.artifacts import (AUS, AUS_STATS, CANONICAL_LANDMARKS, LANDMARKS, N_LANDMARKS, Provenance,
+from pipeline.core.artifacts import (AUS, AUS_STATS, CANONICAL_LANDMARKS, LANDMARKS, N_LANDMARKS, Provenance,
                                 fixed_list_column)
-from pipeline.config import ActionUnitsConfig, ConfigError, from_mapping
+from pipeline.core.config import ActionUnitsConfig, ConfigError, from_mapping
 
 from conftest import CLIPS, REPO
 

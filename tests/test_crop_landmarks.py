@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import crop, ingest, landmarks, media, metrics, mp_models
-from pipeline.artifacts import CROP_BOXES, CROP_META, LANDMARKS, N_LANDMARKS, fixed_list_column
-from pipeline.config import CropConfig, LandmarksConfig
+from pipeline import crop, ingest, landmarks, mp_models
+from pipeline.core import media
+from pipeline.core import metrics
+from pipeline.core.artifacts import CROP_BOXES, CROP_META, LANDMARKS, N_LANDMARKS, fixed_list_column
+from pipeline.core.config import CropConfig, LandmarksConfig
 
 from conftest import CLIPS, clip_path
 

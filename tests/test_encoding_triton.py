@@ -251,7 +251,7 @@ def test_selecting_an_unavailable_triton_backend_falls_back_with_one_warning(mon
 
 
 def test_config_accepts_the_triton_backend():
-    from pipeline.config import Stage2ModelConfig
+    from pipeline.core.config import Stage2ModelConfig
 
     assert Stage2ModelConfig(backend="triton").backend == "triton"
 

@@ -60,7 +60,7 @@ def read_ernerf(root: Path) -> dict:
 def test_export_folder_reads_as_ernerf(subject, exported):
     import cv2
 
-    from pipeline.artifacts import INGEST_META, LANDMARKS, fixed_list_column
+    from pipeline.core.artifacts import INGEST_META, LANDMARKS, fixed_list_column
 
     root, stats = exported
     n = INGEST_META.read(subject / "ingest/meta.json")["n_frames"]
@@ -148,8 +148,8 @@ def test_export_folder_reads_as_ernerf(subject, exported):
 
 def test_export_subset_and_refusal(subject, tmp_path):
     from pipeline import export
-    from pipeline.config import ConfigError, ExportConfig, from_mapping
-    from pipeline.errors import PipelineError
+    from pipeline.core.config import ConfigError, ExportConfig, from_mapping
+    from pipeline.core.errors import PipelineError
 
     out = tmp_path / "sub" / "ernerf"
     stats = export.run(subject, out, cfg=ExportConfig(max_frames=40, chunk=7, workers=1, jpeg_quality=80))
@@ -181,8 +181,9 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
     """aud_hu.npy only for a HuBERT-large encoder ([N, 2, 1024] as ER-NeRF's hubert.py); others keep their name."""
     import soundfile as sf
 
-    from pipeline import export, media
-    from pipeline.artifacts import AUDIO_FEATURES, Provenance
+    from pipeline import export
+    from pipeline.core import media
+    from pipeline.core.artifacts import AUDIO_FEATURES, Provenance
 
     n, dim = 30, 5
     rng = np.random.default_rng(0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import media
-from pipeline.artifacts import INGEST_META
+from pipeline.core import media
+from pipeline.core.artifacts import INGEST_META
 from pipeline.ingest import align_audio, split_ranges
 
 from conftest import CLIPS, clip_path

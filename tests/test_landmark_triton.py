@@ -116,7 +116,7 @@ def test_probe_reports_kernels_that_fail_and_raises_out_of_memory(monkeypatch):
 
 
 def test_backend_torch_never_asks_for_the_kernels():
-    from pipeline.config import Stage2ModelConfig
+    from pipeline.core.config import Stage2ModelConfig
     from pipeline.stage2.field import LandmarkField
 
     assert LandmarkField(Stage2ModelConfig(backend="torch", audio_dim=0)).landmark_enc.use_kernels is False

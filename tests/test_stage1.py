@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.artifacts import STAGE1_PRED, fixed_list_column
-from pipeline.config import Stage1Config
-from pipeline.metrics import best_lag, mouth_opening, rms_envelope
+from pipeline.core.artifacts import STAGE1_PRED, fixed_list_column
+from pipeline.core.config import Stage1Config
+from pipeline.core.metrics import best_lag, mouth_opening, rms_envelope
 from pipeline.stage1 import predict
 from pipeline.stage1.data import sliding_predict
 from pipeline.stage1.fit import fit
@@ -75,7 +75,7 @@ def test_drive_with_other_languages(processed, tmp_path, wav):
 
 
 def test_predict_refuses_mismatched_features(processed, tmp_path):
-    from pipeline.artifacts import AUDIO_FEATURES
+    from pipeline.core.artifacts import AUDIO_FEATURES
     from pipeline.stage1.io import Stage1Error
 
     clip = "talk_mimictalk_german_de"
@@ -84,7 +84,7 @@ def test_predict_refuses_mismatched_features(processed, tmp_path):
     data["features"] = data["features"][..., :40]
     data["columns"] = data["columns"][:40]
     data["feat_mean"], data["feat_std"] = data["feat_mean"][:40], data["feat_std"][:40]
-    from pipeline.artifacts import Provenance
+    from pipeline.core.artifacts import Provenance
 
     AUDIO_FEATURES.write(tmp_path / "bad.npz", data, Provenance("0" * 64, "x"))
     with pytest.raises(Stage1Error, match="bad.npz.*feature size 40"):

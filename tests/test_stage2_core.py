@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import ConfigError, Stage2ModelConfig
+from pipeline.core.config import ConfigError, Stage2ModelConfig
 from pipeline.stage2 import encoding as E
 from pipeline.stage2.field import GaussianLandmarkEncoding, LandmarkField
 from pipeline.stage2.occupancy import OccupancyGrid

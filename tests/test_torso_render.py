@@ -32,7 +32,7 @@ FAST = dict(size=SIZE, threads=1, early_stop_eps=0.0)
 def subject(processed, tmp_path_factory) -> Path:
     """A results/<s>-like folder: preprocessing (shared cache), audio features, tiny stage 1, torso."""
     from pipeline import audio_features, torso
-    from pipeline.config import Stage1Config, TorsoConfig
+    from pipeline.core.config import Stage1Config, TorsoConfig
     from pipeline.stage1 import predict, train
 
     processed.parsing(CLIP)
@@ -55,8 +55,8 @@ def subject(processed, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def head(subject):
-    from pipeline.artifacts import AUDIO_FEATURES, CANONICAL_LANDMARKS
-    from pipeline.config import Stage2ModelConfig
+    from pipeline.core.artifacts import AUDIO_FEATURES, CANONICAL_LANDMARKS
+    from pipeline.core.config import Stage2ModelConfig
     from pipeline.head_render import untrained_head
 
     lms = CANONICAL_LANDMARKS.read(subject / "tracking/canonical.npz")["landmarks"]
@@ -87,8 +87,8 @@ def test_torso_beats_mean_torso(subject):
 def test_soft_compositing_hides_the_neck_seam(subject):
     """Head layer = the real frame's head pixels, torso = the model, over the plate: soft < hard seam jump."""
     from pipeline import compositing, torso
-    from pipeline.artifacts import LABEL_FACE, PARSING_LABELS
-    from pipeline.media import iter_frames
+    from pipeline.core.artifacts import LABEL_FACE, PARSING_LABELS
+    from pipeline.core.media import iter_frames
     from pipeline.render import load_scene
 
     scene = load_scene(subject)
@@ -118,8 +118,9 @@ def test_soft_compositing_hides_the_neck_seam(subject):
 
 
 def test_drive_videos_match_the_audio(subject, head):
-    from pipeline import media, render
-    from pipeline.config import RenderConfig
+    from pipeline import render
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig
 
     for w in WAVS:
         out = subject / f"drive/{w}.mp4"
@@ -137,8 +138,9 @@ def test_drive_videos_match_the_audio(subject, head):
 
 
 def test_test_split_video(subject, head):
-    from pipeline import media, render
-    from pipeline.config import RenderConfig
+    from pipeline import render
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig
     from pipeline.render import load_scene
 
     out = subject / "video.mp4"
@@ -155,8 +157,9 @@ def test_test_split_video(subject, head):
 
 def test_frames_npz_then_mux(subject, head, tmp_path):
     """The GPU-machine path: frames to an npz without ffmpeg, muxed afterwards."""
-    from pipeline import media, render
-    from pipeline.config import RenderConfig
+    from pipeline import render
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig
 
     npz = tmp_path / "video.frames.npz"
     stats = render.run_video(subject, npz, RenderConfig(**FAST, compositing="hard"), head=head)

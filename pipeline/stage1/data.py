@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.metrics import LIP_IDS, smooth_frames
+from pipeline.core.metrics import LIP_IDS, smooth_frames
 
 # Lips, the lower face-oval (jaw line) and the chin/lower-cheek points of the mediapipe mesh.
 JAW_IDS = [58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,

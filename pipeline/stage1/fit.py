@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.config import Stage1Config
+from pipeline.core.config import Stage1Config
 from pipeline.stage1.data import LandmarkBasis, gather, random_sequences, ridge_fit, sliding_predict
 from pipeline.stage1.model import Audio2Landmarks
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, TRANSFORMS,
+from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, TRANSFORMS,
                                 Provenance, atomic_output)
-from pipeline.config import Stage1Config
-from pipeline.errors import PipelineError
+from pipeline.core.config import Stage1Config
+from pipeline.core.errors import PipelineError
 from pipeline.stage1.data import LandmarkBasis
 from pipeline.stage1.model import Audio2Landmarks
 

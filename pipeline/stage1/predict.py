@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import Provenance, config_hash, file_sha256
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage1Config, from_mapping
+from pipeline.core.artifacts import Provenance, config_hash, file_sha256
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage1Config, from_mapping
 from pipeline.stage1.io import Stage1Error, load_features, load_model
 from pipeline.stage1.train import predict_landmarks, write_predictions
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import STAGE1_METRICS, STAGE1_PRED, Provenance, config_hash, file_sha256
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage1Config, from_mapping
-from pipeline.metrics import best_lag, mouth_lmd, mouth_opening
+from pipeline.core.artifacts import STAGE1_METRICS, STAGE1_PRED, Provenance, config_hash, file_sha256
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage1Config, from_mapping
+from pipeline.core.metrics import best_lag, mouth_lmd, mouth_opening
 from pipeline.stage1.data import LandmarkBasis, ridge_baseline, sliding_predict, smooth_zero_lag
 from pipeline.stage1.fit import fit, split_validation
 from pipeline.stage1.io import Camera, load_features, load_model, load_targets, save_model

@@ -3,7 +3,7 @@
 ``results/<s>/stage2/{frames.npy, labels.npy, cache.json}`` at ``stage2.image_size`` (0 = the crop size):
 frames ``[N, S, S, 3]`` RGB (area resize), labels ``[N, S, S]`` (nearest resize). Training memory-maps both
 (``np.load(mmap_mode='r')``), so host RAM stays bounded for any clip length (a 5-minute clip at 512² is a
-5.9 GB file on disk, a few MB resident). This runs on the CPU side (ffmpeg through ``pipeline.media``); the GPU
+5.9 GB file on disk, a few MB resident). This runs on the CPU side (ffmpeg through ``pipeline.core.media``); the GPU
 job (``pipeline.stage2.train``) then needs torch, numpy, pandas, pyarrow and opencv only.
 """
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, ArtifactError,
+from pipeline.core.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, ArtifactError,
                                 Provenance, config_hash, file_sha256, npz_iter_rows)
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage2TrainConfig, stage2_configs
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage2TrainConfig, stage2_configs
 
 log = logging.getLogger("pipeline.stage2.cache")
 
@@ -36,7 +36,7 @@ def _labels_shape(path: Path) -> tuple[int, int, int]:
 def _video_size(video: Path) -> tuple[int, int]:
     """(width, height) of the first video stream: PyAV where installed, else OpenCV (GPU machines)."""
     try:
-        from pipeline import media
+        from pipeline.core import media
 
         info = media.probe(video).video
         return (info.width, info.height) if info else (0, 0)
@@ -55,7 +55,7 @@ def _iter_video(video: Path, w: int, h: int, chunk: int):
     try:
         import imageio_ffmpeg  # noqa: F401
 
-        from pipeline import media
+        from pipeline.core import media
     except ImportError:
         cap = cv2.VideoCapture(str(video))
         try:

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import Stage2ModelConfig
+from pipeline.core.config import Stage2ModelConfig
 from . import landmark_triton
 from .encoding import HashGridSpec, build_encoding
 

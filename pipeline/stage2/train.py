@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output,
+from pipeline.core.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output,
                                 config_hash)
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
-from pipeline.resources import peak_memory, reset_peak, resolve_device
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
+from pipeline.core.device import peak_memory, reset_peak, resolve_device
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip

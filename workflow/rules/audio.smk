@@ -10,7 +10,7 @@ rule extract_audio_features:
     """log-mel, Praat formants/f0, energy (+ optional learned encoder) per 25 fps frame, windows [N, 16, D]."""
     input:
         audio=audio_source,
-        code=code("audio_features", "audio_encoders", "media"),
+        code=code("audio_features", "audio_encoders", "core/media"),
     output:
         npz="results/{subject}/audio/{clip}.npz",
         table="results/{subject}/audio/{clip}.parquet",

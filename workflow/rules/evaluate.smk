@@ -3,7 +3,7 @@
 #   results/benchmark.{md,csv}     one row per subject (config benchmark_subjects, empty = every subject)
 # Outputs marked report() appear in `snakemake --report report.html` (captions in workflow/report/).
 
-EVAL_CODE = code("evaluate", "evaluate_plots", "dlib_lmd", "metrics", "landmarks", "action_units", "media")
+EVAL_CODE = code("evaluate", "evaluate_plots", "dlib_lmd", "core/metrics", "landmarks", "action_units", "core/media")
 
 
 rule evaluate:

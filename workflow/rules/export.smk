@@ -20,7 +20,7 @@ rule export_ernerf:
         background="results/{subject}/parsing/background.png",
         audio="results/{subject}/audio/self.npz",
         aus="results/{subject}/aus/aus.parquet",
-        code=code("export", "media"),
+        code=code("export", "core/media"),
     output:
         folder=directory("results/{subject}/export/ernerf"),
         stats="results/{subject}/export/ernerf.json",

@@ -5,7 +5,7 @@ rule ingest_video:
     """Any clip -> 25 fps constant video, 16 kHz mono audio, meta.json (split, offsets, sha256)."""
     input:
         video=source_video,
-        code=code("ingest", "media"),
+        code=code("ingest", "core/media"),
     output:
         video="results/{subject}/ingest/video.mp4",
         audio="results/{subject}/ingest/audio.wav",
@@ -32,7 +32,7 @@ rule crop_faces:
     input:
         video="results/{subject}/ingest/video.mp4",
         meta="results/{subject}/ingest/meta.json",
-        code=code("crop", "mp_models", "media"),
+        code=code("crop", "mp_models", "core/media"),
     output:
         video="results/{subject}/crop/video.mp4",
         boxes="results/{subject}/crop/boxes.parquet",
@@ -60,7 +60,7 @@ rule detect_landmarks:
         video="results/{subject}/crop/video.mp4",
         crop="results/{subject}/crop/crop.json",
         meta="results/{subject}/ingest/meta.json",
-        code=code("landmarks", "crop", "mp_models", "media"),
+        code=code("landmarks", "crop", "mp_models", "core/media"),
     output:
         landmarks="results/{subject}/landmarks/landmarks.parquet",
         sheet="results/{subject}/landmarks/contact_sheet.png",
@@ -98,7 +98,7 @@ rule parse_faces:
     input:
         video="results/{subject}/crop/video.mp4",
         landmarks="results/{subject}/landmarks/landmarks.parquet",
-        code=code("parsing", "parsing_geometry", "background", "media", "mp_models"),
+        code=code("parsing", "parsing_geometry", "background", "core/media", "mp_models"),
     output:
         labels="results/{subject}/parsing/labels.npz",
         torso="results/{subject}/parsing/torso.npz",
@@ -129,7 +129,7 @@ rule track_face:
         crop="results/{subject}/crop/crop.json",
         meta="results/{subject}/ingest/meta.json",
         video="results/{subject}/crop/video.mp4",
-        code=code("tracking", "tracking_fit", "tracking_plots", "mp_models", "media"),
+        code=code("tracking", "tracking_fit", "tracking_plots", "mp_models", "core/media"),
     output:
         tracks="results/{subject}/tracking/tracks.parquet",
         model="results/{subject}/tracking/face_model.npz",

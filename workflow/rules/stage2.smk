@@ -11,7 +11,7 @@ rule cache_frames:
     input:
         video="results/{subject}/crop/video.mp4",
         labels="results/{subject}/parsing/labels.npz",
-        code=code("stage2/cache", "media"),
+        code=code("stage2/cache", "core/media"),
     output:
         frames="results/{subject}/stage2/frames.npy",
         labels="results/{subject}/stage2/labels.npy",

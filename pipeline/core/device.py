@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def resolve_device(name: str, key: str) -> torch.device:

@@ -1,6 +1,6 @@
 """The small shared CLI every stage module uses: a few path arguments, ``--config JSON``, logging.
 
-A :class:`~pipeline.errors.PipelineError` becomes one line on stderr (``error: <file>: <what>``)
+A :class:`~pipeline.core.errors.PipelineError` becomes one line on stderr (``error: <file>: <what>``)
 and exit code 1, so a Snakemake log ends with the reason instead of a traceback.
 """
 
@@ -11,8 +11,8 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from pipeline.config import ConfigError
-from pipeline.errors import PipelineError
+from pipeline.core.config import ConfigError
+from pipeline.core.errors import PipelineError
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -15,7 +15,7 @@ Stage modules add their specs to this package (one section per stage, in preproc
 the mechanism is store.py) rather than declaring schemas locally, so a reader cannot drift from the writer.
 """
 
-from pipeline.artifacts.store import *  # noqa: F401,F403  (the mechanism)
-from pipeline.artifacts.store import _require_file  # noqa: F401
-from pipeline.artifacts.preprocess import *  # noqa: F401,F403  (preprocessing contracts)
-from pipeline.artifacts.models import *  # noqa: F401,F403  (model and output contracts)
+from pipeline.core.artifacts.store import *  # noqa: F401,F403  (the mechanism)
+from pipeline.core.artifacts.store import _require_file  # noqa: F401
+from pipeline.core.artifacts.preprocess import *  # noqa: F401,F403  (preprocessing contracts)
+from pipeline.core.artifacts.models import *  # noqa: F401,F403  (model and output contracts)

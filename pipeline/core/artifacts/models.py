@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipeline.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
+from pipeline.core.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
 
 # --- stage 2: head NeRF (pipeline/stage2/cache.py, train.py; docs/stage2.md) ---------------
 # cache_frames: the crop video and the label maps at stage2.image_size, decoded once on the CPU side so
@@ -140,11 +140,11 @@ EVAL_FRAMES = TableSpec(
         ("lpips", pa.float64()),         # NaN when LPIPS is unavailable (metrics.json says why)
         ("lmd_mesh_px", pa.float64()),   # mediapipe lip points, centroid removed; NaN: no face found in the render
         ("lmd_dlib_px", pa.float64()),   # dlib 68-point mouth (48-67), centroid removed
-        ("mouth_open_gt", pa.float64()), # inner-lip gap / face height (pipeline.metrics.mouth_opening)
+        ("mouth_open_gt", pa.float64()), # inner-lip gap / face height (pipeline.core.metrics.mouth_opening)
         ("mouth_open_render", pa.float64()),
         ("au45_gt", pa.float64()),       # AU45 on the subject's scale (aus.json fit), both from mediapipe
         ("au45_render", pa.float64()),
-        ("speech_db", pa.float64()),     # 300-3000 Hz energy of the render's audio (pipeline.metrics.band_envelope)
+        ("speech_db", pa.float64()),     # 300-3000 Hz energy of the render's audio (pipeline.core.metrics.band_envelope)
         ("render_face", pa.bool_()),     # mediapipe found the face in the rendered frame
     ]),
 )
@@ -166,7 +166,7 @@ EVAL_METRICS = JsonSpec(
         "sync_offset_frames": (int, type(None)),      # render vs its audio (> 0: audio late); None: not measurable
         "sync_offset_gt_frames": (int, type(None)),   # the ground truth vs the same audio
         "sync_offset_vs_gt_frames": (int, type(None)),
-        "sync": dict,                          # {"render", "gt"}: pipeline.metrics.sync_offset; "signals": inputs
+        "sync": dict,                          # {"render", "gt"}: pipeline.core.metrics.sync_offset; "signals": inputs
         "render_fps": (float, type(None)),     # video.json frames_per_sec (None: no video.json)
         "render_device": (str, type(None)),
         "train_seconds": (float, type(None)),  # stage 1 + stage 2 + torso (None: one is missing)

@@ -18,8 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
-from pipeline.artifacts import atomic_output
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import atomic_output
+from pipeline.core.errors import PipelineError
 
 
 class MediaError(PipelineError):

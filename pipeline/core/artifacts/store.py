@@ -1,7 +1,7 @@
 """Artifact mechanism: specs (Parquet, npz, npy, JSON), atomic writes, validating readers, provenance.
 
-The contracts themselves (which file holds what) are in :mod:`pipeline.artifacts.preprocess` and
-:mod:`pipeline.artifacts.models`; import everything from :mod:`pipeline.artifacts`.
+The contracts themselves (which file holds what) are in :mod:`pipeline.core.artifacts.preprocess` and
+:mod:`pipeline.core.artifacts.models`; import everything from :mod:`pipeline.core.artifacts`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 PROVENANCE_KEY = b"pipeline.provenance"
