@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import crop, ingest, landmarks, mp_models
+from pipeline.preprocess import crop, face_landmarker, ingest, landmarks
+from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core.artifacts import CROP_META
 from pipeline.core.config import CropConfig, LandmarksConfig
 
@@ -44,7 +45,7 @@ def main() -> None:
         task = mp_models.locate(mp_models.FACE_LANDMARKER)
         m = min(200, n)
         t3 = time.perf_counter()
-        landmarks.landmark_chunk(str(d / "crop" / "video.mp4"), size, 0, m, 25, str(task), cfg)
+        face_landmarker.landmark_chunk(str(d / "crop" / "video.mp4"), size, 0, m, 25, str(task), cfg)
         t4 = time.perf_counter()
     print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from pipeline.core.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
-                                STAGE2_LABELS, Provenance)
+                                     STAGE2_LABELS, Provenance)
 from pipeline.core.config import RenderConfig
 from pipeline.head_render import load_head
 from pipeline.core.metrics import psnr, ssim

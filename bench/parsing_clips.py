@@ -22,11 +22,11 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import parsing  # noqa: E402
+from pipeline.preprocess.parsing import parse as parsing  # noqa: E402
 from pipeline.core import media  # noqa: E402
 from pipeline.core.artifacts import LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, PARSING_LABELS  # noqa: E402
 from pipeline.core.config import CropConfig, ParsingConfig, from_mapping  # noqa: E402
-from pipeline.parsing_geometry import inner_lip_distance  # noqa: E402
+from pipeline.preprocess.parsing.geometry import inner_lip_distance  # noqa: E402
 
 CLIPS = ["talk_dfrf_cnn_en", "talk_dfrf_macron_fr", "talk_mimictalk_german_de", "talk_mimictalk_trump_en",
          "talk_sadtalker_katiehill_en", "talk_videoretalking_4_en"]
@@ -37,7 +37,7 @@ def inputs(root: Path, clip: str, size: int) -> tuple[Path, Path]:
     d = root / clip
     video, lmk = d / "crop" / "video.mp4", d / "landmarks" / "landmarks.parquet"
     if not (video.exists() and lmk.exists()):
-        from pipeline import crop, ingest, landmarks
+        from pipeline.preprocess import crop, ingest, landmarks
 
         ingest.run(SHARED / f"{clip}.mp4", d / "ingest")
         crop.run(d / "ingest" / "video.mp4", d / "ingest" / "meta.json", d / "crop", CropConfig(size=size))

@@ -15,7 +15,7 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
   ``landmarks.parquet``), (b) ``lmd_dlib_px`` on points 48-67 of dlib's 68-point predictor run on both
   (:mod:`pipeline.dlib_lmd`), the flavour the papers report.
 * Blinks: AU45 of the render and of the ground truth computed the same way, on the subject's scale (the
-  fit and normalisation of ``aus/aus.json``, functions of :mod:`pipeline.action_units`), from mediapipe
+  fit and normalisation of ``aus/aus.json``, :func:`pipeline.preprocess.au_signals.au45_subject_scale`), from mediapipe
   on both test splits: blink counts, per-frame AU45 MAE and correlation.
 * Lip-audio offset in frames (:func:`pipeline.core.metrics.sync_offset`; 0 ideal, > 0: audio late), of the
   render (its mouth signals vs the audio muxed into video.mp4) and, as the reference, of the ground
@@ -43,15 +43,15 @@ from tqdm import tqdm
 from pipeline import dlib_lmd, evaluate_plots
 from pipeline.core import media
 from pipeline.core.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS,
-                                N_BLENDSHAPES, N_LANDMARKS, RENDER_STATS, TRACKS, JsonSpec,
-                                Provenance, config_hash, fixed_list_column, npz_iter_rows,
-                                read_provenance)
+                                     N_BLENDSHAPES, N_LANDMARKS, RENDER_STATS, TRACKS, JsonSpec, Provenance,
+                                     config_hash, fixed_list_column, npz_iter_rows, read_provenance)
 from pipeline.core.cli import guarded
-from pipeline.core.config import ActionUnitsConfig, EvaluateConfig, LandmarksConfig, from_mapping
+from pipeline.core.config import EvaluateConfig, LandmarksConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.evaluate_table import run_table
+from pipeline.preprocess.au_signals import au45_subject_scale
 from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
-                              mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
+                                   mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 
 log = logging.getLogger("pipeline.evaluate")
 HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes
@@ -126,36 +126,13 @@ def _finite_mean(v: np.ndarray) -> float | None:
     return round(float(v.mean()), 4) if len(v) else None
 
 
-def au45_subject_scale(blendshapes: np.ndarray, points: np.ndarray, stats: dict, fps: float) -> tuple[
-        np.ndarray, np.ndarray]:
-    """AU45 (0-5, the subject's fit and normalisation from aus.json) and its blink frames, for [N, 52], [N, 478, 3]."""
-    from pipeline import action_units as au
-
-    cfg = ActionUnitsConfig(**stats["config"])
-    m = next(m for m in au.MAPPINGS if m.au == "au45_r")
-    b = au.blendshape_signal(au.fill_gaps(blendshapes), m)
-    fit = stats["geometry_fit"]["au45_r"]
-    s = b
-    if fit["weight"] > 0:
-        s = (1.0 - fit["weight"]) * b + fit["weight"] * (fit["slope"] * au.eye_aspect_ratio(au.fill_gaps(points))
-                                                         + fit["intercept"])
-    s = au.smooth(s, cfg.blink_smooth_sigma)
-    window = int(round(cfg.blink_baseline_sec * fps)) | 1
-    if cfg.blink_baseline_sec > 0 and window >= 3:
-        s = s - au.rolling_median(s, window)
-    n = stats["normalisation"]["au45_r"]
-    au45 = np.clip(cfg.high_value * (s - n["low"]) / n["span"], 0.0, 5.0)
-    blinks = au.detect_blinks(au45, cfg.blink_threshold, int(round(cfg.blink_min_gap_sec * fps)),
-                              int(round(cfg.blink_max_sec * fps)))
-    return au45, blinks
-
-
 def render_landmarks(video: Path, size: int, n: int, fps: int, model_path: str) -> dict[str, np.ndarray]:
-    """mediapipe FaceLandmarker (pipeline.landmarks' machinery, VIDEO mode) on every rendered frame."""
-    from pipeline import landmarks, mp_models
+    """mediapipe FaceLandmarker (the landmark stage's worker, VIDEO mode) on every rendered frame."""
+    from pipeline.preprocess import mediapipe_models
+    from pipeline.preprocess.face_landmarker import landmark_chunk
 
-    task = mp_models.locate(mp_models.FACE_LANDMARKER, model_path)
-    return landmarks.landmark_chunk(str(video), size, 0, n, fps, str(task), LandmarksConfig(model_path=model_path))
+    task = mediapipe_models.locate(mediapipe_models.FACE_LANDMARKER, model_path)
+    return landmark_chunk(str(video), size, 0, n, fps, str(task), LandmarksConfig(model_path=model_path))
 
 
 def train_seconds(root: Path) -> tuple[float | None, dict]:

@@ -45,9 +45,9 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.core import media
-from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, EXPORT_ERNERF_STATS, FACE_MODEL, INGEST_META, LANDMARKS,
-                                N_BLENDSHAPES, N_LANDMARKS, PARSING_LABELS, PARSING_TORSO, TRANSFORMS, Provenance,
-                                config_hash, fixed_list_column, npz_iter_rows, read_provenance)
+from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, EXPORT_ERNERF_STATS, FACE_MODEL, INGEST_META,
+                                     LANDMARKS, N_BLENDSHAPES, N_LANDMARKS, PARSING_LABELS, PARSING_TORSO, TRANSFORMS,
+                                     Provenance, config_hash, fixed_list_column, npz_iter_rows, read_provenance)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ExportConfig, from_mapping
 from pipeline.core.errors import PipelineError
@@ -164,8 +164,8 @@ def extra_aus(table, aus_json: Path) -> dict[str, np.ndarray]:
     eyeWide -> AU05 upper lid raiser, cheekSquint -> AU06 cheek raiser, eyeSquint -> AU07 lid tightener
     (both sides averaged); gaps filled, smoothed and mapped to 0-5 with the aus stage's own config.
     """
-    from pipeline import action_units as au
     from pipeline.core.config import ActionUnitsConfig
+    from pipeline.preprocess import au_signals as au
 
     cfg = ActionUnitsConfig(**AUS_STATS.read(aus_json)["config"])
     bs = au.fill_gaps(fixed_list_column(table, "blendshapes", (N_BLENDSHAPES,)))

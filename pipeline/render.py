@@ -33,7 +33,7 @@ import torch
 
 from pipeline import compositing, motion
 from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, N_LANDMARKS, RENDER_FRAMES, RENDER_STATS,
-                                STAGE1_PRED, TRANSFORMS, Provenance, config_hash, fixed_list_column, npz_stream)
+                                     STAGE1_PRED, TRANSFORMS, Provenance, config_hash, fixed_list_column, npz_stream)
 from pipeline.core.cli import guarded
 from pipeline.core.config import RenderConfig, from_mapping
 from pipeline.core.errors import PipelineError

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.core.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS,
-                                Provenance, atomic_output, config_hash, npz_iter_rows, read_provenance)
+from pipeline.core.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS, TRANSFORMS, Provenance,
+                                     atomic_output, config_hash, npz_iter_rows, read_provenance)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TorsoConfig, from_mapping
 from pipeline.core.errors import PipelineError

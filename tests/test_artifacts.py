@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.core.artifacts import (ArraySpec, ArtifactError, JsonSpec, Provenance, TableSpec, atomic_output,
-                                fixed_list_column, read_provenance)
+                                     fixed_list_column, read_provenance)
 from pipeline.core.config import ConfigError, IngestConfig, from_mapping
 
 PROV = Provenance(source_sha256="ab" * 32, config_hash="0123456789abcdef")

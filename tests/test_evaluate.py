@@ -22,10 +22,10 @@ import pytest
 from conftest import CLIPS, REPO, clip_path
 from pipeline.core import media
 from pipeline.core.artifacts import (EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS, N_LANDMARKS, RENDER_STATS,
-                                Provenance, fixed_list_column)
+                                     Provenance, fixed_list_column)
 from pipeline.core.config import EvaluateConfig
 from pipeline.core.metrics import (band_energies, band_envelope, jaw_drop, mouth_darkness, psnr, ssim, ssim_map,
-                              sync_offset, sync_visual)
+                                   sync_offset, sync_visual)
 
 CLIP = "talk_sadtalker_katiehill_en"   # 8 s: 18 test frames at 256 px (the shared cache's crop size)
 SYNC_CLIP = "talk_dfrf_cnn_en"         # 71 s of studio speech: the clearest lip-audio relation of the set

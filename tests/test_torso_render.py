@@ -186,7 +186,7 @@ def test_motion_replay_and_blinks():
     model = motion.BlinkModel.from_aus(au, peaks)
     assert model.baseline == pytest.approx(0.2) and model.profile[len(model.profile) // 2] == pytest.approx(1.0)
     sample = model.sample(1500, np.random.default_rng(1))
-    from pipeline.action_units import detect_blinks
+    from pipeline.preprocess.au_signals import detect_blinks
 
     n = len(detect_blinks(sample, 1.5, 6, 25))
     assert 14 <= n <= 26  # 20/min over 60 s

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, TRANSFORMS,
-                                Provenance, atomic_output)
+                                     Provenance, atomic_output)
 from pipeline.core.config import Stage1Config
 from pipeline.core.errors import PipelineError
 from pipeline.stage1.data import LandmarkBasis

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, ArtifactError,
-                                Provenance, config_hash, file_sha256, npz_iter_rows)
+                                     Provenance, config_hash, file_sha256, npz_iter_rows)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage2TrainConfig, stage2_configs
 

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
-                                LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
-                                STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
-                                fixed_list_column)
+                                     LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
+                                     STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
+                                     fixed_list_column)
 from pipeline.stage2.renderer import camera_rays
 
 log = logging.getLogger("pipeline.stage2.data")

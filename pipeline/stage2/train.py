@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output,
-                                config_hash)
+from pipeline.core.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance,
+                                     atomic_output, config_hash)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
 from pipeline.core.device import peak_memory, reset_peak, resolve_device

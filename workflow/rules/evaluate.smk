@@ -3,7 +3,8 @@
 #   results/benchmark.{md,csv}     one row per subject (config benchmark_subjects, empty = every subject)
 # Outputs marked report() appear in `snakemake --report report.html` (captions in workflow/report/).
 
-EVAL_CODE = code("evaluate", "evaluate_plots", "dlib_lmd", "core/metrics", "landmarks", "action_units", "core/media")
+EVAL_CODE = code("evaluate", "evaluate_plots", "evaluate_table", "dlib_lmd", "core/metrics", "core/media",
+                 "preprocess/face_landmarker", "preprocess/mediapipe_models", "preprocess/au_signals")
 
 
 rule evaluate:

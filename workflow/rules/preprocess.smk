@@ -5,7 +5,7 @@ rule ingest_video:
     """Any clip -> 25 fps constant video, 16 kHz mono audio, meta.json (split, offsets, sha256)."""
     input:
         video=source_video,
-        code=code("ingest", "core/media"),
+        code=code("preprocess/ingest", "core/media"),
     output:
         video="results/{subject}/ingest/video.mp4",
         audio="results/{subject}/ingest/audio.wav",
@@ -23,7 +23,7 @@ rule ingest_video:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.ingest --video {input.video:q} --outdir results/{wildcards.subject}/ingest"
+        "python -m pipeline.preprocess.ingest --video {input.video:q} --outdir results/{wildcards.subject}/ingest"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -32,7 +32,7 @@ rule crop_faces:
     input:
         video="results/{subject}/ingest/video.mp4",
         meta="results/{subject}/ingest/meta.json",
-        code=code("crop", "mp_models", "core/media"),
+        code=code("preprocess/crop", "preprocess/mediapipe_models", "core/media"),
     output:
         video="results/{subject}/crop/video.mp4",
         boxes="results/{subject}/crop/boxes.parquet",
@@ -50,7 +50,7 @@ rule crop_faces:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.crop --video {input.video:q} --meta {input.meta:q}"
+        "python -m pipeline.preprocess.crop --video {input.video:q} --meta {input.meta:q}"
         " --outdir results/{wildcards.subject}/crop --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -60,7 +60,7 @@ rule detect_landmarks:
         video="results/{subject}/crop/video.mp4",
         crop="results/{subject}/crop/crop.json",
         meta="results/{subject}/ingest/meta.json",
-        code=code("landmarks", "crop", "mp_models", "core/media"),
+        code=code("preprocess/landmarks", "preprocess/face_landmarker", "preprocess/mediapipe_models", "core/media"),
     output:
         landmarks="results/{subject}/landmarks/landmarks.parquet",
         sheet="results/{subject}/landmarks/contact_sheet.png",
@@ -77,7 +77,7 @@ rule detect_landmarks:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m pipeline.landmarks --video {input.video:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
+        "python -m pipeline.preprocess.landmarks --video {input.video:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
         " --outdir results/{wildcards.subject}/landmarks --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -90,7 +90,7 @@ rule demo_video:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m pipeline.demo --out {output:q} > {log:q} 2>&1"
+        "python -m pipeline.preprocess.demo --out {output:q} > {log:q} 2>&1"
 
 
 rule parse_faces:
@@ -98,7 +98,8 @@ rule parse_faces:
     input:
         video="results/{subject}/crop/video.mp4",
         landmarks="results/{subject}/landmarks/landmarks.parquet",
-        code=code("parsing", "parsing_geometry", "background", "core/media", "mp_models"),
+        code=code("preprocess/parsing/parse", "preprocess/parsing/geometry", "preprocess/parsing/background",
+                  "preprocess/mediapipe_models", "core/media"),
     output:
         labels="results/{subject}/parsing/labels.npz",
         torso="results/{subject}/parsing/torso.npz",
@@ -118,7 +119,7 @@ rule parse_faces:
         mem_mb=2000,
         runtime=60,
     shell:
-        "python -m pipeline.parsing --crop-video {input.video:q} --landmarks {input.landmarks:q}"
+        "python -m pipeline.preprocess.parsing.parse --crop-video {input.video:q} --landmarks {input.landmarks:q}"
         " --outdir results/{wildcards.subject}/parsing --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -129,7 +130,8 @@ rule track_face:
         crop="results/{subject}/crop/crop.json",
         meta="results/{subject}/ingest/meta.json",
         video="results/{subject}/crop/video.mp4",
-        code=code("tracking", "tracking_fit", "tracking_plots", "mp_models", "core/media"),
+        code=code("preprocess/tracking/track", "preprocess/tracking/fit", "preprocess/tracking/plots",
+                  "preprocess/mediapipe_models", "core/media"),
     output:
         tracks="results/{subject}/tracking/tracks.parquet",
         model="results/{subject}/tracking/face_model.npz",
@@ -151,7 +153,7 @@ rule track_face:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m pipeline.tracking --landmarks {input.landmarks:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
+        "python -m pipeline.preprocess.tracking.track --landmarks {input.landmarks:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
         " --video {input.video:q} --outdir results/{wildcards.subject}/tracking --threads {threads}"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
@@ -162,7 +164,7 @@ rule extract_aus:
         landmarks="results/{subject}/landmarks/landmarks.parquet",
         canonical="results/{subject}/tracking/canonical.npz",
         meta="results/{subject}/ingest/meta.json",
-        code=code("action_units"),
+        code=code("preprocess/action_units", "preprocess/au_signals"),
     output:
         aus="results/{subject}/aus/aus.parquet",
         stats="results/{subject}/aus/aus.json",
@@ -179,5 +181,5 @@ rule extract_aus:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m pipeline.action_units --landmarks {input.landmarks:q} --canonical {input.canonical:q}"
+        "python -m pipeline.preprocess.action_units --landmarks {input.landmarks:q} --canonical {input.canonical:q}"
         " --meta {input.meta:q} --outdir results/{wildcards.subject}/aus --config {params.cfg:q} > {log:q} 2>&1"

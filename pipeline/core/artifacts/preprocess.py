@@ -188,7 +188,7 @@ TRACKING_METRICS = JsonSpec(
     },
 )
 
-# --- action units (pipeline/action_units.py: mappings, fit and normalisation in its docstring) ------
+# --- action units (pipeline/preprocess/action_units.py; mappings, fit and normalisation: au_signals.py) ------
 AUS = TableSpec(
     "aus/aus.parquet",
     pa.schema([
@@ -212,7 +212,7 @@ AUS_STATS = JsonSpec(
         "geometry_source": str,          # "landmarks" | "canonical": the points the geometric signals come from
         "canonical_ear_r": (float, type(None)),  # corr. of the EAR of canonical.npz vs the landmarks' (None: not given)
         "blink_threshold": (int, float),
-        "blink_count": int,              # AU45 excursions above blink_threshold (action_units.detect_blinks)
+        "blink_count": int,              # AU45 excursions above blink_threshold (au_signals.detect_blinks)
         "blinks_per_minute": (int, float),
         "blink_frames": list,            # frame_idx of each blink's AU45 peak
         "normalisation": dict,           # au -> {"low", "high", "span"}: signal values mapped to 0 and high_value

@@ -9,9 +9,12 @@ The mechanism is in ``base.py``, the stage configs in ``preprocess.py`` (ingest 
 (stage 2, torso, render, evaluate, export), mirroring :mod:`pipeline.core.artifacts`.
 """
 
-from pipeline.core.config.base import ConfigError, from_mapping  # noqa: F401
-from pipeline.core.config.models import (EvaluateConfig, ExportConfig, RenderConfig, Stage2ModelConfig,  # noqa: F401
-                                         Stage2TrainConfig, TorsoConfig, stage2_configs)
-from pipeline.core.config.preprocess import (X264_PRESETS, ActionUnitsConfig, AudioConfig, CropConfig,  # noqa: F401
-                                             IngestConfig, LandmarksConfig, ParsingConfig, Stage1Config,
-                                             TrackingConfig)
+from pipeline.core.config.base import ConfigError, from_mapping
+from pipeline.core.config.models import (EvaluateConfig, ExportConfig, RenderConfig, Stage2ModelConfig, Stage2TrainConfig,
+                                         TorsoConfig, stage2_configs)
+from pipeline.core.config.preprocess import (X264_PRESETS, ActionUnitsConfig, AudioConfig, CropConfig, IngestConfig,
+                                             LandmarksConfig, ParsingConfig, Stage1Config, TrackingConfig)
+
+__all__ = ["ConfigError", "from_mapping", "EvaluateConfig", "ExportConfig", "RenderConfig", "Stage2ModelConfig",
+           "Stage2TrainConfig", "TorsoConfig", "stage2_configs", "X264_PRESETS", "ActionUnitsConfig", "AudioConfig",
+           "CropConfig", "IngestConfig", "LandmarksConfig", "ParsingConfig", "Stage1Config", "TrackingConfig"]

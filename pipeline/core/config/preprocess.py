@@ -141,7 +141,7 @@ class TrackingConfig:
     fit_focal: bool = True          # False: keep focal_init
     refine_basis: bool = False      # also refine the PCA expression basis (better fit, slower)
     huber_px: float = 1.0           # Huber threshold of the reprojection residuals, in px at 512 (scaled with the crop)
-    smooth_rot: float = 1.0         # weights of the temporal terms (see pipeline/tracking_fit.py FitWeights)
+    smooth_rot: float = 1.0         # weights of the temporal terms (see pipeline/preprocess/tracking/fit.py FitWeights)
     smooth_trans: float = 1.0
     smooth_expr: float = 0.02
     expr_prior: float = 0.001
@@ -164,7 +164,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ActionUnitsConfig:
-    """extract_aus (pipeline/action_units.py: the mappings and the normalisation are documented there)."""
+    """extract_aus (pipeline/preprocess/action_units.py: the mappings and the normalisation are documented there)."""
 
     low_percentile: float = 5.0     # subject's percentile of each AU signal mapped to intensity 0
     high_percentile: float = 99.0   # ... and the one mapped to high_value (linear, clipped to [0, 5])

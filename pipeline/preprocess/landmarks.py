@@ -2,7 +2,7 @@
 
 The FaceLandmarker (Tasks API, VIDEO running mode: it tracks the face from frame to frame, so the
 face detector runs only when tracking is lost) gives per frame 478 points, 52 blendshape scores
-and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.mp_models`.
+and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.preprocess.mediapipe_models`.
 
 Contract (:data:`pipeline.core.artifacts.LANDMARKS`, one row per frame of ``crop/video.mp4``):
 x, y in crop pixels, z = mediapipe's z (same normalised scale as x) times the crop width.
@@ -14,8 +14,9 @@ Missing frames are handled so every later stage can rely on the table:
 * more than ``max_missing_fraction`` of frames without a detection -> refused (LandmarksError
   naming the frame ranges), nothing written.
 
-Work is split into contiguous chunks, one process each (``workers``; each has its own landmarker
-with timestamps increasing within its chunk); frames are streamed with ``media.iter_frames``, so
+Work is split into contiguous chunks, one process each (``workers``; each runs
+:func:`~pipeline.preprocess.face_landmarker.landmark_chunk` with its own landmarker, timestamps increasing
+within its chunk); frames are streamed with ``media.iter_frames``, so
 memory stays bounded whatever the clip length. ``landmarks/contact_sheet.png`` shows every n-th
 frame with the mesh drawn, for a look by eye.
 """
@@ -33,80 +34,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import mp_models
 from pipeline.core import media
-from pipeline.core.artifacts import (BLENDSHAPE_NAMES, CROP_META, INGEST_META, LANDMARKS, N_BLENDSHAPES, N_LANDMARKS,
-                                Provenance, atomic_output, config_hash)
+from pipeline.core.artifacts import CROP_META, INGEST_META, LANDMARKS, Provenance, atomic_output, config_hash
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import LandmarksConfig, from_mapping
-from pipeline.crop import format_ranges
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import format_ranges
+from pipeline.preprocess import mediapipe_models as mp_models
+from pipeline.preprocess.face_landmarker import LandmarksError, init_worker, landmark_chunk
 
-log = logging.getLogger("pipeline.landmarks")
-
-_PROGRESS: "mp_.Queue | None" = None  # set in worker processes: frames done are reported here
-
-
-class LandmarksError(PipelineError):
-    pass
-
-
-def _init_worker(progress) -> None:
-    global _PROGRESS
-    _PROGRESS = progress
-
-
-def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task: str, cfg: LandmarksConfig,
-                   progress=None, thumb_step: int = 0, thumb_size: int = 256) -> dict[str, np.ndarray]:
-    """FaceLandmarker (VIDEO mode) on frames [start, stop) of the crop; one landmarker per call.
-
-    With ``thumb_step`` > 0 it also keeps every frame whose index is a multiple of it, resized to
-    ``thumb_size``² (``thumbs``, ``thumb_idx``), so the contact sheet needs no second decoding pass."""
-    import cv2
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    progress = progress or (_PROGRESS.put if _PROGRESS is not None else None)
-    n = stop - start
-    detected = np.zeros(n, bool)
-    lms = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
-    bss = np.full((n, N_BLENDSHAPES), np.nan, np.float32)
-    poses = np.full((n, 16), np.nan, np.float32)
-    options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=task), running_mode=vision.RunningMode.VIDEO, num_faces=1,
-        min_face_detection_confidence=cfg.min_detection_confidence,
-        min_face_presence_confidence=cfg.min_presence_confidence,
-        min_tracking_confidence=cfg.min_tracking_confidence,
-        output_face_blendshapes=True, output_facial_transformation_matrixes=True)
-    thumbs, thumb_idx, t = [], [], min(thumb_size, size)
-    i = 0
-    with vision.FaceLandmarker.create_from_options(options) as landmarker:
-        for chunk in media.iter_frames(video, size, size, start_frame=start, n_frames=n, fps=fps):
-            for frame in chunk:
-                if i >= n:
-                    break
-                if thumb_step and (start + i) % thumb_step == 0:
-                    thumbs.append(cv2.resize(frame, (t, t), interpolation=cv2.INTER_AREA))
-                    thumb_idx.append(start + i)
-                ts_ms = int(round((start + i) * 1000 / fps))
-                res = landmarker.detect_for_video(
-                    mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)), ts_ms)
-                if res.face_landmarks:
-                    lms[i] = [(p.x, p.y, p.z) for p in res.face_landmarks[0]]
-                    names = tuple(c.category_name for c in res.face_blendshapes[0])
-                    if names != BLENDSHAPE_NAMES:
-                        raise LandmarksError(task, f"blendshape names differ from BLENDSHAPE_NAMES: {names[:4]}...")
-                    bss[i] = [c.score for c in res.face_blendshapes[0]]
-                    poses[i] = np.asarray(res.facial_transformation_matrixes[0], np.float32).reshape(16)
-                    detected[i] = True
-                i += 1
-            if progress:
-                progress(len(chunk))
-    if i != n:
-        raise LandmarksError(video, f"decoded {i} frames in [{start}, {stop}), expected {n}")
-    lms *= size  # x, y -> crop px; z -> the same scale (mediapipe's z is normalised like x)
-    return {"start": start, "detected": detected, "landmarks": lms, "blendshapes": bss, "pose": poses,
-            "thumbs": np.asarray(thumbs, np.uint8).reshape(-1, t, t, 3), "thumb_idx": np.asarray(thumb_idx, np.int64)}
+log = logging.getLogger("pipeline.preprocess.landmarks")
 
 
 def worker_count(cfg: LandmarksConfig, n_frames: int, threads: int | None = None) -> int:
@@ -128,7 +64,7 @@ def detect_all(video: Path, size: int, n_frames: int, fps: int, task: Path, cfg:
         else:
             ctx = mp_.get_context("spawn")  # mediapipe's threads do not survive fork()
             progress = ctx.Queue()
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(progress,)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(progress,)) as pool:
                 futures = [pool.submit(landmark_chunk, *c) for c in chunks]
                 while not all(f.done() for f in futures):
                     try:

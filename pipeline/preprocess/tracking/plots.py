@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import tracking_fit as tf
+from pipeline.preprocess.tracking import fit as tf
 
 
 def projected(mean: np.ndarray, res: tf.FitResult, cx: float, cy: float) -> np.ndarray:

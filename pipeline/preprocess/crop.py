@@ -2,7 +2,7 @@
 
 The NeRF assumes a static camera, so the crop window never moves. It is chosen from face boxes
 found by mediapipe's face detector (BlazeFace short range, the ``face_detector.tflite`` member of
-``face_landmarker.task``; offline, see :mod:`pipeline.mp_models`) on every ``detect_every``-th
+``face_landmarker.task``; offline, see :mod:`pipeline.preprocess.mediapipe_models`) on every ``detect_every``-th
 frame, streamed from ``ingest/video.mp4``:
 
 * side = median face box width / ``face_fraction`` (the face is about half the crop wide, so the
@@ -29,31 +29,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import mp_models
+from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media
 from pipeline.core.artifacts import CROP_BOXES, CROP_META, INGEST_META, Provenance, atomic_output, config_hash
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import CropConfig, from_mapping
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, format_ranges
 
-log = logging.getLogger("pipeline.crop")
+log = logging.getLogger("pipeline.preprocess.crop")
 
 
 class CropError(PipelineError):
     pass
-
-
-def format_ranges(frames: np.ndarray | list[int], step: int = 1, limit: int = 12) -> str:
-    """Frame indices as compact ranges, e.g. ``0-45, 120, 200-215``; runs advance by ``step``."""
-    frames = sorted(int(f) for f in frames)
-    runs: list[list[int]] = []
-    for f in frames:
-        if runs and f - runs[-1][1] <= step:
-            runs[-1][1] = f
-        else:
-            runs.append([f, f])
-    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
-    return text + (f", ... ({len(runs) - limit} more ranges)" if len(runs) > limit else "")
 
 
 @dataclass(frozen=True)

