@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import audio_features as af
+from pipeline.audio import features as af
 from pipeline.core import media
 from pipeline.core.config import AudioConfig
 
@@ -42,7 +42,7 @@ def main() -> None:
         fn()
         steps[name] = time.perf_counter() - t
     if a.encoder != "none":
-        from pipeline.audio_encoders import encode
+        from pipeline.audio.encoders import encode
 
         t = time.perf_counter()
         encode(y, grid.n_feat, cfg)

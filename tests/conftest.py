@@ -151,7 +151,7 @@ class Processed:
 
     def audio(self, clip: str) -> dict:
         """extract_audio_features on the clip's own audio -> <dir>/audio/self.{npz,parquet}."""
-        from pipeline import audio_features
+        from pipeline.audio import features as audio_features
 
         def build():
             self.ingest(clip)

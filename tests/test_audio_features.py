@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import audio_features
+from pipeline.audio import features as audio_features
 from pipeline.core.artifacts import AUDIO_FEATURES, AUDIO_FRAMES
 from pipeline.core.config import AudioConfig
 from pipeline.core.errors import PipelineError

@@ -54,7 +54,7 @@ def test_same_seed_same_predictions(processed):
 @pytest.mark.parametrize("wav", ["speech_genefacepp_macron_fr", "speech_sadtalker_chinese_news_zh",
                                  "speech_dreamtalk_german1_de"])
 def test_drive_with_other_languages(processed, tmp_path, wav):
-    from pipeline import audio_features
+    from pipeline.audio import features as audio_features
 
     clip = "talk_dfrf_cnn_en"
     processed.stage1(clip)

@@ -31,7 +31,8 @@ FAST = dict(size=SIZE, threads=1, early_stop_eps=0.0)
 @pytest.fixture(scope="module")
 def subject(processed, tmp_path_factory) -> Path:
     """A results/<s>-like folder: preprocessing (shared cache), audio features, tiny stage 1, torso."""
-    from pipeline import audio_features, torso
+    from pipeline import torso
+    from pipeline.audio import features as audio_features
     from pipeline.core.config import Stage1Config, TorsoConfig
     from pipeline.stage1 import predict, train
 

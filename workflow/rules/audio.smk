@@ -10,7 +10,7 @@ rule extract_audio_features:
     """log-mel, Praat formants/f0, energy (+ optional learned encoder) per 25 fps frame, windows [N, 16, D]."""
     input:
         audio=audio_source,
-        code=code("audio_features", "audio_encoders", "core/media"),
+        code=code("audio/features", "audio/encoders", "core/media"),
     output:
         npz="results/{subject}/audio/{clip}.npz",
         table="results/{subject}/audio/{clip}.parquet",
@@ -29,5 +29,5 @@ rule extract_audio_features:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m pipeline.audio_features --audio {input.audio:q} --npz {output.npz:q} --table {output.table:q}"
+        "python -m pipeline.audio.features --audio {input.audio:q} --npz {output.npz:q} --table {output.table:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"

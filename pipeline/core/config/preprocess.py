@@ -98,7 +98,7 @@ class ParsingConfig:
 
 @dataclass(frozen=True)
 class AudioConfig:
-    """extract_audio_features (pipeline/audio_features.py, pipeline/audio_encoders.py)."""
+    """extract_audio_features (pipeline/audio/features.py, pipeline/audio/encoders.py)."""
 
     fps: int = 25                   # video frame rate the features are aligned to (2 feature frames each)
     window: int = 16                # feature frames per video frame: [2i - window/2, 2i + window/2)

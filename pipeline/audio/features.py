@@ -21,7 +21,7 @@ the Parquet table; in the model features they are filled by linear interpolation
 frames (held at the ends) and then normalised per clip (``normalize: clip``: every column but
 ``voiced`` z-scored, formants and f0 with statistics of voiced frames only — Lobanov's speaker
 normalisation), so the windows are always finite. Learned encoders live in
-:mod:`pipeline.audio_encoders`.
+:mod:`pipeline.audio.encoders`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pipeline.core.cli import guarded, parser
 from pipeline.core.config import AudioConfig, from_mapping
 from pipeline.core.errors import PipelineError
 
-log = logging.getLogger("pipeline.audio_features")
+log = logging.getLogger("pipeline.audio.features")
 
 SAMPLE_RATE = 16000
 FEATURES_PER_VIDEO_FRAME = 2     # 50 Hz features for 25 fps video
@@ -228,7 +228,7 @@ def run(audio: Path | str, npz: Path | str, table: Path | str, cfg: AudioConfig 
     if not src.is_file():
         raise AudioFeatureError(src, "audio file not found")
     if cfg.encoder != "none":
-        from pipeline.audio_encoders import check
+        from pipeline.audio.encoders import check
 
         check(cfg)  # a missing checkpoint fails before any work
     y = media.read_audio(src, SAMPLE_RATE)
@@ -259,7 +259,7 @@ def run(audio: Path | str, npz: Path | str, table: Path | str, cfg: AudioConfig 
         "fps": np.int32(cfg.fps),
     }
     if cfg.encoder != "none":
-        from pipeline.audio_encoders import encode
+        from pipeline.audio.encoders import encode
 
         enc = encode(y, grid.n_feat, cfg)  # [n_feat, H] on the same 50 Hz grid
         pair = FEATURES_PER_VIDEO_FRAME * np.arange(grid.n_video)[:, None] + np.arange(2)[None, :]  # (2i, 2i+1)

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.core.config import AudioConfig
 from pipeline.core.errors import PipelineError
 
-log = logging.getLogger("pipeline.audio_encoders")
+log = logging.getLogger("pipeline.audio.encoders")
 
 SAMPLE_RATE = 16000
 MODEL_TYPES = {"hubert": {"hubert"}, "wav2vec2": {"wav2vec2", "wav2vec2-conformer"}}
