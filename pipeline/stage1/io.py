@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, TRANSFORMS,
-                                     Provenance, atomic_output)
+from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, STAGE1_PRED,
+                                     TRANSFORMS, Provenance, atomic_output)
 from pipeline.core.config import Stage1Config
 from pipeline.core.errors import PipelineError
+from pipeline.core.metrics import mouth_opening
 from pipeline.stage1.data import LandmarkBasis
 from pipeline.stage1.model import Audio2Landmarks
 
@@ -70,6 +71,12 @@ def save_model(outdir: Path, model: Audio2Landmarks, basis: LandmarkBasis, cfg: 
         "in_dim": model.in_dim, "out_dim": model.out_dim, "window": model.window_len,
         "d_model": cfg.d_model, "n_layers": cfg.n_layers,
         "n_heads": cfg.n_heads, "use_encoder": cfg.use_encoder, "config": asdict(cfg)}, prov)
+
+
+def write_predictions(path: Path, lms: np.ndarray, fps: int, prov: Provenance) -> None:
+    n = len(lms)
+    STAGE1_PRED.write(path, {"frame_idx": np.arange(n, dtype=np.int32), "t_sec": np.arange(n) / fps,
+                             "landmarks": lms.reshape(n, -1), "mouth_open": mouth_opening(lms)}, prov)
 
 
 def load_model(model_dir: Path | str) -> tuple[Audio2Landmarks, LandmarkBasis, dict]:

@@ -7,8 +7,8 @@ from pathlib import Path
 from pipeline.core.artifacts import Provenance, config_hash, file_sha256
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage1Config, from_mapping
-from pipeline.stage1.io import Stage1Error, load_features, load_model
-from pipeline.stage1.train import predict_landmarks, write_predictions
+from pipeline.stage1.data import predict_landmarks
+from pipeline.stage1.io import Stage1Error, load_features, load_model, write_predictions
 
 
 def run(features: Path | str, model_dir: Path | str, out: Path | str, fps: int = 25) -> int:

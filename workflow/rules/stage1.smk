@@ -70,7 +70,7 @@ rule predict_landmarks:
         features="results/{subject}/audio/{clip}.npz",
         model="results/{subject}/stage1/model.pt",
         meta="results/{subject}/stage1/model.json",
-        code=code("stage1/predict", "stage1/io"),
+        code=code("stage1/predict", "stage1/io", "stage1/data", "stage1/model"),
     output:
         "results/{subject}/stage1/pred/{clip}.parquet",
     wildcard_constraints:
