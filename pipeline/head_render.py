@@ -26,7 +26,7 @@ import torch
 from pipeline.core.artifacts import STAGE2_HEAD, STAGE2_OCCUPANCY
 from pipeline.core.config import Stage2ModelConfig, from_mapping
 from pipeline.core.errors import PipelineError
-from pipeline.stage2 import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
+from pipeline.stage2.nerf import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
 from pipeline.stage2.data import HeadSpace
 
 

@@ -35,7 +35,7 @@ from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANO
                                      LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
                                      STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
                                      fixed_list_column)
-from pipeline.stage2.renderer import camera_rays
+from pipeline.stage2.nerf.renderer import camera_rays
 
 log = logging.getLogger("pipeline.stage2.data")
 

@@ -6,8 +6,7 @@
 # `python -m pipeline.render video --out X.frames.npz ...` there and `python -m pipeline.render mux` here.
 
 
-RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso", "core/media", "stage2/field",
-                   "stage2/renderer", "stage2/encoding", "stage2/occupancy", "stage2/data")
+RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso", "core/media", "stage2/data") + NERF_CODE
 
 
 rule train_torso:

@@ -1,9 +1,14 @@
-# Stage 2: the landmark-conditioned head NeRF (pipeline/stage2/, docs/stage2.md).
+# Stage 2: the landmark-conditioned head NeRF (pipeline/stage2/, the head in pipeline/stage2/nerf/; docs/stage2.md).
 # cache_frames runs on the CPU side (ffmpeg); train_head needs only torch, numpy, pandas, pyarrow, opencv
 # and re-running it resumes from results/{subject}/stage2/checkpoint.pt.
 
-STAGE2_CODE = code("stage2/encoding", "stage2/field", "stage2/occupancy", "stage2/renderer", "stage2/data",
-                   "stage2/sampling", "stage2/losses", "stage2/checkpoint", "stage2/evaluate", "stage2/train")
+# the head NeRF (also rendered by render.smk), its fast kernels included (imported on CUDA machines)
+NERF_CODE = code("stage2/nerf/hash_grid", "stage2/nerf/encoding", "stage2/nerf/field", "stage2/nerf/occupancy",
+                 "stage2/nerf/renderer", "stage2/nerf/kernels/hash_grid_triton", "stage2/nerf/kernels/hash_grid_triton_kernels",
+                 "stage2/nerf/kernels/hash_grid_tcnn", "stage2/nerf/kernels/landmark_triton",
+                 "stage2/nerf/kernels/landmark_triton_kernels")
+STAGE2_CODE = NERF_CODE + code("stage2/data", "stage2/sampling", "stage2/losses", "stage2/checkpoint", "stage2/evaluate",
+                               "stage2/train")
 
 
 rule cache_frames:

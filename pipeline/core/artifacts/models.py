@@ -17,7 +17,7 @@ STAGE2_CACHE = JsonSpec(
               "crop_size": int,                       # crop/video.mp4 side the cache was resized from
               "video_sha256": str, "labels_sha256": str},
 )
-# stage2/head.pt: torch state dict of pipeline.stage2.field.LandmarkField (weights only, loads with
+# stage2/head.pt: torch state dict of pipeline.stage2.nerf.field.LandmarkField (weights only, loads with
 # torch.load(weights_only=True)), head-space normalised coordinates.
 STAGE2_HEAD = JsonSpec(
     "stage2/head.json",
@@ -94,7 +94,7 @@ TORSO_METRICS = JsonSpec(
 STAGE2_OCCUPANCY = ArraySpec(
     "stage2/occupancy.npz",
     keys={
-        "binary": ("bool", 1),           # [R^3] occupied cells, x fastest (pipeline.stage2.occupancy)
+        "binary": ("bool", 1),           # [R^3] occupied cells, x fastest (pipeline.stage2.nerf.occupancy)
         "density": ("float32", 1),       # [R^3] the EMA densities behind it
         "resolution": ("int32", 0),
     },

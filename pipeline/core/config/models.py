@@ -37,7 +37,7 @@ class Stage2ModelConfig:
     density_activation: str = "trunc_exp"  # "trunc_exp" | "softplus"
     # conditioning
     use_landmarks: bool = True
-    landmark_subset: str = "lips_eyes_jaw_nose"  # a key of pipeline.stage2.field.LANDMARK_SUBSETS
+    landmark_subset: str = "lips_eyes_jaw_nose"  # a key of pipeline.stage2.nerf.field.LANDMARK_SUBSETS
     landmark_k: int = 8             # nearest landmarks per sample
     landmark_sigma: float = 0.1     # Gaussian sigma, head-space units
     landmark_freqs: int = 2         # sinusoidal frequencies of the weighted offsets

@@ -3,7 +3,7 @@
 This module imports ``triton`` at the top: import it lazily, as ``landmark_triton`` does.
 
 ``knn(x, frame, landmarks, k)``: each point's ``k`` nearest landmarks of its own frame
-(``pipeline.stage2.field.GaussianLandmarkEncoding.knn_reference`` is the reference), by the squared distance
+(``pipeline.stage2.nerf.field.GaussianLandmarkEncoding.knn_reference`` is the reference), by the squared distance
 ``dx^2 + dy^2 + dz^2`` computed directly, as the reference does (no ``|a|^2 + |b|^2 - 2ab`` cancellation).
 One program holds ``BLOCK`` points and streams the frame's ``M`` landmarks once, keeping the best ``k``:
 

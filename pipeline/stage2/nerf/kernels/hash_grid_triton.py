@@ -2,7 +2,7 @@
 
 ``TritonHashGrid`` subclasses ``TorchHashGrid``: the same ``table`` parameter, buffers and state dict, so
 checkpoints move freely between the ``torch`` and ``triton`` backends. Its forward runs the Triton
-kernels of ``encoding_triton_kernels`` (all levels' d-linear interpolation in one launch; the backward
+kernels of ``hash_grid_triton_kernels`` (all levels' d-linear interpolation in one launch; the backward
 scatters ``w * grad`` into an fp32 gradient table with atomic adds) when it can, and otherwise the
 torch reference, with one warning per reason and process:
 
@@ -16,9 +16,9 @@ torch reference, with one warning per reason and process:
   out-of-memory error is raised, not hidden.
 
 Triton is imported lazily (first use on a CUDA machine); nothing is built by hand: Triton compiles
-the kernels just in time and caches them. The backend registers itself as ``"triton"`` and is
-preferred by ``"auto"`` where it is available; selecting it where it is not falls back to ``"torch"``
-(``Backend.fallback``) with one warning.
+the kernels just in time and caches them. :mod:`pipeline.stage2.nerf.encoding` lists this backend as
+``"triton"`` in its explicit ``BACKENDS`` table, first in the ``"auto"`` order where it is available; selecting
+it where it is not falls back to ``"torch"`` (``Backend.fallback``) with one warning.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
-from .encoding import Backend, HashGridSpec, TorchHashGrid, register_backend
+from pipeline.stage2.nerf.hash_grid import HashGridSpec, TorchHashGrid
 
-LOG = logging.getLogger("pipeline.stage2.encoding_triton")
-KERNELS_MODULE = "pipeline.stage2.encoding_triton_kernels"
+LOG = logging.getLogger("pipeline.stage2.nerf.kernels.hash_grid_triton")
+KERNELS_MODULE = "pipeline.stage2.nerf.kernels.hash_grid_triton_kernels"
 
 _WARNED: set[tuple[str, str]] = set()
 
@@ -172,5 +172,3 @@ class TritonHashGrid(TorchHashGrid):
         x = x.to(torch.float32).contiguous()
         return _HashGridFunction.apply(x, self.table.contiguous(), self.meta, self.spec.log2_hashmap_size)
 
-
-register_backend(Backend("triton", triton_available, TritonHashGrid, fallback="torch"), prefer=True)

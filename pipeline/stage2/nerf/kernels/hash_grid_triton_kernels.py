@@ -1,8 +1,8 @@
-"""Triton kernels of the hash-grid encoding (imported only by ``encoding_triton``, and only when needed).
+"""Triton kernels of the hash-grid encoding (imported only by ``hash_grid_triton``, and only when needed).
 
-This module imports ``triton`` at the top: import it lazily (``encoding_triton`` does) so that machines
+This module imports ``triton`` at the top: import it lazily (``hash_grid_triton`` does) so that machines
 without Triton never touch it. The kernels compute exactly ``TorchHashGrid``'s function (see the
-docstring of ``pipeline.stage2.encoding``): clamp to the unit cube, ``pos = x R``, cell
+docstring of ``pipeline.stage2.nerf.hash_grid``): clamp to the unit cube, ``pos = x R``, cell
 ``clamp(floor(pos), 0, R - 1)``, d-linear weights of the ``2**d`` corners (axis 0 slowest), dense
 indexing ``i + j (R+1) + k (R+1)^2`` or the uint32 hash ``i xor j 2654435761 xor k 805459861`` masked to
 ``T`` bits, plus the level's first row.

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .occupancy import OccupancyGrid
+from pipeline.stage2.nerf.occupancy import OccupancyGrid
 
 
 class RadianceField(Protocol):

@@ -1,4 +1,4 @@
-"""Multiresolution hash-grid encoding (Instant-NGP), 3D and tri-plane, behind pluggable backends.
+"""The multiresolution hash grid (Instant-NGP): its geometry (``HashGridSpec``) and the pure-torch reference.
 
 Semantics (shared by every backend that uses the canonical table layout)
 -----------------------------------------------------------------------
@@ -15,33 +15,15 @@ Semantics (shared by every backend that uses the canonical table layout)
 * Parameters: one table ``[sum_l rows_l, F]`` (``level_offsets`` give each level's first row),
   initialised uniform in ``[-1e-4, 1e-4]`` as Instant-NGP.
 
-Backends
---------
-``HashGridEncoding(spec, backend=...)`` picks an implementation from ``BACKENDS``:
-
-* ``"torch"``: the pure-torch reference below (autograd; differentiable w.r.t. the table and, where they
-  require grad, the inputs). Runs on CPU and CUDA.
-* ``"tcnn"``: tiny-cuda-nn's ``HashGrid``; registered only when ``import tinycudann`` succeeds. Its
-  parameters use tcnn's own layout and its grid is offset by half a cell (tcnn's ``scale = base b^l - 1``,
-  ``pos = x scale + 0.5``), so its checkpoints are not interchangeable with the torch table.
-* ``"auto"``: the first available of ``AUTO_ORDER``.
-
-A backend is ``Backend(name, available, build)``: ``build(spec) -> nn.Module`` mapping ``[N, d]`` unit-cube
-points to ``[N, L*F]`` float32 features. A fast kernel backend should subclass ``TorchHashGrid`` (same
-``table`` parameter and buffers, hence the same state dict) and override ``forward``, then be tested
-against ``TorchHashGrid.forward`` with ``assert_close``; register it with ``register_backend``.
-
-``TriPlaneHashEncoding``: three 2D hash grids on the (x, y), (y, z) and (x, z) planes as ER-NeRF does, their
-features concatenated (``[N, 3 L F]``) or summed (``[N, L F]``).
+``TorchHashGrid`` is the reference every fast backend is tested against (``assert_close``); a kernel backend
+(``pipeline.stage2.nerf.kernels``) subclasses it, so it has the same ``table`` parameter, buffers and state dict.
+Backends are chosen in :mod:`pipeline.stage2.nerf.encoding`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -165,140 +147,3 @@ class TorchHashGrid(nn.Module):
             raise ValueError(f"hash grid expects [N, {self.spec.n_dims}] inputs, got {tuple(x.shape)}")
         x = x.to(self.table.dtype).clamp(0.0, 1.0)
         return torch.cat([self.level_features(x, lvl) for lvl in range(self.spec.levels)], dim=-1)
-
-
-class TcnnHashGrid(nn.Module):
-    """tiny-cuda-nn HashGrid (CUDA only; float32 output; tcnn's own parameter layout)."""
-
-    def __init__(self, spec: HashGridSpec):
-        super().__init__()
-        import tinycudann as tcnn
-
-        self.spec = spec
-        config = {
-            "otype": "HashGrid",
-            "n_levels": spec.levels,
-            "n_features_per_level": spec.features_per_level,
-            "log2_hashmap_size": spec.log2_hashmap_size,
-            "base_resolution": spec.base_resolution,
-            "per_level_scale": spec.growth_factor,
-        }
-        self.impl = tcnn.Encoding(n_input_dims=spec.n_dims, encoding_config=config, dtype=torch.float32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.impl(x.clamp(0.0, 1.0)).float()
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    available: Callable[[], bool]
-    build: Callable[[HashGridSpec], nn.Module]
-    fallback: str | None = None     # selected where unavailable: warn once and use this backend instead
-
-
-BACKENDS: dict[str, Backend] = {}
-AUTO_ORDER: list[str] = []
-_FELL_BACK: set[str] = set()
-
-
-def register_backend(backend: Backend, prefer: bool = False) -> None:
-    """Add a backend; ``prefer`` puts it first in the ``"auto"`` order."""
-    BACKENDS[backend.name] = backend
-    if backend.name in AUTO_ORDER:
-        AUTO_ORDER.remove(backend.name)
-    if prefer:
-        AUTO_ORDER.insert(0, backend.name)
-    else:
-        AUTO_ORDER.append(backend.name)
-
-
-def _tcnn_available() -> bool:
-    if importlib.util.find_spec("tinycudann") is None:
-        return False
-    try:
-        import tinycudann  # noqa: F401
-    except Exception:  # a broken/incompatible build is "not available", never a crash at import
-        return False
-    return torch.cuda.is_available()
-
-
-register_backend(Backend("torch", lambda: True, TorchHashGrid))
-register_backend(Backend("tcnn", _tcnn_available, TcnnHashGrid), prefer=True)
-
-
-def available_backends() -> list[str]:
-    return [name for name in AUTO_ORDER if BACKENDS[name].available()]
-
-
-def resolve_backend(name: str) -> str:
-    if name == "auto":
-        return available_backends()[0]
-    if name not in BACKENDS:
-        raise ValueError(f"unknown hash-grid backend {name!r}; known: {sorted(BACKENDS)} or 'auto'")
-    if not BACKENDS[name].available():
-        fallback = BACKENDS[name].fallback
-        if fallback is not None:
-            if name not in _FELL_BACK:
-                _FELL_BACK.add(name)
-                warnings.warn(f"hash-grid backend {name!r} is not available here; using {fallback!r} "
-                              "(same table layout)", RuntimeWarning, stacklevel=3)
-            return resolve_backend(fallback)
-        raise ValueError(f"hash-grid backend {name!r} is not available here (available: {available_backends()})")
-    return name
-
-
-class HashGridEncoding(nn.Module):
-    """One multiresolution hash grid: ``[N, d]`` unit-cube points -> ``[N, L*F]`` features."""
-
-    def __init__(self, spec: HashGridSpec, backend: str = "torch"):
-        super().__init__()
-        self.spec = spec
-        self.backend = resolve_backend(backend)
-        self.impl = BACKENDS[self.backend].build(spec)
-
-    @property
-    def output_dim(self) -> int:
-        return self.spec.output_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.impl(x)
-
-
-class TriPlaneHashEncoding(nn.Module):
-    """Three 2D hash grids on the xy, yz and xz planes (ER-NeRF); ``reduce`` = "concat" | "sum"."""
-
-    PLANES = ((0, 1), (1, 2), (0, 2))
-
-    def __init__(self, spec: HashGridSpec, backend: str = "torch", reduce: str = "concat"):
-        super().__init__()
-        if reduce not in ("concat", "sum"):
-            raise ValueError(f"tri-plane reduce must be 'concat' or 'sum', got {reduce!r}")
-        plane_spec = HashGridSpec(2, spec.levels, spec.features_per_level, spec.log2_hashmap_size,
-                                  spec.base_resolution, spec.finest_resolution)
-        self.spec = plane_spec
-        self.reduce = reduce
-        self.planes = nn.ModuleList(HashGridEncoding(plane_spec, backend) for _ in self.PLANES)
-
-    @property
-    def output_dim(self) -> int:
-        return self.spec.output_dim * (3 if self.reduce == "concat" else 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 2 or x.shape[1] != 3:
-            raise ValueError(f"tri-plane encoding expects [N, 3] inputs, got {tuple(x.shape)}")
-        feats = [enc(x[:, list(axes)]) for enc, axes in zip(self.planes, self.PLANES)]
-        return torch.cat(feats, dim=-1) if self.reduce == "concat" else torch.stack(feats).sum(0)
-
-
-def build_encoding(kind: str, spec: HashGridSpec, backend: str = "torch", reduce: str = "concat") -> nn.Module:
-    """``kind`` = "3d" (one 3D grid) | "triplane" (three 2D grids)."""
-    if kind == "3d":
-        return HashGridEncoding(spec, backend)
-    if kind == "triplane":
-        return TriPlaneHashEncoding(spec, backend, reduce)
-    raise ValueError(f"unknown grid kind {kind!r}; expected '3d' or 'triplane'")
-
-
-# the Triton kernel backend registers itself (it imports triton lazily: only on first use on CUDA)
-from . import encoding_triton  # noqa: E402,F401

@@ -45,8 +45,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.core.config import Stage2ModelConfig
-from . import landmark_triton
-from .encoding import HashGridSpec, build_encoding
+from pipeline.stage2.nerf.encoding import HashGridSpec, build_encoding
+from pipeline.stage2.nerf.kernels import landmark_triton
 
 # mediapipe FaceMesh indices (478-point topology)
 LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,

@@ -1,10 +1,10 @@
 """When the landmark encoding's kNN runs as a Triton kernel, and the fallback to the torch reference.
 
-``GaussianLandmarkEncoding.knn`` (``pipeline.stage2.field``) asks :func:`fast_knn` first when its points are on
+``GaussianLandmarkEncoding.knn`` (``pipeline.stage2.nerf.field``) asks :func:`fast_knn` first when its points are on
 a CUDA device and the field's backend is ``auto`` or ``triton``. It returns the k nearest landmarks from the
 kernel of ``landmark_triton_kernels`` (0.39 ms against 157 ms for the reference's ``cdist`` + ``topk`` on 1M
 points on an H200, BENCHMARKS.md), or ``None`` where the kernel cannot run and the caller computes the reference instead: no
-CUDA or no importable ``triton`` (:func:`~pipeline.stage2.encoding_triton.module_status`), CPU tensors, or a
+CUDA or no importable ``triton`` (:func:`~pipeline.stage2.nerf.kernels.hash_grid_triton.module_status`), CPU tensors, or a
 kernel that failed to compile or run in a probe on 256 points the first time a geometry (``k`` and the
 number of landmarks) meets a device. On a GPU a reason is warned about once per process; a CUDA
 out-of-memory error is raised, not hidden. The rest of the encoding stays in torch: a fused Triton forward
@@ -17,9 +17,9 @@ import importlib
 
 import torch
 
-from .encoding_triton import module_status, run_probe, warn_once
+from pipeline.stage2.nerf.kernels.hash_grid_triton import module_status, run_probe, warn_once
 
-KERNELS_MODULE = "pipeline.stage2.landmark_triton_kernels"
+KERNELS_MODULE = "pipeline.stage2.nerf.kernels.landmark_triton_kernels"
 _PROBED: dict[tuple, str | None] = {}
 
 
