@@ -38,7 +38,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from pipeline import dlib_lmd, evaluate_plots
 from pipeline.core import media
@@ -52,6 +51,7 @@ from pipeline.evaluate_table import run_table
 from pipeline.preprocess.au_signals import au45_subject_scale
 from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
                                    mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
+from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.evaluate")
 HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes
@@ -192,7 +192,7 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     pairs = zip(_frames(root / "crop/video.mp4", size, vf, start=t0, n=n, fps=fps), _frames(video, size),
                 _label_rows(root / "parsing/labels.npz", t0, t1))
     i = -1
-    for i, (g, r, lab) in enumerate(tqdm(pairs, total=n, desc="evaluate", unit="frame", mininterval=5, disable=None)):
+    for i, (g, r, lab) in enumerate(progress(pairs, total=n, desc="evaluate", unit="frame", mininterval=5, disable=None)):
         if i >= n:
             raise EvaluateError(video, f"more than the {n} test-split frames")
         if lab.shape[0] != size:

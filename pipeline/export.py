@@ -51,6 +51,7 @@ from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, EXPORT_ERNE
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ExportConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.export")
 
@@ -249,14 +250,12 @@ def write_frame(out: Path, i: int, rgb: np.ndarray, label: np.ndarray, alpha: np
 def stream_frames(files: SubjectFiles, out: Path, n: int, w: int, h: int, bc_bgr: np.ndarray, lms68: np.ndarray,
                   cfg: ExportConfig) -> None:
     """Decode, label and matte rows in lockstep, written ``cfg.chunk`` frames at a time (bounded memory)."""
-    from tqdm import tqdm
-
     end = object()
     video = media.iter_frames(files.video, w, h, chunk=cfg.chunk)
     labels = npz_iter_rows(files.labels, "labels", cfg.chunk)
     alphas = npz_iter_rows(files.torso, "alpha", cfg.chunk)
     with closing(video), closing(labels), closing(alphas), ThreadPoolExecutor(max(1, cfg.workers)) as pool, \
-            tqdm(total=n, desc="export frames", unit="frame") as bar:
+            progress(total=n, desc="export frames", unit="frame") as bar:
         rows = zip_longest(_rows(video), _rows(labels), _rows(alphas), fillvalue=end)
         i = 0
         while i < n:

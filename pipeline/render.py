@@ -37,9 +37,10 @@ from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, N_LANDMARKS
 from pipeline.core.cli import guarded
 from pipeline.core.config import RenderConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 from pipeline.head_render import Head, load_head
 from pipeline.core.device import peak_memory, reset_peak, resolve_device
-from pipeline.torso import Torso, progress, read_poses
+from pipeline.torso import Torso, read_poses
 from pipeline.torso import load as load_torso
 
 log = logging.getLogger("pipeline.render")
@@ -166,7 +167,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
     jumps: list[float] = []
     reset_peak(dev)
     t_start = time.perf_counter()
-    for s in progress(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch"):
+    for s in progress(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch", mininterval=5, disable=None):
         sl = slice(s, s + cfg.batch_frames)
         pre, h_a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
                                scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)

@@ -41,6 +41,7 @@ from pipeline.core.artifacts import (TORSO_METRICS, TORSO_MODEL, TORSO_POSE_COLU
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TorsoConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 from pipeline.core.device import resolve_device
 
 log = logging.getLogger("pipeline.torso")
@@ -48,15 +49,6 @@ log = logging.getLogger("pipeline.torso")
 
 class TorsoError(PipelineError):
     pass
-
-
-def progress(iterable, **kwargs):
-    """tqdm when it is installed (GPU machines may not have it), else the iterable itself."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, mininterval=5, disable=None, **kwargs)
 
 
 # ----------------------------------------------------------------------------- network
@@ -312,7 +304,7 @@ def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, t
                            cfg.style_dim, cfg.flow_scale).to(device)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
-            for step in progress(range(cfg.steps), desc="train_torso"):
+            for step in progress(range(cfg.steps), desc="train_torso", mininterval=5, disable=None):
                 idx = rng.choice(train, size=min(cfg.batch, len(train)), replace=False)
                 x, a_true = batch_tensors(rgb, alpha, idx, device)
                 p_rgb, p_a = net(poses_z[np.sort(idx)])

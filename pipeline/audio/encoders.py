@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.core.config import AudioConfig
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.audio.encoders")
 
@@ -109,7 +110,6 @@ def _do_normalize(path: Path, model) -> bool:
 
 def transformer_features(y: np.ndarray, n_feat: int, cfg: AudioConfig) -> np.ndarray:
     import torch
-    from tqdm import tqdm
 
     model = load_transformer(cfg.checkpoint, cfg.encoder)
     device = _device(cfg.device)
@@ -123,7 +123,7 @@ def transformer_features(y: np.ndarray, n_feat: int, cfg: AudioConfig) -> np.nda
     ctx = 100  # 2 s of context each side of a chunk
     parts = []
     with torch.inference_mode():
-        for a in tqdm(range(0, n_feat, chunk), desc=f"{cfg.encoder}", unit="chunk", disable=n_feat <= chunk):
+        for a in progress(range(0, n_feat, chunk), desc=f"{cfg.encoder}", unit="chunk", disable=n_feat <= chunk):
             b = min(a + chunk, n_feat)
             s0 = max(a - ctx, 0)
             e = min(b + ctx, n_feat)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media
@@ -35,6 +34,7 @@ from pipeline.core.artifacts import CROP_BOXES, CROP_META, INGEST_META, Provenan
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import CropConfig, from_mapping
 from pipeline.core.errors import PipelineError, format_ranges
+from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.preprocess.crop")
 
@@ -68,7 +68,7 @@ def detect_faces(video: Path, width: int, height: int, n_frames: int, cfg: CropC
     # select keeps frames 0, k, 2k ...; setpts renumbers them so ffmpeg neither drops nor duplicates any
     vf = f"select=not(mod(n\\,{k})),setpts=N/({fps}*TB)"
     with vision.FaceDetector.create_from_options(options) as detector, \
-            tqdm(total=expected, desc="detect faces", unit="frame", leave=False) as bar:
+            progress(total=expected, desc="detect faces", unit="frame", leave=False) as bar:
         for chunk in media.iter_frames(video, width, height, vf=vf):
             for frame in chunk:
                 dets = detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)))

@@ -32,13 +32,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.core import media
 from pipeline.core.artifacts import CROP_META, INGEST_META, LANDMARKS, Provenance, atomic_output, config_hash
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import LandmarksConfig, from_mapping
 from pipeline.core.errors import format_ranges
+from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.face_landmarker import LandmarksError, init_worker, landmark_chunk
 
@@ -58,17 +58,17 @@ def detect_all(video: Path, size: int, n_frames: int, fps: int, task: Path, cfg:
     bounds = np.linspace(0, n_frames, workers + 1).round().astype(int)
     chunks = [(str(video), size, int(a), int(b), fps, str(task), cfg, None, thumb_step)
               for a, b in zip(bounds[:-1], bounds[1:])]
-    with tqdm(total=n_frames, desc="landmarks", unit="frame") as bar:
+    with progress(total=n_frames, desc="landmarks", unit="frame") as bar:
         if workers == 1:
             parts = [landmark_chunk(*chunks[0][:7], bar.update, thumb_step)]
         else:
             ctx = mp_.get_context("spawn")  # mediapipe's threads do not survive fork()
-            progress = ctx.Queue()
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(progress,)) as pool:
+            done = ctx.Queue()   # frames finished in the workers
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(done,)) as pool:
                 futures = [pool.submit(landmark_chunk, *c) for c in chunks]
                 while not all(f.done() for f in futures):
                     try:
-                        bar.update(progress.get(timeout=0.2))
+                        bar.update(done.get(timeout=0.2))
                     except queue_.Empty:
                         pass
                 parts = [f.result() for f in futures]

@@ -19,6 +19,7 @@ from pipeline.core.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_F
                                      Provenance, config_hash, file_sha256, npz_iter_rows)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage2TrainConfig, stage2_configs
+from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.stage2.cache")
 
@@ -83,8 +84,6 @@ def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2TrainConfig = Stage2TrainConfig(),
         chunk: int = 32) -> dict:
     """Write ``frames.npy``, ``labels.npy`` and ``cache.json`` under ``outdir``; return cache.json's dict."""
-    from tqdm import tqdm
-
     video, labels, outdir = Path(video), Path(labels), Path(outdir)
     try:
         n, h, w = _labels_shape(labels)
@@ -99,7 +98,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
     prov = Provenance(file_sha256(video), config_hash({"image_size": size}))
     with STAGE2_FRAMES.create(outdir / "frames.npy", (n, size, size, 3)) as frames:
         i = 0
-        for block in tqdm(_iter_video(video, w, h, chunk), desc="cache frames", unit="chunk"):
+        for block in progress(_iter_video(video, w, h, chunk), desc="cache frames", unit="chunk"):
             if i + len(block) > n:
                 raise ArtifactError(video, f"more frames than the {n} label maps of {labels}")
             for img in block:

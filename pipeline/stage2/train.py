@@ -34,6 +34,7 @@ from pipeline.core.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPAN
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
 from pipeline.core.device import peak_memory, reset_peak, resolve_device
+from pipeline.core.progress import progress
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip
@@ -76,21 +77,6 @@ class AutocastField:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             sigma, rgb = self.field(x, d, frame, ctx)
         return sigma.float(), rgb.float()
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def progress_bar(total: int, initial: int):
-    """tqdm when installed (the GPU machines may lack it; the log lines carry the progress anyway)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, initial=initial, desc="train_head", unit="step", mininterval=5)
 
 
 def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
@@ -224,7 +210,7 @@ class Trainer:
         budget = tcfg.max_minutes * 60.0
         start, step0, eval_sec, wall0, cpu0 = time.time(), self.step, 0.0, self.wall_prev, time.process_time()
         elapsed = lambda: self.wall_prev + time.time() - start - eval_sec  # noqa: E731
-        bar = progress_bar(tcfg.steps, self.step)
+        bar = progress(total=tcfg.steps, initial=self.step, desc="train_head", unit="step", mininterval=5)
         with ckpt.StopFlag() as stop:
             while self.step < tcfg.steps and not (budget and elapsed() >= budget):
                 self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media
@@ -38,6 +37,7 @@ from pipeline.preprocess.parsing.background import PlateAccumulator
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ParsingConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 from pipeline.preprocess.parsing.geometry import HysteresisMatte, label_frame, shoulder_lines, smooth_landmarks
 
 log = logging.getLogger("pipeline.preprocess.parsing.parse")
@@ -186,7 +186,7 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
     with PersonSegmenter(model) as seg, \
             npz_stream(outdir / "labels.npz", PARSING_LABELS, {"labels": shape}, small, prov) as w_lab, \
             npz_stream(outdir / "torso.npz", PARSING_TORSO, {"alpha": shape}, small, prov) as w_tor, \
-            tqdm(total=n, desc="parsing", unit="frame", disable=None) as bar:
+            progress(total=n, desc="parsing", unit="frame", disable=None) as bar:
         for chunk in media.iter_frames(crop_video, size, size, chunk=cfg.chunk):
             k = min(len(chunk), n - i)
             if k <= 0:

@@ -31,6 +31,7 @@ from pipeline.core.artifacts import (CANONICAL_LANDMARKS, CROP_META, FACE_MODEL,
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TrackingConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.progress import progress
 from pipeline.core.device import resolve_device
 from pipeline.preprocess.tracking import fit as tf
 
@@ -105,7 +106,6 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
     """
     import torch
     from threadpoolctl import threadpool_limits
-    from tqdm import tqdm
 
     from pipeline.preprocess.tracking import plots as tracking_plots
 
@@ -125,8 +125,8 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        with threadpool_limits(max(1, threads)), tqdm(total=cfg.iters, desc="track_face L-BFGS", unit="eval",
-                                                      mininterval=5, disable=None) as bar:
+        with threadpool_limits(max(1, threads)), progress(total=cfg.iters, desc="track_face L-BFGS", unit="eval",
+                                                          mininterval=5, disable=None) as bar:
             init = tf.closed_form_init(obs, mesh)
             model = tf.build_model(init, mesh, weight, N_EXPR)
             res = tf.fit(obs[..., :2], weight, model, init, cfg.focal_init * W, cx, cy, wts, iters=cfg.iters,
