@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.core.config import RenderConfig, Stage2ModelConfig  # noqa: E402
 from pipeline.head_render import untrained_head  # noqa: E402
 from pipeline.render import Drive, Scene, synthesize  # noqa: E402
-from pipeline.torso import Torso, TorsoNet  # noqa: E402
+from pipeline.torso.model import Torso, TorsoNet  # noqa: E402
 
 TINY = dict(levels=4, log2_hashmap_size=12, finest_resolution=64, hidden_dim=16, num_layers=2, hidden_dim_color=16,
             landmark_k=4, landmark_feat_dim=8, audio_dim=8, occupancy_resolution=16)

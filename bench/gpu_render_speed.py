@@ -27,8 +27,8 @@ from pipeline import compositing
 from pipeline.core.config import RenderConfig
 from pipeline.head_render import Head, load_head
 from pipeline.render import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
-from pipeline.torso import Torso
-from pipeline.torso import load as load_torso
+from pipeline.torso.model import Torso
+from pipeline.torso.model import load as load_torso
 
 # (frames per call, rays per renderer call, samples per ray a marching round, samples per field call)
 SETTINGS = [(1, 1 << 14, 8, 1 << 18),    # the render default before this benchmark: 16 chunks per frame

@@ -4,7 +4,7 @@ All images are torch tensors ``[B, C, H, W]`` in [0, 1] on any device (the rende
 GPU when there is one). Layers:
 
 * background ``bg [B|1, 3, H, W]`` (parsing/background.png);
-* torso ``torso_rgb [B, 3]``, ``torso_a [B, 1]`` (pipeline.torso: torso + neck, head removed);
+* torso ``torso_rgb [B, 3]``, ``torso_a [B, 1]`` (pipeline.torso.model: torso + neck, head removed);
 * head ``head_pre [B, 3]`` *premultiplied* colour (the volume renderer's output over a black background)
   and ``head_a [B, 1]`` (its accumulated opacity).
 

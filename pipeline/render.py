@@ -40,8 +40,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.progress import progress
 from pipeline.head_render import Head, load_head
 from pipeline.core.device import peak_memory, reset_peak, resolve_device
-from pipeline.torso import Torso, read_poses
-from pipeline.torso import load as load_torso
+from pipeline.torso.model import Torso, read_poses
+from pipeline.torso.model import load as load_torso
 
 log = logging.getLogger("pipeline.render")
 FPS = 25

@@ -31,8 +31,8 @@ FAST = dict(size=SIZE, threads=1, early_stop_eps=0.0)
 @pytest.fixture(scope="module")
 def subject(processed, tmp_path_factory) -> Path:
     """A results/<s>-like folder: preprocessing (shared cache), audio features, tiny stage 1, torso."""
-    from pipeline import torso
     from pipeline.audio import features as audio_features
+    from pipeline.torso import train as torso
     from pipeline.core.config import Stage1Config, TorsoConfig
     from pipeline.stage1 import predict, train
 
@@ -69,7 +69,7 @@ def head(subject):
 
 
 def test_torso_beats_mean_torso(subject):
-    from pipeline import torso
+    from pipeline.torso import model as torso
 
     m = json.loads((subject / "torso/metrics.json").read_text())
     print(f"torso test PSNR {m['psnr_torso_db']:.2f} dB vs mean torso {m['psnr_torso_mean_db']:.2f} dB; "
@@ -87,7 +87,8 @@ def test_torso_beats_mean_torso(subject):
 
 def test_soft_compositing_hides_the_neck_seam(subject):
     """Head layer = the real frame's head pixels, torso = the model, over the plate: soft < hard seam jump."""
-    from pipeline import compositing, torso
+    from pipeline import compositing
+    from pipeline.torso import model as torso
     from pipeline.core.artifacts import LABEL_FACE, PARSING_LABELS
     from pipeline.core.media import iter_frames
     from pipeline.render import load_scene

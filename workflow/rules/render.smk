@@ -1,45 +1,11 @@
-# Torso model and the final videos (pipeline/torso.py, pipeline/render.py):
-#   results/{subject}/torso/{torso.pt,torso.json,metrics.json}
+# The final videos (pipeline/render.py; the torso model comes from torso.smk):
 #   results/{subject}/video.mp4 (+ video.json)          test split, re-synthesised from its own audio
 #   results/{subject}/drive/{clip}.mp4 (+ {clip}.json)  any data/audio/{clip}.wav
 # Frame synthesis needs torch/numpy/opencv only; to render on a GPU machine without ffmpeg, call
 # `python -m pipeline.render video --out X.frames.npz ...` there and `python -m pipeline.render mux` here.
 
 
-RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso", "core/media", "stage2/data") + NERF_CODE
-
-
-rule train_torso:
-    """Pose-modulated U-Net: head pose -> torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
-    input:
-        video="results/{subject}/crop/video.mp4",
-        torso="results/{subject}/parsing/torso.npz",
-        background="results/{subject}/parsing/background.png",
-        tracks="results/{subject}/tracking/tracks.parquet",
-        transforms="results/{subject}/tracking/transforms.json",
-        code=code("torso"),
-    output:
-        model="results/{subject}/torso/torso.pt",
-        meta="results/{subject}/torso/torso.json",
-        metrics="results/{subject}/torso/metrics.json",
-    params:
-        cfg=lambda wc: stage_config("torso"),
-    log:
-        "logs/train_torso/{subject}.log",
-    conda:
-        "../../envs/train.yaml"
-    benchmark:
-        "benchmarks/train_torso/{subject}.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=lambda wc: 0 if config["torso"]["device"] == "cpu" else 1,
-    shell:
-        "python -m pipeline.torso --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
-        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir results/{wildcards.subject}/torso"
-        " --config {params.cfg:q} > {log:q} 2>&1"
-
+RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso/model", "core/media", "stage2/data") + NERF_CODE
 
 RENDER_SUBJECT_INPUTS = dict(
     head="results/{subject}/stage2/head.json",

@@ -56,8 +56,8 @@ STAGE2_METRICS = JsonSpec(
     },
 )
 
-# --- torso (pipeline/torso.py) --------------------------------------------------------------
-# torso/torso.pt: torch state_dict of pipeline.torso.TorsoNet (weights only; the train-split mean torso
+# --- torso (pipeline/torso/) ----------------------------------------------------------------
+# torso/torso.pt: torch state_dict of pipeline.torso.model.TorsoNet (weights only; the train-split mean torso
 # RGBA it refines is a buffer of the net); torso/torso.json: its constructor arguments + pose normalisation.
 TORSO_POSE_COLUMNS = ("yaw_rad", "pitch_rad", "roll_rad", "tx", "ty", "tz")  # tracks.parquet columns, in order
 TORSO_MODEL = JsonSpec(

@@ -153,7 +153,7 @@ def stage2_configs(data: Mapping[str, Any] | str | None) -> tuple[Stage2ModelCon
 
 @dataclass(frozen=True)
 class TorsoConfig:
-    """train_torso (pipeline/torso.py): pose-modulated U-Net from head pose to the torso+neck RGBA."""
+    """train_torso (pipeline/torso/): pose-modulated U-Net from head pose to the torso+neck RGBA."""
 
     image_size: int = 128           # network resolution (square); the RGBA is upsampled to the crop size
     base_channels: int = 32         # channels of the first U-Net level (doubling per level, capped at 8x)

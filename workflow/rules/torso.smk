@@ -1,0 +1,34 @@
+# The torso model (pipeline/torso/: train.py the rule, model.py the network the render loads):
+#   results/{subject}/torso/{torso.pt,torso.json,metrics.json}
+
+
+rule train_torso:
+    """Pose-modulated U-Net: head pose -> torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
+    input:
+        video="results/{subject}/crop/video.mp4",
+        torso="results/{subject}/parsing/torso.npz",
+        background="results/{subject}/parsing/background.png",
+        tracks="results/{subject}/tracking/tracks.parquet",
+        transforms="results/{subject}/tracking/transforms.json",
+        code=code("torso/train", "torso/model"),
+    output:
+        model="results/{subject}/torso/torso.pt",
+        meta="results/{subject}/torso/torso.json",
+        metrics="results/{subject}/torso/metrics.json",
+    params:
+        cfg=lambda wc: stage_config("torso"),
+    log:
+        "logs/train_torso/{subject}.log",
+    conda:
+        "../../envs/train.yaml"
+    benchmark:
+        "benchmarks/train_torso/{subject}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=lambda wc: 0 if config["torso"]["device"] == "cpu" else 1,
+    shell:
+        "python -m pipeline.torso.train --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
+        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir results/{wildcards.subject}/torso"
+        " --config {params.cfg:q} > {log:q} 2>&1"
