@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stage2.nerf.kernels import hash_grid_triton as ET  # noqa: E402
 from pipeline.stage2.nerf.encoding import HashGridSpec, TorchHashGrid  # noqa: E402
 from pipeline.stage2.nerf.field import mlp  # noqa: E402
+from pipeline.stage2.nerf.kernels import hash_grid_triton as ET  # noqa: E402
 
 
 CUDA = True  # False only for a CPU smoke run of this script (--device cpu, kernels under TRITON_INTERPRET=1)

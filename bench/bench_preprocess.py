@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.preprocess import crop, face_landmarker, ingest, landmarks
-from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core.artifacts import CROP_META
 from pipeline.core.config import CropConfig, LandmarksConfig
+from pipeline.preprocess import crop, face_landmarker, ingest, landmarks
+from pipeline.preprocess import mediapipe_models as mp_models
 
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.preprocess.tracking import track as tracking
 from pipeline.core.config import TrackingConfig
+from pipeline.preprocess.tracking import track as tracking
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ import torch
 from pipeline.core.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
                                      STAGE2_LABELS, Provenance)
 from pipeline.core.config import RenderConfig
-from pipeline.head_render import load_head
 from pipeline.core.metrics import psnr, ssim
-from pipeline.render import load_scene, test_drive
+from pipeline.render.head import load_head
+from pipeline.render.video import load_scene, test_drive
 
 EDGE_PX = 6   # width of the band along the head outline whose error is reported apart
 

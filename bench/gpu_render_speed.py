@@ -3,13 +3,13 @@
     PYTHONPATH=. python bench/gpu_render_speed.py --subject-dir S --out OUT [--frames 24] [--size 512]
 
 S is a subject directory with a trained head (``stage2/head.pt``, ``head.json``, ``occupancy.npz``) and what
-``pipeline.render.test_drive`` reads. For each setting (frames per call, rays per renderer call, samples a
+``pipeline.render.video.test_drive`` reads. For each setting (frames per call, rays per renderer call, samples a
 marching round, samples per field call) it renders the first ``--frames`` test frames head-only (the
 render default: the head's samples per ray, early stop 1e-3), CUDA-synchronised, and reports frames/s and
 the largest colour / opacity difference to the first setting (the settings change only the batching, so
 the images must agree to float rounding). Then one ``torch.profiler`` pass over 4 frames with the fastest
 setting lists the CUDA kernels and CPU operators by total time. Where S has a trained torso (``torso/``),
-the whole synthesis (``pipeline.render.synthesize``: head, torso, soft compositing, the seam measure, uint8
+the whole synthesis (``pipeline.render.video.synthesize``: head, torso, soft compositing, the seam measure, uint8
 frames on the host) is timed over the same frames, and split into those parts with a CUDA synchronisation
 after each. Writes ``OUT/render_speed.json`` and ``OUT/render_profile.txt``.
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline import compositing
 from pipeline.core.config import RenderConfig
-from pipeline.head_render import Head, load_head
-from pipeline.render import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
+from pipeline.render import compositing
+from pipeline.render.head import Head, load_head
+from pipeline.render.video import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
 from pipeline.torso.model import Torso
 from pipeline.torso.model import load as load_torso
 

@@ -22,10 +22,10 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.preprocess.parsing import parse as parsing  # noqa: E402
 from pipeline.core import media  # noqa: E402
 from pipeline.core.artifacts import LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, PARSING_LABELS  # noqa: E402
 from pipeline.core.config import CropConfig, ParsingConfig, from_mapping  # noqa: E402
+from pipeline.preprocess.parsing import parse as parsing  # noqa: E402
 from pipeline.preprocess.parsing.geometry import inner_lip_distance  # noqa: E402
 
 CLIPS = ["talk_dfrf_cnn_en", "talk_dfrf_macron_fr", "talk_mimictalk_german_de", "talk_mimictalk_trump_en",

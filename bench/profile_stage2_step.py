@@ -26,8 +26,8 @@ import torch
 import yaml
 
 from pipeline.core.config import stage2_configs
-from pipeline.stage2.data import SubjectData
 from pipeline.core.device import resolve_device
+from pipeline.stage2.data import SubjectData
 from pipeline.stage2.train import Trainer, setup_torch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Rules ``evaluate`` (per subject) and ``benchmark_table`` (all subjects): how good is the talking head?
 
-``subject``: ``video.mp4`` (the test split re-synthesised by pipeline.render) against the ground-truth
+``subject``: ``video.mp4`` (the test split re-synthesised by pipeline.render.video) against the ground-truth
 test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeline.core.artifacts.EVAL_METRICS`),
 ``eval/frames.parquet`` (:data:`~pipeline.core.artifacts.EVAL_FRAMES`) and ``eval/plots/*.png``
 (:mod:`pipeline.evaluate_plots`). The metrics, as in the ER-NeRF / TalkingGaussian tables:
@@ -47,11 +47,11 @@ from pipeline.core.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_MET
 from pipeline.core.cli import guarded
 from pipeline.core.config import EvaluateConfig, LandmarksConfig, from_mapping
 from pipeline.core.errors import PipelineError
-from pipeline.evaluate_table import run_table
-from pipeline.preprocess.au_signals import au45_subject_scale
 from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
                                    mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 from pipeline.core.progress import progress
+from pipeline.evaluate_table import run_table
+from pipeline.preprocess.au_signals import au45_subject_scale
 
 log = logging.getLogger("pipeline.evaluate")
 HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes

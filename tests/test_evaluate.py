@@ -4,7 +4,7 @@ the Snakemake report over the evaluation.
 
 The constructed renders stand in for ``video.mp4`` (the real one needs a trained head): the test split of the crop
 video, the mouth region stretched vertically about the inner lips, the test-split audio muxed, as
-pipeline.render writes it.
+pipeline.render.video writes it.
 """
 
 from __future__ import annotations

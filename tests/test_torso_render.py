@@ -58,7 +58,7 @@ def subject(processed, tmp_path_factory) -> Path:
 def head(subject):
     from pipeline.core.artifacts import AUDIO_FEATURES, CANONICAL_LANDMARKS
     from pipeline.core.config import Stage2ModelConfig
-    from pipeline.head_render import untrained_head
+    from pipeline.render.head import untrained_head
 
     lms = CANONICAL_LANDMARKS.read(subject / "tracking/canonical.npz")["landmarks"]
     dim = AUDIO_FEATURES.read(subject / "audio/self.npz")["features"].shape[-1]
@@ -87,11 +87,11 @@ def test_torso_beats_mean_torso(subject):
 
 def test_soft_compositing_hides_the_neck_seam(subject):
     """Head layer = the real frame's head pixels, torso = the model, over the plate: soft < hard seam jump."""
-    from pipeline import compositing
+    from pipeline.render import compositing
     from pipeline.torso import model as torso
     from pipeline.core.artifacts import LABEL_FACE, PARSING_LABELS
     from pipeline.core.media import iter_frames
-    from pipeline.render import load_scene
+    from pipeline.render.video import load_scene
 
     scene = load_scene(subject)
     t0, t1 = scene.split["test"]
@@ -120,7 +120,7 @@ def test_soft_compositing_hides_the_neck_seam(subject):
 
 
 def test_drive_videos_match_the_audio(subject, head):
-    from pipeline import render
+    from pipeline.render import video as render
     from pipeline.core import media
     from pipeline.core.config import RenderConfig
 
@@ -140,10 +140,10 @@ def test_drive_videos_match_the_audio(subject, head):
 
 
 def test_test_split_video(subject, head):
-    from pipeline import render
+    from pipeline.render import video as render
     from pipeline.core import media
     from pipeline.core.config import RenderConfig
-    from pipeline.render import load_scene
+    from pipeline.render.video import load_scene
 
     out = subject / "video.mp4"
     stats = render.run_video(subject, out, RenderConfig(**FAST), head=head)
@@ -159,7 +159,7 @@ def test_test_split_video(subject, head):
 
 def test_frames_npz_then_mux(subject, head, tmp_path):
     """The GPU-machine path: frames to an npz without ffmpeg, muxed afterwards."""
-    from pipeline import render
+    from pipeline.render import video as render
     from pipeline.core import media
     from pipeline.core.config import RenderConfig
 
@@ -170,7 +170,7 @@ def test_frames_npz_then_mux(subject, head, tmp_path):
 
 
 def test_motion_replay_and_blinks():
-    from pipeline import motion
+    from pipeline.render import motion
 
     idx = motion.mirror_loop(10, 14, 12)
     assert idx.tolist() == [10, 11, 12, 13, 12, 11, 10, 11, 12, 13, 12, 11]

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media
 from pipeline.core.artifacts import CROP_BOXES, CROP_META, INGEST_META, Provenance, atomic_output, config_hash
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import CropConfig, from_mapping
 from pipeline.core.errors import PipelineError, format_ranges
 from pipeline.core.progress import progress
+from pipeline.preprocess import mediapipe_models as mp_models
 
 log = logging.getLogger("pipeline.preprocess.crop")
 

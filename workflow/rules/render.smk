@@ -1,11 +1,12 @@
-# The final videos (pipeline/render.py; the torso model comes from torso.smk):
+# The final videos (pipeline/render/: video.py the rules, head, compositing, motion; the torso model from torso.smk):
 #   results/{subject}/video.mp4 (+ video.json)          test split, re-synthesised from its own audio
 #   results/{subject}/drive/{clip}.mp4 (+ {clip}.json)  any data/audio/{clip}.wav
 # Frame synthesis needs torch/numpy/opencv only; to render on a GPU machine without ffmpeg, call
 # `python -m pipeline.render video --out X.frames.npz ...` there and `python -m pipeline.render mux` here.
 
 
-RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso/model", "core/media", "stage2/data") + NERF_CODE
+RENDER_CODE = code("render/__main__", "render/video", "render/compositing", "render/motion", "render/head",
+                   "torso/model", "core/media", "stage2/data") + NERF_CODE
 
 RENDER_SUBJECT_INPUTS = dict(
     head="results/{subject}/stage2/head.json",

@@ -85,7 +85,7 @@ TORSO_METRICS = JsonSpec(
     },
 )
 
-# --- render (pipeline/render.py) ------------------------------------------------------------
+# --- render (pipeline/render/) -----------------------------------------------------------------
 # video.mp4 (test split re-synthesised from its own audio) and drive/<clip>.mp4 (any driving wav):
 # H.264 yuv420p, 25 fps, render.size (crop size by default), AAC audio of exactly the rendered span.
 # Frames rendered where ffmpeg is absent (GPU machines) go to an npz first, muxed later on the CPU side:

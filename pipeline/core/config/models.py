@@ -182,7 +182,7 @@ class TorsoConfig:
 
 @dataclass(frozen=True)
 class RenderConfig:
-    """render_video / drive_video (pipeline/render.py, pipeline/compositing.py, pipeline/motion.py)."""
+    """render_video / drive_video (pipeline/render/: video.py, compositing.py, motion.py)."""
 
     size: int = 0                   # output width = height in px (0 = the crop size)
     num_samples: int = 0            # samples per ray of the head (0 = the trained head's stage2.num_samples)

@@ -28,16 +28,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media
 from pipeline.core.artifacts import (LABEL_NECK, LABEL_TORSO, LANDMARKS, N_LANDMARKS, PARSING_LABEL_NAMES,
                                      PARSING_LABELS, PARSING_STATS, PARSING_TORSO, Provenance, atomic_output,
                                      config_hash, file_sha256, fixed_list_column, npz_stream, read_provenance)
-from pipeline.preprocess.parsing.background import PlateAccumulator
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ParsingConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import progress
+from pipeline.preprocess import mediapipe_models as mp_models
+from pipeline.preprocess.parsing.background import PlateAccumulator
 from pipeline.preprocess.parsing.geometry import HysteresisMatte, label_frame, shoulder_lines, smooth_landmarks
 
 log = logging.getLogger("pipeline.preprocess.parsing.parse")

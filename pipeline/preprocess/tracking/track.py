@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core.artifacts import (CANONICAL_LANDMARKS, CROP_META, FACE_MODEL, INGEST_META, LANDMARKS, N_EXPR,
                                      N_LANDMARKS, TRACKING_METRICS, TRACKS, TRANSFORMS, Provenance, atomic_output,
                                      config_hash, fixed_list_column, read_provenance)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TrackingConfig, from_mapping
+from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import progress
-from pipeline.core.device import resolve_device
+from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.tracking import fit as tf
 
 log = logging.getLogger("pipeline.preprocess.tracking.track")

@@ -7,7 +7,7 @@ and maps its translation the same way (a similarity, so rays stay rays).
 ``Head.render(c2w, landmarks, audio, au45, focal, cx, cy, size)`` renders B frames at ``size``² (the
 intrinsics are given at the crop size and rescaled; the rays of all B frames are marched together, ``ray_chunk``
 at a time) and returns the *premultiplied* colour (over black)
-``[B, 3, S, S]`` and the accumulated opacity ``[B, 1, S, S]``: the head layer of pipeline.compositing.
+``[B, 3, S, S]`` and the accumulated opacity ``[B, 1, S, S]``: the head layer of pipeline.render.compositing.
 
 ``load_head(stage2_dir)`` reads the trained head (``stage2/head.json`` + weights-only ``stage2/head.pt``);
 ``untrained_head(...)`` builds the same kind of field with random weights (tests of the render path
@@ -26,8 +26,8 @@ import torch
 from pipeline.core.artifacts import STAGE2_HEAD, STAGE2_OCCUPANCY
 from pipeline.core.config import Stage2ModelConfig, from_mapping
 from pipeline.core.errors import PipelineError
-from pipeline.stage2.nerf import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
 from pipeline.stage2.data import HeadSpace
+from pipeline.stage2.nerf import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
 
 
 class HeadError(PipelineError):

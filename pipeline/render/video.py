@@ -6,7 +6,7 @@
   composited over the background plate; muxed with the test-split slice of ``ingest/audio.wav``.
 * ``drive`` (results/<s>/drive/<clip>.mp4): any ``data/audio/<clip>.wav``. Landmarks from
   ``stage1/pred/<clip>.parquet``; poses replayed from the track, mirror-looped over the train frames and
-  smoothed (pipeline.motion); blinks sampled from the subject's AU45 statistics; length = the audio's,
+  smoothed (pipeline.render.motion); blinks sampled from the subject's AU45 statistics; length = the audio's,
   ``round(duration x 25)`` frames.
 * ``mux``: frames rendered into an npz (:data:`~pipeline.core.artifacts.RENDER_FRAMES`, the ``--out *.npz`` form,
   for GPU machines without ffmpeg) -> mp4 with audio, on the CPU side.
@@ -31,19 +31,19 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline import compositing, motion
 from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, N_LANDMARKS, RENDER_FRAMES, RENDER_STATS,
                                      STAGE1_PRED, TRANSFORMS, Provenance, config_hash, fixed_list_column, npz_stream)
 from pipeline.core.cli import guarded
 from pipeline.core.config import RenderConfig, from_mapping
+from pipeline.core.device import peak_memory, reset_peak, resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import progress
-from pipeline.head_render import Head, load_head
-from pipeline.core.device import peak_memory, reset_peak, resolve_device
+from pipeline.render import compositing, motion
+from pipeline.render.head import Head, load_head
 from pipeline.torso.model import Torso, read_poses
 from pipeline.torso.model import load as load_torso
 
-log = logging.getLogger("pipeline.render")
+log = logging.getLogger("pipeline.render.video")
 FPS = 25
 
 
