@@ -12,7 +12,7 @@ frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.c
   the render defaults: ``batch_frames`` frames a call), and the head + torso speed recorded by the render (``video.json``);
 * ``error_map.png``: the mean absolute error over the test frames (0 black .. 0.15 yellow), and in
   ``render_eval.json`` ``regions``: the error per parsing class and in the head's outline band (:func:`score`);
-* ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate``
+* ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate.subject``
   on the CPU machine (``frames_to_npz`` below).
 """
 

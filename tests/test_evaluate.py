@@ -197,7 +197,7 @@ def workdir(processed, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(workdir) -> dict[float, dict]:
     """evaluate.run on renders with no, a small and a large mouth warp."""
-    from pipeline import evaluate
+    from pipeline.evaluate import subject as evaluate
 
     root = workdir / "results" / CLIP
     out = {}
@@ -239,7 +239,7 @@ def test_lmd_flavours_agree_on_the_ranking(evaluated):
 
 
 def test_benchmark_table_any_subjects(evaluated, tmp_path):
-    from pipeline import evaluate
+    from pipeline.evaluate import table
 
     paths = []
     for amount, name in ((0.0, "clean"), (0.4, "warped")):
@@ -248,7 +248,7 @@ def test_benchmark_table_any_subjects(evaluated, tmp_path):
         p = tmp_path / name / "metrics.json"
         EVAL_METRICS.write(p, {k: v for k, v in doc.items() if k != "provenance"})
         paths.append(p)
-    rows = evaluate.run_table(paths, tmp_path / "b.md", tmp_path / "b.csv")
+    rows = table.run(paths, tmp_path / "b.md", tmp_path / "b.csv")
     assert [r["subject"] for r in rows] == ["clean", "warped"]
     md = (tmp_path / "b.md").read_text()
     assert "LMD dlib-68" in md and "| clean |" in md and "no metrics.json of stage2" in md and "LPIPS unavailable" in md

@@ -1,9 +1,10 @@
-# Evaluation of the rendered test split (pipeline/evaluate.py) and the benchmark table over subjects.
+# Evaluation of the rendered test split (pipeline/evaluate/subject.py) and the benchmark table over subjects
+# (pipeline/evaluate/table.py).
 #   results/{subject}/eval/{metrics.json,frames.parquet,plots/*.png}
 #   results/benchmark.{md,csv}     one row per subject (config benchmark_subjects, empty = every subject)
 # Outputs marked report() appear in `snakemake --report report.html` (captions in workflow/report/).
 
-EVAL_CODE = code("evaluate", "evaluate_plots", "evaluate_table", "dlib_lmd", "core/metrics", "core/media",
+EVAL_CODE = code("evaluate/subject", "evaluate/plots", "evaluate/dlib68", "core/metrics", "core/media",
                  "preprocess/face_landmarker", "preprocess/mediapipe_models", "preprocess/au_signals")
 
 
@@ -49,7 +50,7 @@ rule evaluate:
         mem_mb=3000,
         runtime=60,
     shell:
-        "python -m pipeline.evaluate subject --subject-dir results/{wildcards.subject} --video {input.video:q}"
+        "python -m pipeline.evaluate.subject --subject-dir results/{wildcards.subject} --video {input.video:q}"
         " --outdir results/{wildcards.subject}/eval --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -57,7 +58,7 @@ rule benchmark_table:
     """One row per subject, as in the ER-NeRF / TalkingGaussian tables (markdown with notes, and CSV)."""
     input:
         metrics=benchmark_metrics,
-        code=code("evaluate", "evaluate_table"),
+        code=code("evaluate/table"),
     output:
         md="results/benchmark.md",
         csv=report("results/benchmark.csv", caption="../report/benchmark.rst", category="Benchmark"),
@@ -70,5 +71,5 @@ rule benchmark_table:
         mem_mb=500,
         runtime=5,
     shell:
-        "python -m pipeline.evaluate table --metrics {input.metrics:q} --md {output.md:q} --csv {output.csv:q}"
+        "python -m pipeline.evaluate.table --metrics {input.metrics:q} --md {output.md:q} --csv {output.csv:q}"
         " > {log:q} 2>&1"

@@ -127,7 +127,7 @@ RENDER_STATS = JsonSpec(
     },
 )
 
-# --- evaluate (pipeline/evaluate.py) ---------------------------------------------------------
+# --- evaluate (pipeline/evaluate/subject.py) ---------------------------------------------------------
 # eval/frames.parquet: one row per test-split frame of the render vs the ground truth (render size).
 EVAL_FRAMES = TableSpec(
     "eval/frames.parquet",

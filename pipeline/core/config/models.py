@@ -211,7 +211,7 @@ class RenderConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """evaluate / benchmark_table (pipeline/evaluate.py; the sync detector: pipeline.core.metrics.sync_offset)."""
+    """evaluate / benchmark_table (pipeline/evaluate/subject.py; the sync detector: pipeline.core.metrics.sync_offset)."""
 
     sync_band_lo_hz: float = 300.0  # speech band whose energy picks the frames the sync detector compares
     sync_band_hi_hz: float = 3000.0

@@ -1,9 +1,9 @@
-"""Rules ``evaluate`` (per subject) and ``benchmark_table`` (all subjects): how good is the talking head?
+"""Rule ``evaluate``: how good is one subject's talking head?
 
-``subject``: ``video.mp4`` (the test split re-synthesised by pipeline.render.video) against the ground-truth
+``video.mp4`` (the test split re-synthesised by :mod:`pipeline.render.video`) against the ground-truth
 test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeline.core.artifacts.EVAL_METRICS`),
 ``eval/frames.parquet`` (:data:`~pipeline.core.artifacts.EVAL_FRAMES`) and ``eval/plots/*.png``
-(:mod:`pipeline.evaluate_plots`). The metrics, as in the ER-NeRF / TalkingGaussian tables:
+(:mod:`pipeline.evaluate.plots`). The metrics, as in the ER-NeRF / TalkingGaussian tables:
 
 * PSNR / SSIM (:mod:`pipeline.core.metrics`), per frame then averaged: full frame, and the head region
   (parsing labels 3-7: face, hair, lips, mouth, eyes of the ground truth). Frames are compared at the
@@ -13,7 +13,7 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
 * Mouth LMD, px at the render size, each frame's mouth centroid removed: (a) ``lmd_mesh_px`` on the 40 lip
   points of mediapipe's 478-point mesh (FaceLandmarker run on the rendered frames vs the ground truth's
   ``landmarks.parquet``), (b) ``lmd_dlib_px`` on points 48-67 of dlib's 68-point predictor run on both
-  (:mod:`pipeline.dlib_lmd`), the flavour the papers report.
+  (:mod:`pipeline.evaluate.dlib68`), the flavour the papers report.
 * Blinks: AU45 of the render and of the ground truth computed the same way, on the subject's scale (the
   fit and normalisation of ``aus/aus.json``, :func:`pipeline.preprocess.au_signals.au45_subject_scale`), from mediapipe
   on both test splits: blink counts, per-frame AU45 MAE and correlation.
@@ -25,7 +25,8 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
   the audio's: log energy in 7 bands (:func:`pipeline.core.metrics.band_energies`).
 * Render FPS from the render step's ``video.json``; train time from stage 1, stage 2 and torso metrics.
 
-``table``: eval/metrics.json of any set of subjects -> ``benchmark.md`` and ``benchmark.csv``.
+``python -m pipeline.evaluate.subject --subject-dir S --video V --outdir O`` (also ``python -m pipeline.evaluate
+subject ...``); the table over subjects is rule ``benchmark_table`` (:mod:`pipeline.evaluate.table`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline import dlib_lmd, evaluate_plots
+from pipeline.evaluate import dlib68, plots
 from pipeline.core import media
 from pipeline.core.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS,
                                      N_BLENDSHAPES, N_LANDMARKS, RENDER_STATS, TRACKS, JsonSpec, Provenance,
@@ -50,10 +51,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
                                    mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 from pipeline.core.progress import progress
-from pipeline.evaluate_table import run_table
 from pipeline.preprocess.au_signals import au45_subject_scale
 
-log = logging.getLogger("pipeline.evaluate")
+log = logging.getLogger("pipeline.evaluate.subject")
 HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes
 SAMPLE_RATE = 16000
 TRAIN_PARTS = {"stage1": "stage1/metrics.json", "stage2": "stage2/metrics.json", "torso": "torso/metrics.json"}
@@ -181,8 +181,8 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     # pass 1: images (PSNR/SSIM full and head, LPIPS, dlib 68 points, mouth darkness, the strip)
     lp_reason = lpips_status()
     lp = Lpips() if not lp_reason else None
-    dl = dlib_lmd.Dlib68(cfg.dlib_model_path, cfg.dlib_upsample, cfg.dlib_detect_size)
-    gt_state, r_state = dlib_lmd.Tracker(), dlib_lmd.Tracker()
+    dl = dlib68.Dlib68(cfg.dlib_model_path, cfg.dlib_upsample, cfg.dlib_detect_size)
+    gt_state, r_state = dlib68.Tracker(), dlib68.Tracker()
     strip_at = set(np.linspace(0, n - 1, min(cfg.strip_frames, n)).round().astype(int).tolist())
     strip_gt, strip_r = [], []
     cols = {k: np.full(n, np.nan) for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")}
@@ -204,7 +204,7 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
             cols["psnr_head_db"][i], cols["ssim_head"][i] = psnr(g, r, head), float(smap[head].mean())
         if lp is not None:
             cols["lpips"][i] = lp(g, r)
-        pg, pr = dlib_lmd.pair_landmarks(dl, g[None], r[None], gt_pts[i:i + 1], gt_state, r_state)
+        pg, pr = dlib68.pair_landmarks(dl, g[None], r[None], gt_pts[i:i + 1], gt_state, r_state)
         dlib_gt[i], dlib_r[i] = pg[0], pr[0]
         dark_gt[i] = mouth_darkness(g, gt_pts[i])
         if r_det[i]:
@@ -220,7 +220,7 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     lmd_mesh = np.full(n, np.nan)
     for k in np.flatnonzero(both):
         lmd_mesh[k] = mouth_lmd(r_pts[k:k + 1], gt_pts[k:k + 1])
-    lmd_dlib = np.array([mouth_lmd(dlib_r[k:k + 1], dlib_gt[k:k + 1], dlib_lmd.MOUTH_68) for k in range(n)])
+    lmd_dlib = np.array([mouth_lmd(dlib_r[k:k + 1], dlib_gt[k:k + 1], dlib68.MOUTH_68) for k in range(n)])
     mo_gt, mo_r = mouth_opening(gt_pts), mouth_opening(r_pts)
     aus_stats = AUS_STATS.read(root / "aus/aus.json")
     au_gt, blinks_gt = au45_subject_scale(gt_bs, gt_pts, aus_stats, fps)
@@ -282,16 +282,16 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
         "frame_idx": frame_idx, **{k: cols[k] for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")},
         "lmd_mesh_px": lmd_mesh, "lmd_dlib_px": lmd_dlib, "mouth_open_gt": mo_gt, "mouth_open_render": mo_r,
         "au45_gt": au_gt, "au45_render": au_r, "speech_db": env, "render_face": r_det}, prov)
-    plots = outdir / "plots"
+    plot_dir = outdir / "plots"
     tracks = TRACKS.read_pandas(root / "tracking/tracks.parquet")
-    evaluate_plots.plot_psnr(plots / "psnr.png", frame_idx, cols["psnr_db"], cols["psnr_head_db"],
-                             f"{subject}: per-frame PSNR, test split")
-    evaluate_plots.plot_mouth(plots / "mouth.png", frame_idx, mo_gt, np.where(r_det, mo_r, np.nan), env, sync,
-                              f"{subject}: mouth opening, render vs ground truth")
-    evaluate_plots.plot_pose(plots / "pose.png", tracks.yaw_rad.to_numpy(), tracks.pitch_rad.to_numpy(),
-                             tracks.roll_rad.to_numpy(), (t0, t1), f"{subject}: tracked head pose")
-    evaluate_plots.plot_strip(plots / "strip.png", strip_gt, strip_r, [t0 + k for k in sorted(strip_at)],
-                              f"{subject}: ground truth | render | error")
+    plots.plot_psnr(plot_dir / "psnr.png", frame_idx, cols["psnr_db"], cols["psnr_head_db"],
+                    f"{subject}: per-frame PSNR, test split")
+    plots.plot_mouth(plot_dir / "mouth.png", frame_idx, mo_gt, np.where(r_det, mo_r, np.nan), env, sync,
+                     f"{subject}: mouth opening, render vs ground truth")
+    plots.plot_pose(plot_dir / "pose.png", tracks.yaw_rad.to_numpy(), tracks.pitch_rad.to_numpy(),
+                    tracks.roll_rad.to_numpy(), (t0, t1), f"{subject}: tracked head pose")
+    plots.plot_strip(plot_dir / "strip.png", strip_gt, strip_r, [t0 + k for k in sorted(strip_at)],
+                     f"{subject}: ground truth | render | error")
     EVAL_METRICS.write(outdir / "metrics.json", doc, prov)
     log.info("%s: PSNR %s (head %s) SSIM %s LMD mesh %s dlib %s px, sync %s (gt %s), blinks %d/%d, %s fps",
              subject, doc["psnr_db"], doc["psnr_head_db"], doc["ssim"], doc["lmd_mesh_px"], doc["lmd_dlib_px"],
@@ -300,27 +300,14 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Evaluate a subject's rendered test split, or tabulate subjects.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("subject")
-    s.add_argument("--subject-dir", required=True, help="results/<subject>")
-    s.add_argument("--video", required=True, help="the rendered test split (results/<subject>/video.mp4)")
-    s.add_argument("--outdir", required=True)
-    s.add_argument("--config", default="{}", help="the evaluate config section as JSON")
-    t = sub.add_parser("table")
-    t.add_argument("--metrics", nargs="+", required=True, help="results/<subject>/eval/metrics.json ...")
-    t.add_argument("--md", required=True)
-    t.add_argument("--csv", required=True)
+    p = argparse.ArgumentParser(description="Evaluate a subject's rendered test split against the ground truth.")
+    p.add_argument("--subject-dir", required=True, help="results/<subject>")
+    p.add_argument("--video", required=True, help="the rendered test split (results/<subject>/video.mp4)")
+    p.add_argument("--outdir", required=True)
+    p.add_argument("--config", default="{}", help="the evaluate config section as JSON")
     args = p.parse_args(argv)
-
-    def body() -> None:
-        if args.cmd == "table":
-            run_table(args.metrics, args.md, args.csv)
-        else:
-            run(args.subject_dir, args.video, args.outdir, from_mapping(EvaluateConfig, json.loads(args.config or "{}"),
-                                                                         "evaluate"))
-
-    guarded(body)
+    guarded(lambda: run(args.subject_dir, args.video, args.outdir,
+                        from_mapping(EvaluateConfig, json.loads(args.config or "{}"), "evaluate")))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Rule ``benchmark_table``: the ``eval/metrics.json`` of any set of subjects -> ``results/benchmark.md`` (with
 notes on what is missing and why) and ``results/benchmark.csv``, one row per subject, as in the ER-NeRF /
-TalkingGaussian tables. Called through ``python -m pipeline.evaluate table`` (:mod:`pipeline.evaluate`).
+TalkingGaussian tables. ``python -m pipeline.evaluate.table --metrics M... --md OUT.md --csv OUT.csv`` (also
+``python -m pipeline.evaluate table ...``).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
 from pipeline.core.artifacts import EVAL_METRICS, ArtifactError, atomic_output
+from pipeline.core.cli import guarded
 
 TABLE_COLUMNS = (  # (csv column, markdown header, metrics.json getter, format)
     ("subject", "Subject", lambda m: m["subject"], "{}"),
@@ -28,7 +31,7 @@ TABLE_COLUMNS = (  # (csv column, markdown header, metrics.json getter, format)
 )
 
 
-def run_table(metrics: list[Path | str], out_md: Path | str, out_csv: Path | str) -> list[dict]:
+def run(metrics: list[Path | str], out_md: Path | str, out_csv: Path | str) -> list[dict]:
     """One row per subject's eval/metrics.json -> a markdown table (with notes) and a CSV."""
     docs = sorted((EVAL_METRICS.read(p) for p in metrics), key=lambda m: m["subject"])
     if not docs:
@@ -62,3 +65,16 @@ def run_table(metrics: list[Path | str], out_md: Path | str, out_csv: Path | str
     with atomic_output(out_md) as tmp:
         tmp.write_text("\n".join(lines + notes) + "\n")
     return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Tabulate the eval/metrics.json of any set of subjects.")
+    p.add_argument("--metrics", nargs="+", required=True, help="results/<subject>/eval/metrics.json ...")
+    p.add_argument("--md", required=True)
+    p.add_argument("--csv", required=True)
+    args = p.parse_args(argv)
+    guarded(lambda: run(args.metrics, args.md, args.csv))
+
+
+if __name__ == "__main__":
+    main()

@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.core.artifacts import file_sha256
 from pipeline.core.errors import PipelineError
 
-log = logging.getLogger("pipeline.dlib_lmd")
+log = logging.getLogger("pipeline.evaluate.dlib68")
 
 WHEEL = "face_recognition_models"
 WHEEL_PIN = "face-recognition-models==0.3.0"
