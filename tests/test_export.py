@@ -1,7 +1,7 @@
 """export_ernerf: the exported folder, read back the way ER-NeRF reads it (cv2, json, np.loadtxt, pandas).
 
 The reader below follows ER-NeRF's published conventions (data_utils/process.py, nerf_triplane/provider.py)
-and uses none of pipeline.export's helpers or constants.
+and uses none of pipeline.export.ernerf's helpers or constants.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def subject(processed) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(subject, tmp_path_factory):
-    from pipeline import export
+    from pipeline.export import ernerf as export
 
     out = tmp_path_factory.mktemp("export") / "ernerf"
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def test_export_folder_reads_as_ernerf(subject, exported):
 
 
 def test_export_subset_and_refusal(subject, tmp_path):
-    from pipeline import export
+    from pipeline.export import ernerf as export
     from pipeline.core.config import ConfigError, ExportConfig, from_mapping
     from pipeline.core.errors import PipelineError
 
@@ -181,7 +181,7 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
     """aud_hu.npy only for a HuBERT-large encoder ([N, 2, 1024] as ER-NeRF's hubert.py); others keep their name."""
     import soundfile as sf
 
-    from pipeline import export
+    from pipeline.export import ernerf as export
     from pipeline.core import media
     from pipeline.core.artifacts import AUDIO_FEATURES, Provenance
 

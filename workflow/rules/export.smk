@@ -1,4 +1,4 @@
-# Export of a processed subject in the ER-NeRF / TalkingGaussian dataset layout (pipeline/export.py,
+# Export of a processed subject in the ER-NeRF / TalkingGaussian dataset layout (pipeline/export/ernerf.py,
 # docs/export.md):
 #   results/{subject}/export/ernerf/   ori_imgs/, gt_imgs/, parsing/, torso_imgs/, bc.jpg, transforms_{train,val}.json,
 #                                      au.csv, aud.wav, aud_ours.npy (+ aud_hu.npy with a HuBERT-large encoder)
@@ -20,7 +20,7 @@ rule export_ernerf:
         background="results/{subject}/parsing/background.png",
         audio="results/{subject}/audio/self.npz",
         aus="results/{subject}/aus/aus.parquet",
-        code=code("export", "core/media"),
+        code=code("export/ernerf", "preprocess/au_signals", "core/media"),
     output:
         folder=directory("results/{subject}/export/ernerf"),
         stats="results/{subject}/export/ernerf.json",
@@ -37,5 +37,5 @@ rule export_ernerf:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.export --subject-dir results/{wildcards.subject} --outdir {output.folder:q}"
+        "python -m pipeline.export.ernerf --subject-dir results/{wildcards.subject} --outdir {output.folder:q}"
         " --stats {output.stats:q} --config {params.cfg:q} > {log:q} 2>&1"

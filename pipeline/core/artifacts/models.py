@@ -175,7 +175,7 @@ EVAL_METRICS = JsonSpec(
     },
 )
 
-# --- export (pipeline/export.py, docs/export.md) --------------------------------------------
+# --- export (pipeline/export/ernerf.py, docs/export.md) --------------------------------------------
 # export/ernerf/: the ER-NeRF / TalkingGaussian dataset folder (their format, documented in docs/export.md:
 # ori_imgs/<i>.{jpg,lms}, gt_imgs/<i>.jpg, parsing/<i>.png, torso_imgs/<i>.png, bc.jpg,
 # transforms_{train,val}.json, au.csv, aud.wav, aud_ours.npy [+ aud_hu.npy]). Its stats sit beside it

@@ -243,7 +243,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """export_ernerf (pipeline/export.py, docs/export.md): the ER-NeRF / TalkingGaussian dataset folder."""
+    """export_ernerf (pipeline/export/ernerf.py, docs/export.md): the ER-NeRF / TalkingGaussian dataset folder."""
 
     jpeg_quality: int = 95          # ori_imgs, gt_imgs, bc.jpg (ER-NeRF's ffmpeg -q:v 1 is about 95-100)
     max_frames: int = 0             # export only the first k frames (0 = all); the split is recomputed

@@ -53,7 +53,7 @@ from pipeline.core.config import ExportConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.core.progress import progress
 
-log = logging.getLogger("pipeline.export")
+log = logging.getLogger("pipeline.export.ernerf")
 
 
 class ExportError(PipelineError):
