@@ -17,7 +17,7 @@ rule extract_audio_features:
     wildcard_constraints:
         clip=SUBJECT_PATTERN,
     params:
-        cfg=lambda wc: stage_config("audio"),
+        cfg=stage_config("audio"),
     log:
         "logs/extract_audio_features/{subject}/{clip}.log",
     conda:

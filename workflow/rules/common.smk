@@ -54,9 +54,21 @@ def source_video(wildcards):
     return SUBJECT_VIDEOS.get(wildcards.subject, f"{config['data_dir']}/{wildcards.subject}/{wildcards.subject}.mp4")
 
 
+# "{name}" in a string param is a wildcard to Snakemake (JSON's own braces never look like one)
+_WILDCARD_LIKE = re.compile(r"\{\s*[.\w]+\s*[,}]")
+
+
 def stage_config(section):
-    """One config section as compact JSON, used as a param: changing it re-runs the jobs using it."""
-    return json.dumps(config.get(section, {}), sort_keys=True, separators=(",", ":"))
+    """One config section as compact JSON, given to the rules as a param, evaluated once when they are read
+    (``cfg=stage_config("crop")``); changing it re-runs the jobs using it. A value that looks like a wildcard
+    (``{name}``, e.g. in a path) is handed over through a function, which Snakemake passes on verbatim."""
+    text = json.dumps(config.get(section, {}), sort_keys=True, separators=(",", ":"))
+    return text if not _WILDCARD_LIKE.search(text) else (lambda wildcards: text)
+
+
+def gpus(section):
+    """GPUs a job asks for (SLURM --gpus), from a config section: none when its device is cpu."""
+    return 0 if config[section]["device"] == "cpu" else 1
 
 
 def code(*modules):

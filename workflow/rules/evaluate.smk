@@ -38,7 +38,7 @@ rule evaluate:
         strip=report("results/{subject}/eval/plots/strip.png", caption="../report/eval_strip.rst",
                     category="Evaluation", subcategory="{subject}", labels={"subject": "{subject}", "plot": "strip"}),
     params:
-        cfg=lambda wc: stage_config("evaluate"),
+        cfg=stage_config("evaluate"),
     log:
         "logs/evaluate/{subject}.log",
     conda:

@@ -25,7 +25,7 @@ rule export_ernerf:
         folder=directory("results/{subject}/export/ernerf"),
         stats="results/{subject}/export/ernerf.json",
     params:
-        cfg=lambda wc: stage_config("export"),
+        cfg=stage_config("export"),
     log:
         "logs/export_ernerf/{subject}.log",
     conda:

@@ -11,7 +11,7 @@ rule ingest_video:
         audio="results/{subject}/ingest/audio.wav",
         meta="results/{subject}/ingest/meta.json",
     params:
-        cfg=lambda wc: stage_config("ingest"),
+        cfg=stage_config("ingest"),
     log:
         "logs/ingest_video/{subject}.log",
     conda:
@@ -38,7 +38,7 @@ rule crop_faces:
         boxes="results/{subject}/crop/boxes.parquet",
         crop="results/{subject}/crop/crop.json",
     params:
-        cfg=lambda wc: stage_config("crop"),
+        cfg=stage_config("crop"),
     log:
         "logs/crop_faces/{subject}.log",
     conda:
@@ -65,7 +65,7 @@ rule detect_landmarks:
         landmarks="results/{subject}/landmarks/landmarks.parquet",
         sheet="results/{subject}/landmarks/contact_sheet.png",
     params:
-        cfg=lambda wc: stage_config("landmarks"),
+        cfg=stage_config("landmarks"),
     log:
         "logs/detect_landmarks/{subject}.log",
     conda:
@@ -107,7 +107,7 @@ rule parse_faces:
         sheet="results/{subject}/parsing/contact_sheet.png",
         stats="results/{subject}/parsing/stats.json",
     params:
-        cfg=lambda wc: stage_config("parsing"),
+        cfg=stage_config("parsing"),
     log:
         "logs/parse_faces/{subject}.log",
     conda:
@@ -141,7 +141,7 @@ rule track_face:
         overlay="results/{subject}/tracking/overlay.png",
         pose="results/{subject}/tracking/pose.png",
     params:
-        cfg=lambda wc: stage_config("tracking"),
+        cfg=stage_config("tracking"),
     log:
         "logs/track_face/{subject}.log",
     conda:
@@ -169,7 +169,7 @@ rule extract_aus:
         aus="results/{subject}/aus/aus.parquet",
         stats="results/{subject}/aus/aus.json",
     params:
-        cfg=lambda wc: stage_config("action_units"),
+        cfg=stage_config("action_units"),
     log:
         "logs/extract_aus/{subject}.log",
     conda:

@@ -34,7 +34,7 @@ rule render_video:
         video="results/{subject}/video.mp4",
         stats="results/{subject}/video.json",
     params:
-        cfg=lambda wc: stage_config("render"),
+        cfg=stage_config("render"),
     log:
         "logs/render_video/{subject}.log",
     conda:
@@ -45,7 +45,7 @@ rule render_video:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=lambda wc: 0 if config["render"]["device"] == "cpu" else 1,
+        gpu=gpus("render"),
     shell:
         "python -m pipeline.render video --subject-dir results/{wildcards.subject} --out {output.video:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"
@@ -65,7 +65,7 @@ rule drive_video:
     wildcard_constraints:
         clip="(?!self\\.)[A-Za-z0-9_-]+",  # not "self" (the lookahead sees the ".mp4" that follows)
     params:
-        cfg=lambda wc: stage_config("render"),
+        cfg=stage_config("render"),
     log:
         "logs/drive_video/{subject}/{clip}.log",
     conda:
@@ -76,7 +76,7 @@ rule drive_video:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=lambda wc: 0 if config["render"]["device"] == "cpu" else 1,
+        gpu=gpus("render"),
     shell:
         "python -m pipeline.render drive --subject-dir results/{wildcards.subject} --clip {wildcards.clip}"
         " --wav {input.wav:q} --out {output.video:q} --config {params.cfg:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule pretrain_audio2lmk:
         basis=f"{PRETRAIN_DIR}/basis.npz",
         meta=f"{PRETRAIN_DIR}/model.json",
     params:
-        cfg=lambda wc: stage_config("stage1"),
+        cfg=stage_config("stage1"),
         outdir=lambda wc, output: os.path.dirname(output.model),
     log:
         "logs/pretrain_audio2lmk/all.log",
@@ -46,7 +46,7 @@ rule train_audio2lmk:
         pred="results/{subject}/stage1/pred/self.parquet",
         plot=report("results/{subject}/stage1/mouth_test.png", category="Stage 1", subcategory="{subject}"),
     params:
-        cfg=lambda wc: stage_config("stage1"),
+        cfg=stage_config("stage1"),
         pre=lambda wc, input: f"--pretrained {os.path.dirname(input.pretrained)}" if input.pretrained else "",
     log:
         "logs/train_audio2lmk/{subject}.log",

@@ -22,7 +22,7 @@ rule cache_frames:
         labels="results/{subject}/stage2/labels.npy",
         meta="results/{subject}/stage2/cache.json",
     params:
-        cfg=lambda wc: json.dumps({"image_size": config.get("stage2", {}).get("image_size", 0)}),  # only key it uses
+        cfg=json.dumps({"image_size": config.get("stage2", {}).get("image_size", 0)}),  # the only key it uses
     log:
         "logs/cache_frames/{subject}.log",
     conda:
@@ -58,7 +58,7 @@ rule train_head:
         metrics="results/{subject}/stage2/metrics.json",
         strip=report("results/{subject}/stage2/test_strip.png", category="Stage 2", subcategory="{subject}"),
     params:
-        cfg=lambda wc: stage_config("stage2"),
+        cfg=stage_config("stage2"),
     log:
         "logs/train_head/{subject}.log",
     conda:
@@ -69,7 +69,7 @@ rule train_head:
     resources:
         mem_mb=8000,
         runtime=600,
-        gpu=lambda wc: 0 if config["stage2"]["device"] == "cpu" else 1,  # SLURM --gpus; none for CPU runs
+        gpu=gpus("stage2"),  # SLURM --gpus; none for CPU runs
     shell:
         "python -m pipeline.stage2.train --subject-dir results/{wildcards.subject}"
         " --outdir results/{wildcards.subject}/stage2 --config {params.cfg:q} >> {log:q} 2>&1"

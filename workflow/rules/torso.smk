@@ -16,7 +16,7 @@ rule train_torso:
         meta="results/{subject}/torso/torso.json",
         metrics="results/{subject}/torso/metrics.json",
     params:
-        cfg=lambda wc: stage_config("torso"),
+        cfg=stage_config("torso"),
     log:
         "logs/train_torso/{subject}.log",
     conda:
@@ -27,7 +27,7 @@ rule train_torso:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=lambda wc: 0 if config["torso"]["device"] == "cpu" else 1,
+        gpu=gpus("torso"),
     shell:
         "python -m pipeline.torso.train --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
         " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir results/{wildcards.subject}/torso"
