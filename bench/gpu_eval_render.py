@@ -32,6 +32,7 @@ import torch
 from pipeline.core.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
                                      STAGE2_LABELS, Provenance)
 from pipeline.core.config import RenderConfig
+from pipeline.core.layout import SubjectLayout, render_stats
 from pipeline.core.metrics import psnr, ssim
 from pipeline.render.head import load_head
 from pipeline.render.video import load_scene, test_drive
@@ -86,7 +87,7 @@ def head_fps(subject_dir: Path, n: int, device: str) -> dict:
     scene = load_scene(root)
     drive, _, _ = test_drive(root, scene)
     cfg = RenderConfig()
-    head = load_head(root / "stage2", device).with_samples(cfg.num_samples, cfg.early_stop_eps)
+    head = load_head(SubjectLayout(root).stage2.path, device).with_samples(cfg.num_samples, cfg.early_stop_eps)
     n = min(n, len(drive))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     args = (scene.focal, scene.cx, scene.cy, scene.crop_size, scene.crop_size, cfg.ray_chunk)
@@ -128,13 +129,14 @@ def main() -> None:
     args = p.parse_args()
     s = args.subject_dir
     frames = RENDER_FRAMES.read(args.frames)["frames"]
-    t0, t1 = INGEST_META.read(s / "ingest/meta.json")["split"]["test"]
-    gt, labels = STAGE2_FRAMES.read(s / "stage2/frames.npy"), STAGE2_LABELS.read(s / "stage2/labels.npy")
+    files = SubjectLayout(s)
+    t0, t1 = INGEST_META.read(files.ingest.meta)["split"]["test"]
+    gt, labels = STAGE2_FRAMES.read(files.stage2.frames), STAGE2_LABELS.read(files.stage2.labels)
     if gt.shape[1] != frames.shape[1] or t1 - t0 != len(frames):
         raise SystemExit(f"{args.frames}: {frames.shape} does not match the test split {t0}-{t1} at {gt.shape[1]} px")
     result = {"test_split": [int(t0), int(t1)], **score(frames, np.asarray(gt[t0:t1]), np.asarray(labels[t0:t1])),
               "head_only": head_fps(s, args.fps_frames, args.device),
-              "head_torso": RENDER_STATS.read(args.frames.with_suffix(".json"))}
+              "head_torso": RENDER_STATS.read(render_stats(args.frames))}
     args.out.mkdir(parents=True, exist_ok=True)
     error_png(result.pop("error_map"), args.out / "error_map.png")
     (args.out / "render_eval.json").write_text(json.dumps(result, indent=1))

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.config import RenderConfig
+from pipeline.core.layout import SubjectLayout
 from pipeline.render import compositing
 from pipeline.render.head import Head, load_head
 from pipeline.render.video import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
@@ -98,7 +99,7 @@ def main() -> None:
     size = args.size or scene.crop_size
     n = min(args.frames, len(drive))
     cfg = RenderConfig()
-    head = load_head(root / "stage2", dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
+    head = load_head(SubjectLayout(root).stage2.path, dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     rows, ref = [], None
     for batch, ray_chunk, window, chunk in SETTINGS:
@@ -134,9 +135,9 @@ def main() -> None:
     result = {"size": size, "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
               "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
               "settings": rows, "best": best}
-    if (root / "torso" / "torso.json").is_file():
+    if SubjectLayout(root).torso.meta.is_file():
         head.renderer.march_window, head.renderer.chunk = 8, 1 << 18     # the render defaults again
-        torso = load_torso(root / "torso", dev)
+        torso = load_torso(SubjectLayout(root).torso.path, dev)
         rcfg = RenderConfig(size=size, device=dev)
         sub = Drive(drive.c2w[:n], drive.poses[:n], drive.landmarks[:n], drive.audio[:n], drive.au45[:n])
         synthesis_parts(head, torso, scene, sub, rcfg.batch_frames, rcfg, sync)          # warm-up

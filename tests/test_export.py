@@ -184,6 +184,7 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
     from pipeline.export import ernerf as export
     from pipeline.core import media
     from pipeline.core.artifacts import AUDIO_FEATURES, Provenance
+    from pipeline.core.layout import SubjectLayout
 
     n, dim = 30, 5
     rng = np.random.default_rng(0)
@@ -198,7 +199,7 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
         "encoder": enc, "encoder_name": np.array(name)}, Provenance("x", "y"))
     out = tmp_path / "out"
     out.mkdir()
-    written = export.write_audio(out, export.SubjectFiles.of(subject), n, 25)
+    written = export.write_audio(out, SubjectLayout(subject), n, 25)
     assert written == ["aud.wav", "aud_ours.npy", target]
     arr = np.load(out / target, allow_pickle=False)
     assert arr.shape == (n, 2, hidden) and np.array_equal(arr, enc[:n])

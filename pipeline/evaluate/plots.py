@@ -15,8 +15,6 @@ import numpy as np
 
 from pipeline.core.artifacts import atomic_output
 
-PLOTS = ("psnr.png", "mouth.png", "pose.png", "strip.png")
-
 
 def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (9.0, 3.2)):
     import matplotlib

@@ -48,6 +48,8 @@ from pipeline.core.artifacts import (AUS_STATS, CROP_META, EVAL_FRAMES, EVAL_MET
 from pipeline.core.cli import guarded
 from pipeline.core.config import EvaluateConfig, LandmarksConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core import layout
+from pipeline.core.layout import EvalFiles, SubjectLayout
 from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
                                    mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
 from pipeline.core.progress import progress
@@ -56,7 +58,6 @@ from pipeline.preprocess.au_signals import au45_subject_scale
 log = logging.getLogger("pipeline.evaluate.subject")
 HEAD_LABELS = (3, 4, 5, 6, 7)  # face, hair, lips, mouth interior, eyes
 SAMPLE_RATE = 16000
-TRAIN_PARTS = {"stage1": "stage1/metrics.json", "stage2": "stage2/metrics.json", "torso": "torso/metrics.json"}
 _TRAIN_SECONDS = JsonSpec("<stage>/metrics.json", {"train_seconds": (int, float)})
 
 
@@ -137,9 +138,9 @@ def render_landmarks(video: Path, size: int, n: int, fps: int, model_path: str) 
 
 def train_seconds(root: Path) -> tuple[float | None, dict]:
     """Sum of the training times recorded by stage 1, stage 2 and the torso (None if any is missing)."""
+    files = SubjectLayout(root)
     parts: dict = {}
-    for name, rel in TRAIN_PARTS.items():
-        p = root / rel
+    for name, p in (("stage1", files.stage1.metrics), ("stage2", files.stage2.metrics), ("torso", files.torso.metrics)):
         parts[name] = float(_TRAIN_SECONDS.read(p)["train_seconds"]) if p.is_file() else None
     total = None if any(v is None for v in parts.values()) else round(sum(parts.values()), 2)
     return total, parts
@@ -151,12 +152,13 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
         subject: str | None = None) -> dict:
     """Evaluate ``video`` (the re-synthesised test split of ``subject_dir``) -> ``outdir``/{metrics.json, ...}."""
     root, video, outdir = Path(subject_dir), Path(video), Path(outdir)
+    files, out = SubjectLayout(root), EvalFiles(outdir)
     subject = subject or root.name
-    meta = INGEST_META.read(root / "ingest/meta.json")
+    meta = INGEST_META.read(files.ingest.meta)
     fps = int(meta["fps"])
     t0, t1 = (int(v) for v in meta["split"]["test"])
     n = t1 - t0
-    crop_size = int(CROP_META.read(root / "crop/crop.json")["size"])
+    crop_size = int(CROP_META.read(files.crop.meta)["size"])
     info = media.probe(video)
     if info.video is None or info.video.width != info.video.height:
         raise EvaluateError(video, "expected a square video stream (render output)")
@@ -165,14 +167,14 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     size = info.video.width
     if info.video.n_frames != n:
         raise EvaluateError(video, f"{info.video.n_frames} frames, the test split {meta['split']['test']} has {n}")
-    stats_path = video.with_suffix(".json")
+    stats_path = layout.render_stats(video)
     render_stats = RENDER_STATS.read(stats_path) if stats_path.is_file() else None
 
-    table = LANDMARKS.read(root / "landmarks/landmarks.parquet")
+    table = LANDMARKS.read(files.landmarks.table)
     gt_pts = fixed_list_column(table, "landmarks", (N_LANDMARKS, 3))[t0:t1].astype(np.float64) * (size / crop_size)
     gt_bs = fixed_list_column(table, "blendshapes", (N_BLENDSHAPES,))[t0:t1].astype(np.float64)
     if len(gt_pts) != n:
-        raise EvaluateError(root / "landmarks/landmarks.parquet", f"{len(gt_pts)} test rows, expected {n}")
+        raise EvaluateError(files.landmarks.table, f"{len(gt_pts)} test rows, expected {n}")
 
     # mediapipe on the render first (its own decode): pass 1 needs its mouth landmarks for the dark-mouth signal
     rl = render_landmarks(video, size, n, fps, cfg.landmarks_model_path)
@@ -189,8 +191,8 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     dlib_gt, dlib_r = np.zeros((n, 68, 2)), np.zeros((n, 68, 2))
     dark_gt, dark_r = np.full(n, np.nan), np.full(n, np.nan)
     vf = f"scale={size}:{size}:flags=area" if size != crop_size else None
-    pairs = zip(_frames(root / "crop/video.mp4", size, vf, start=t0, n=n, fps=fps), _frames(video, size),
-                _label_rows(root / "parsing/labels.npz", t0, t1))
+    pairs = zip(_frames(files.crop.video, size, vf, start=t0, n=n, fps=fps), _frames(video, size),
+                _label_rows(files.parsing.labels, t0, t1))
     i = -1
     for i, (g, r, lab) in enumerate(progress(pairs, total=n, desc="evaluate", unit="frame", mininterval=5, disable=None)):
         if i >= n:
@@ -222,7 +224,7 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
         lmd_mesh[k] = mouth_lmd(r_pts[k:k + 1], gt_pts[k:k + 1])
     lmd_dlib = np.array([mouth_lmd(dlib_r[k:k + 1], dlib_gt[k:k + 1], dlib68.MOUTH_68) for k in range(n)])
     mo_gt, mo_r = mouth_opening(gt_pts), mouth_opening(r_pts)
-    aus_stats = AUS_STATS.read(root / "aus/aus.json")
+    aus_stats = AUS_STATS.read(files.aus.stats)
     au_gt, blinks_gt = au45_subject_scale(gt_bs, gt_pts, aus_stats, fps)
     if r_det.sum() >= 2:
         au_r, blinks_r = au45_subject_scale(np.where(r_det[:, None], rl["blendshapes"], np.nan),
@@ -274,25 +276,24 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
         "train_seconds": total, "train_seconds_parts": parts, "config": asdict(cfg),
     }
     try:
-        prov = Provenance(read_provenance(root / "landmarks/landmarks.parquet").source_sha256, config_hash(cfg))
+        prov = Provenance(read_provenance(files.landmarks.table).source_sha256, config_hash(cfg))
     except PipelineError:
         prov = Provenance("unknown", config_hash(cfg))
     frame_idx = np.arange(t0, t1, dtype=np.int32)
-    EVAL_FRAMES.write(outdir / "frames.parquet", {
+    EVAL_FRAMES.write(out.frames, {
         "frame_idx": frame_idx, **{k: cols[k] for k in ("psnr_db", "psnr_head_db", "ssim", "ssim_head", "lpips")},
         "lmd_mesh_px": lmd_mesh, "lmd_dlib_px": lmd_dlib, "mouth_open_gt": mo_gt, "mouth_open_render": mo_r,
         "au45_gt": au_gt, "au45_render": au_r, "speech_db": env, "render_face": r_det}, prov)
-    plot_dir = outdir / "plots"
-    tracks = TRACKS.read_pandas(root / "tracking/tracks.parquet")
-    plots.plot_psnr(plot_dir / "psnr.png", frame_idx, cols["psnr_db"], cols["psnr_head_db"],
+    tracks = TRACKS.read_pandas(files.tracking.tracks)
+    plots.plot_psnr(out.plot("psnr"), frame_idx, cols["psnr_db"], cols["psnr_head_db"],
                     f"{subject}: per-frame PSNR, test split")
-    plots.plot_mouth(plot_dir / "mouth.png", frame_idx, mo_gt, np.where(r_det, mo_r, np.nan), env, sync,
+    plots.plot_mouth(out.plot("mouth"), frame_idx, mo_gt, np.where(r_det, mo_r, np.nan), env, sync,
                      f"{subject}: mouth opening, render vs ground truth")
-    plots.plot_pose(plot_dir / "pose.png", tracks.yaw_rad.to_numpy(), tracks.pitch_rad.to_numpy(),
+    plots.plot_pose(out.plot("pose"), tracks.yaw_rad.to_numpy(), tracks.pitch_rad.to_numpy(),
                     tracks.roll_rad.to_numpy(), (t0, t1), f"{subject}: tracked head pose")
-    plots.plot_strip(plot_dir / "strip.png", strip_gt, strip_r, [t0 + k for k in sorted(strip_at)],
+    plots.plot_strip(out.plot("strip"), strip_gt, strip_r, [t0 + k for k in sorted(strip_at)],
                      f"{subject}: ground truth | render | error")
-    EVAL_METRICS.write(outdir / "metrics.json", doc, prov)
+    EVAL_METRICS.write(out.metrics, doc, prov)
     log.info("%s: PSNR %s (head %s) SSIM %s LMD mesh %s dlib %s px, sync %s (gt %s), blinks %d/%d, %s fps",
              subject, doc["psnr_db"], doc["psnr_head_db"], doc["ssim"], doc["lmd_mesh_px"], doc["lmd_dlib_px"],
              off_r, off_g, len(blinks_r), len(blinks_gt), doc["render_fps"])

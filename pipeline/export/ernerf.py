@@ -37,7 +37,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import zip_longest
 from pathlib import Path
 from typing import Iterator
@@ -51,6 +51,7 @@ from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, EXPORT_ERNE
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ExportConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import SubjectLayout
 from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.export.ernerf")
@@ -84,31 +85,6 @@ AU_NAMES = ("au01_r", "au02_r", "au04_r", "au12_r", "au15_r", "au20_r", "au25_r"
 EXTRA_AUS = {"au05_r": ("eyeWideLeft", "eyeWideRight"), "au06_r": ("cheekSquintLeft", "cheekSquintRight"),
              "au07_r": ("eyeSquintLeft", "eyeSquintRight")}
 FRAME_DIRS = ("ori_imgs", "gt_imgs", "parsing", "torso_imgs")
-
-
-@dataclass(frozen=True)
-class SubjectFiles:
-    """The artifacts of ``results/<s>/`` the export reads (DESIGN.md §1 layout)."""
-
-    video: Path
-    meta: Path
-    wav: Path
-    landmarks: Path
-    transforms: Path
-    face_model: Path
-    labels: Path
-    torso: Path
-    background: Path
-    audio: Path
-    aus: Path
-
-    @classmethod
-    def of(cls, d: Path | str) -> "SubjectFiles":
-        d = Path(d)
-        return cls(d / "crop/video.mp4", d / "ingest/meta.json", d / "ingest/audio.wav",
-                   d / "landmarks/landmarks.parquet", d / "tracking/transforms.json", d / "tracking/face_model.npz",
-                   d / "parsing/labels.npz", d / "parsing/torso.npz", d / "parsing/background.png",
-                   d / "audio/self.npz", d / "aus/aus.parquet")
 
 
 # ----------------------------------------------------------------------------- per-frame tables
@@ -177,18 +153,18 @@ def extra_aus(table, aus_json: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def write_au_csv(path: Path, files: SubjectFiles, table, detected: np.ndarray, fps: int) -> list[str]:
+def write_au_csv(path: Path, files: SubjectLayout, table, detected: np.ndarray, fps: int) -> list[str]:
     """au.csv as OpenFace's FeatureExtraction writes it: ', '-separated, 1-based frame, fixed decimals."""
-    aus = AUS.read(files.aus)
+    aus = AUS.read(files.aus.table)
     n = len(detected)
     if len(aus) < n:
-        raise ExportError(files.aus, f"{len(aus)} rows, the export needs {n}")
+        raise ExportError(files.aus.table, f"{len(aus)} rows, the export needs {n}")
     cols = {c: aus.column(c).to_numpy()[:n].astype(np.float64) for c in AU_NAMES}
-    cols.update(extra_aus(table, files.aus.with_name("aus.json")))
+    cols.update(extra_aus(table, files.aus.stats))
     names = sorted(cols)                   # OpenFace sorts its AU names: AU01_r, AU02_r, AU04_r, AU05_r, ...
     vals = np.stack([cols[c] for c in names], 1)
     if not np.isfinite(vals).all():
-        raise ExportError(files.aus, f"non-finite AU on frame {int(np.flatnonzero(~np.isfinite(vals).all(1))[0])}")
+        raise ExportError(files.aus.table, f"non-finite AU on frame {int(np.flatnonzero(~np.isfinite(vals).all(1))[0])}")
     header = ["frame", "face_id", "timestamp", "confidence", "success"] + [f"AU{c[2:4]}_r" for c in names]
     lines = [", ".join(header)]
     for i in range(n):
@@ -199,17 +175,17 @@ def write_au_csv(path: Path, files: SubjectFiles, table, detected: np.ndarray, f
     return [header[0]] + [" " + c for c in header[1:]]
 
 
-def write_audio(out: Path, files: SubjectFiles, n: int, fps: int) -> list[str]:
+def write_audio(out: Path, files: SubjectLayout, n: int, fps: int) -> list[str]:
     """aud.wav (16 kHz, trimmed to n frames), aud_ours.npy and the encoder array where there is one."""
     import soundfile as sf
 
-    samples, sr = sf.read(str(files.wav), dtype="float32", always_2d=True)
+    samples, sr = sf.read(str(files.ingest.audio), dtype="float32", always_2d=True)
     if sr != 16000:
-        raise ExportError(files.wav, f"sample rate {sr}, expected 16000")
+        raise ExportError(files.ingest.audio, f"sample rate {sr}, expected 16000")
     media.write_wav(out / "aud.wav", samples[: int(round(n / fps * sr)), 0], sr)
-    feats = AUDIO_FEATURES.read(files.audio)
+    feats = AUDIO_FEATURES.read(files.audio.features())
     if len(feats["features"]) < n:
-        raise ExportError(files.audio, f"{len(feats['features'])} frames, the export needs {n}")
+        raise ExportError(files.audio.features(), f"{len(feats['features'])} frames, the export needs {n}")
     written = ["aud.wav", "aud_ours.npy"]
     np.save(out / "aud_ours.npy", np.ascontiguousarray(feats["features"][:n], np.float32))
     if "encoder" in feats:
@@ -247,13 +223,13 @@ def write_frame(out: Path, i: int, rgb: np.ndarray, label: np.ndarray, alpha: np
         raise ExportError(out, f"frame {i}: OpenCV could not write an image")
 
 
-def stream_frames(files: SubjectFiles, out: Path, n: int, w: int, h: int, bc_bgr: np.ndarray, lms68: np.ndarray,
+def stream_frames(files: SubjectLayout, out: Path, n: int, w: int, h: int, bc_bgr: np.ndarray, lms68: np.ndarray,
                   cfg: ExportConfig) -> None:
     """Decode, label and matte rows in lockstep, written ``cfg.chunk`` frames at a time (bounded memory)."""
     end = object()
-    video = media.iter_frames(files.video, w, h, chunk=cfg.chunk)
-    labels = npz_iter_rows(files.labels, "labels", cfg.chunk)
-    alphas = npz_iter_rows(files.torso, "alpha", cfg.chunk)
+    video = media.iter_frames(files.crop.video, w, h, chunk=cfg.chunk)
+    labels = npz_iter_rows(files.parsing.labels, "labels", cfg.chunk)
+    alphas = npz_iter_rows(files.parsing.torso, "alpha", cfg.chunk)
     with closing(video), closing(labels), closing(alphas), ThreadPoolExecutor(max(1, cfg.workers)) as pool, \
             progress(total=n, desc="export frames", unit="frame") as bar:
         rows = zip_longest(_rows(video), _rows(labels), _rows(alphas), fillvalue=end)
@@ -263,11 +239,11 @@ def stream_frames(files: SubjectFiles, out: Path, n: int, w: int, h: int, bc_bgr
             while len(batch) < cfg.chunk and i + len(batch) < n:
                 k = i + len(batch)
                 rgb, lab, a = next(rows, (end, end, end))
-                for obj, src in ((rgb, files.video), (lab, files.labels), (a, files.torso)):
+                for obj, src in ((rgb, files.crop.video), (lab, files.parsing.labels), (a, files.parsing.torso)):
                     if obj is end:
                         raise ExportError(src, f"ends at frame {k}, the export needs {n}")
                 if lab.shape != (h, w) or a.shape != (h, w):
-                    raise ExportError(files.labels, f"frame {k}: maps {lab.shape}/{a.shape}, the video is {(h, w)}")
+                    raise ExportError(files.parsing.labels, f"frame {k}: maps {lab.shape}/{a.shape}, the video is {(h, w)}")
                 batch.append((rgb, lab, a))
             futures = [pool.submit(write_frame, out, i + k, rgb, lab, a, bc_bgr, lms68[i + k], cfg.jpeg_quality)
                        for k, (rgb, lab, a) in enumerate(batch)]
@@ -285,28 +261,28 @@ def run(subject_dir: Path | str, outdir: Path | str, stats_path: Path | str | No
     import cv2
 
     t0 = time.perf_counter()
-    files = SubjectFiles.of(subject_dir)
+    files = SubjectLayout(subject_dir)
     outdir = Path(outdir)
     stats_path = Path(stats_path) if stats_path else outdir.with_suffix(".json")
-    meta = INGEST_META.read(files.meta)
+    meta = INGEST_META.read(files.ingest.meta)
     fps = int(meta["fps"])
-    tr = TRANSFORMS.read(files.transforms)
+    tr = TRANSFORMS.read(files.tracking.transforms)
     w, h = int(tr["w"]), int(tr["h"])
     n_all = len(tr["frames"])
     if n_all != int(meta["n_frames"]):
-        raise ExportError(files.transforms, f"{n_all} frames, ingest/meta.json has {meta['n_frames']}")
+        raise ExportError(files.tracking.transforms, f"{n_all} frames, ingest/meta.json has {meta['n_frames']}")
     n = n_all if cfg.max_frames == 0 else min(cfg.max_frames, n_all)
     c2h = np.array([f["transform_matrix"] for f in tr["frames"][:n]], np.float64)
-    fm = FACE_MODEL.read(files.face_model)
+    fm = FACE_MODEL.read(files.tracking.face_model)
     centre = (fm["mean"] + fm["identity"])[:468].mean(0).astype(np.float64) if cfg.recenter else np.zeros(3)
     poses = ernerf_poses(c2h, centre, cfg.scale)
-    bc_bgr = cv2.imread(str(files.background), cv2.IMREAD_COLOR)  # BGR already
+    bc_bgr = cv2.imread(str(files.parsing.background), cv2.IMREAD_COLOR)  # BGR already
     if bc_bgr is None or bc_bgr.shape[:2] != (h, w):
-        raise ExportError(files.background, f"unreadable or not {w}x{h}")
-    for spec, path in ((PARSING_LABELS, files.labels), (PARSING_TORSO, files.torso)):
+        raise ExportError(files.parsing.background, f"unreadable or not {w}x{h}")
+    for spec, path in ((PARSING_LABELS, files.parsing.labels), (PARSING_TORSO, files.parsing.torso)):
         _check_rows(spec.name, path, n)
-    table = read_landmarks(files.landmarks, n)
-    lms68, detected, filled, clipped = ibug68(table, files.landmarks, w, h)
+    table = read_landmarks(files.landmarks.table, n)
+    lms68, detected, filled, clipped = ibug68(table, files.landmarks.table, w, h)
 
     tmp = outdir.with_name(f".{outdir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -338,7 +314,7 @@ def run(subject_dir: Path | str, outdir: Path | str, stats_path: Path | str | No
         "seconds": round(seconds, 2), "frames_per_sec": round(n / max(frame_sec, 1e-9), 1), "config": asdict(cfg),
     }
     try:
-        prov = Provenance(read_provenance(files.landmarks).source_sha256, config_hash(cfg))
+        prov = Provenance(read_provenance(files.landmarks.table).source_sha256, config_hash(cfg))
     except PipelineError:
         prov = Provenance(str(meta["source_sha256"]), config_hash(cfg))
     EXPORT_ERNERF_STATS.write(stats_path, stats, prov)

@@ -26,6 +26,7 @@ from pipeline.core.artifacts import (AUS, AUS_STATS, CANONICAL_LANDMARKS, INGEST
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ActionUnitsConfig, IngestConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import AusFiles
 from pipeline.preprocess.au_signals import AU_COLUMNS, GEOMETRY_COLUMNS, compute, eye_aspect_ratio, fill_gaps
 
 log = logging.getLogger("pipeline.preprocess.action_units")
@@ -110,8 +111,9 @@ def run(landmarks: Path | str, canonical: Path | str | None, outdir: Path | str,
            "canonical_ear_r": agreement, "blink_threshold": float(cfg.blink_threshold), **stats,
            "config": asdict(cfg)}
     with ExitStack() as stack:  # both files appear together or not at all
-        tmp_table = stack.enter_context(atomic_output(outdir / "aus.parquet"))
-        tmp_json = stack.enter_context(atomic_output(outdir / "aus.json"))
+        files = AusFiles(outdir)
+        tmp_table = stack.enter_context(atomic_output(files.table))
+        tmp_json = stack.enter_context(atomic_output(files.stats))
         AUS.write(tmp_table, {"frame_idx": frame_idx, **cols, "filled": filled}, prov)
         AUS_STATS.write(tmp_json, doc, prov)
     peaks = {k: round(float(np.percentile(cols[k], 99)), 2) for k in AU_COLUMNS}

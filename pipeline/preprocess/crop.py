@@ -33,6 +33,7 @@ from pipeline.core.artifacts import CROP_BOXES, CROP_META, INGEST_META, Provenan
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import CropConfig, from_mapping
 from pipeline.core.errors import PipelineError, format_ranges
+from pipeline.core.layout import CropFiles
 from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 
@@ -170,9 +171,10 @@ def run(video: Path | str, meta: Path | str, outdir: Path | str, cfg: CropConfig
 
     prov = Provenance(ing["source_sha256"], config_hash(cfg))
     with ExitStack() as stack:  # the three files appear together or not at all
-        tmp_video = stack.enter_context(atomic_output(outdir / "video.mp4"))
-        tmp_boxes = stack.enter_context(atomic_output(outdir / "boxes.parquet"))
-        tmp_meta = stack.enter_context(atomic_output(outdir / "crop.json"))
+        files = CropFiles(outdir)
+        tmp_video = stack.enter_context(atomic_output(files.video))
+        tmp_boxes = stack.enter_context(atomic_output(files.boxes))
+        tmp_meta = stack.enter_context(atomic_output(files.meta))
         vf = crop_filter(win["window"], win["padding"], cfg.size, cfg.lossless)
         crf = 0 if cfg.lossless else cfg.crf
         media.run_ffmpeg(["-i", str(video), "-map", "0:v:0", "-an", "-vf", vf, "-r", str(fps),

@@ -28,6 +28,7 @@ from pipeline.core.artifacts import INGEST_META, Provenance, atomic_output, conf
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import IngestConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import IngestFiles
 
 log = logging.getLogger("pipeline.preprocess.ingest")
 
@@ -80,9 +81,10 @@ def run(video: Path | str, outdir: Path | str, cfg: IngestConfig = IngestConfig(
              src, v.width, v.height, v.fps, v.codec, duration, info.audio.codec, info.audio.sample_rate, offset)
 
     with ExitStack() as stack:  # all three files appear together or not at all
-        tmp_video = stack.enter_context(atomic_output(outdir / "video.mp4"))
-        tmp_audio = stack.enter_context(atomic_output(outdir / "audio.wav"))
-        tmp_meta = stack.enter_context(atomic_output(outdir / "meta.json"))
+        files = IngestFiles(outdir)
+        tmp_video = stack.enter_context(atomic_output(files.video))
+        tmp_audio = stack.enter_context(atomic_output(files.audio))
+        tmp_meta = stack.enter_context(atomic_output(files.meta))
 
         vf = f"setpts=PTS-STARTPTS,fps={cfg.fps},scale=trunc(iw/2)*2:trunc(ih/2)*2,setsar=1"
         media.run_ffmpeg(["-i", str(src), "-map", "0:v:0", "-an", "-sn", "-dn", "-vf", vf,

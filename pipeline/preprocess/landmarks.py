@@ -38,6 +38,7 @@ from pipeline.core.artifacts import CROP_META, INGEST_META, LANDMARKS, Provenanc
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import LandmarksConfig, from_mapping
 from pipeline.core.errors import format_ranges
+from pipeline.core.layout import LandmarksFiles
 from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.face_landmarker import LandmarksError, init_worker, landmark_chunk
@@ -172,8 +173,9 @@ def run(video: Path | str, crop_meta: Path | str, meta: Path | str, outdir: Path
 
     prov = Provenance(ing["source_sha256"], config_hash(cfg))
     with ExitStack() as stack:
-        tmp_table = stack.enter_context(atomic_output(outdir / "landmarks.parquet"))
-        tmp_sheet = stack.enter_context(atomic_output(outdir / "contact_sheet.png"))
+        files = LandmarksFiles(outdir)
+        tmp_table = stack.enter_context(atomic_output(files.table))
+        tmp_sheet = stack.enter_context(atomic_output(files.sheet))
         LANDMARKS.write(tmp_table, {"frame_idx": np.arange(n_frames, dtype=np.int32), "detected": detected,
                                     "interpolated": interpolated, **{k: data[k] for k in ("landmarks", "blendshapes", "pose")}},
                         prov)

@@ -26,6 +26,7 @@ import torch
 from pipeline.core.artifacts import STAGE2_HEAD, STAGE2_OCCUPANCY
 from pipeline.core.config import Stage2ModelConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import RELATIVE, Stage2Files
 from pipeline.stage2.data import HeadSpace
 from pipeline.stage2.nerf import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
 
@@ -116,16 +117,16 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
 
     The occupancy grid comes from ``occupancy.npz`` (STAGE2_OCCUPANCY) when it is there (empty-space
     skipping); without it every sample is evaluated, which gives the same image, only slower."""
-    stage2_dir = Path(stage2_dir)
-    meta = STAGE2_HEAD.read(stage2_dir / "head.json")
-    cfg = from_mapping(Stage2ModelConfig, meta["model_config"], f"{stage2_dir / 'head.json'}: model_config")
+    files = Stage2Files(stage2_dir)
+    meta = STAGE2_HEAD.read(files.head_meta)
+    cfg = from_mapping(Stage2ModelConfig, meta["model_config"], f"{files.head_meta}: model_config")
     field = LandmarkField(cfg, audio_in_dim=meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
     try:
-        field.load_state_dict(torch.load(stage2_dir / "head.pt", map_location="cpu", weights_only=True))
+        field.load_state_dict(torch.load(files.head, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError) as exc:
-        raise HeadError(stage2_dir / "head.pt", f"cannot load the head weights ({exc})") from exc
+        raise HeadError(files.head, f"cannot load the head weights ({exc})") from exc
     occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
-    occ_path = stage2_dir / "occupancy.npz"
+    occ_path = files.occupancy
     if occ_path.is_file():
         grid = STAGE2_OCCUPANCY.read(occ_path)
         if int(grid["resolution"]) != occ.resolution or grid["binary"].shape != (occ.n_cells,):
@@ -139,6 +140,6 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
         space = HeadSpace(tuple(float(v) for v in hs["center_cm"]), float(hs["scale_per_cm"]),
                           float(hs["radius_cm"]), float(hs["bound"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise HeadError(stage2_dir / "head.json", f"head_space malformed ({exc})") from exc
+        raise HeadError(files.head_meta, f"head_space malformed ({exc})") from exc
     renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps)
-    return Head(field, renderer, space, "stage2/head.pt").to(device)
+    return Head(field, renderer, space, str(RELATIVE.stage2.head)).to(device)

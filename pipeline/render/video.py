@@ -37,6 +37,7 @@ from pipeline.core.cli import guarded
 from pipeline.core.config import RenderConfig, from_mapping
 from pipeline.core.device import peak_memory, reset_peak, resolve_device
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import SELF_AUDIO, SubjectLayout, render_stats
 from pipeline.core.progress import progress
 from pipeline.render import compositing, motion
 from pipeline.render.head import Head, load_head
@@ -81,15 +82,16 @@ class Drive:
         return len(self.c2w)
 
 
-def load_scene(root: Path) -> Scene:
-    tr = TRANSFORMS.read(root / "tracking/transforms.json")
+def load_scene(root: Path | str) -> Scene:
+    files = SubjectLayout(root)
+    tr = TRANSFORMS.read(files.tracking.transforms)
     c2w = np.array([f["transform_matrix"] for f in tr["frames"]], np.float64)
-    poses = read_poses(root / "tracking/tracks.parquet")
+    poses = read_poses(files.tracking.tracks)
     if len(poses) != len(c2w):
-        raise RenderError(root / "tracking/tracks.parquet", f"{len(poses)} poses, transforms.json has {len(c2w)}")
-    bg = cv2.imread(str(root / "parsing/background.png"), cv2.IMREAD_COLOR)
+        raise RenderError(files.tracking.tracks, f"{len(poses)} poses, transforms.json has {len(c2w)}")
+    bg = cv2.imread(str(files.parsing.background), cv2.IMREAD_COLOR)
     if bg is None:
-        raise RenderError(root / "parsing/background.png", "not a readable image")
+        raise RenderError(files.parsing.background, "not a readable image")
     return Scene(cv2.cvtColor(bg, cv2.COLOR_BGR2RGB), float(tr["focal_px"]), float(tr["cx"]), float(tr["cy"]),
                  int(tr["w"]), c2w, poses, tr["split"])
 
@@ -110,33 +112,34 @@ def read_landmarks(path: Path) -> np.ndarray:
     return lms
 
 
-def test_drive(root: Path, scene: Scene) -> tuple[Drive, int, int]:
+def test_drive(root: Path | str, scene: Scene) -> tuple[Drive, int, int]:
     """Signals of the test split (module docstring) and its frame range."""
+    files = SubjectLayout(root)
     t0, t1 = scene.split["test"]
     n = len(scene.c2w)
     if not 0 <= t0 < t1 <= n:
-        raise RenderError(root / "tracking/transforms.json", f"empty or invalid test split {scene.split['test']}")
-    lms = _rows(read_landmarks(root / "stage1/pred/self.parquet"), n, root / "stage1/pred/self.parquet", "landmarks")
-    audio = _rows(AUDIO_FEATURES.read(root / "audio/self.npz")["features"], n, root / "audio/self.npz", "features")
-    au45 = _rows(AUS.read_pandas(root / "aus/aus.parquet")["au45_r"].to_numpy(np.float32), n,
-                 root / "aus/aus.parquet", "au45_r")
+        raise RenderError(files.tracking.transforms, f"empty or invalid test split {scene.split['test']}")
+    pred, feats = files.stage1.pred(SELF_AUDIO), files.audio.features(SELF_AUDIO)
+    lms = _rows(read_landmarks(pred), n, pred, "landmarks")
+    audio = _rows(AUDIO_FEATURES.read(feats)["features"], n, feats, "features")
+    au45 = _rows(AUS.read_pandas(files.aus.table)["au45_r"].to_numpy(np.float32), n, files.aus.table, "au45_r")
     sl = slice(t0, t1)
     return Drive(scene.c2w[sl], scene.poses[sl], lms[sl], audio[sl], au45[sl]), t0, t1
 
 
-def clip_drive(root: Path, scene: Scene, clip: str, cfg: RenderConfig) -> Drive:
+def clip_drive(root: Path | str, scene: Scene, clip: str, cfg: RenderConfig) -> Drive:
     """Signals of a driving clip: its predicted landmarks and audio, replayed poses, sampled blinks."""
-    pred = root / f"stage1/pred/{clip}.parquet"
-    lms = read_landmarks(pred)
+    files = SubjectLayout(root)
+    lms = read_landmarks(files.stage1.pred(clip))
     n = len(lms)
-    audio = _rows(AUDIO_FEATURES.read(root / f"audio/{clip}.npz")["features"], n, root / f"audio/{clip}.npz",
-                  "features", slack=0)
+    feats = files.audio.features(clip)
+    audio = _rows(AUDIO_FEATURES.read(feats)["features"], n, feats, "features", slack=0)
     a, b = scene.split["train"]
     idx = motion.mirror_loop(a, b, n)
     c2w = motion.smooth_c2w(scene.c2w[idx], cfg.pose_smooth_sigma)
     poses = motion.smooth_rows(scene.poses[idx], cfg.pose_smooth_sigma)
-    au_all = AUS.read_pandas(root / "aus/aus.parquet")["au45_r"].to_numpy(np.float64)
-    stats = AUS_STATS.read(root / "aus/aus.json")
+    au_all = AUS.read_pandas(files.aus.table)["au45_r"].to_numpy(np.float64)
+    stats = AUS_STATS.read(files.aus.stats)
     train_blinks = [f - a for f in stats["blink_frames"] if a <= f < b]
     model = motion.BlinkModel.from_aus(au_all[a:b], train_blinks)
     rng = np.random.default_rng(cfg.seed)
@@ -236,8 +239,10 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
     prev = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
     try:
-        head = (head or load_head(root / "stage2", device)).to(device).with_samples(cfg.num_samples, cfg.early_stop_eps)
-        torso = load_torso(root / "torso", device)
+        files = SubjectLayout(root)
+        head = (head or load_head(files.stage2.path, device)).to(device).with_samples(cfg.num_samples,
+                                                                                        cfg.early_stop_eps)
+        torso = load_torso(files.torso.path, device)
         size = cfg.size or scene.crop_size
         n = len(drive)
         stats = {"n_frames": n, "fps": FPS, "size": size, "audio": str(audio), "audio_start_sec": start,
@@ -248,7 +253,7 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
                     start + n / FPS, cfg.crf, prov)
     finally:
         torch.set_num_threads(prev)
-    RENDER_STATS.write(out.with_suffix(".json"), stats, prov)
+    RENDER_STATS.write(render_stats(out), stats, prov)
     log.info("%s: %d frames at %d px, %.3f frames/s (%s head, %s seam jump %s)", out, n, size,
              stats["frames_per_sec"], head.source, cfg.compositing, stats["seam_jump"])
     return stats
@@ -260,7 +265,7 @@ def run_video(subject_dir: Path | str, out: Path | str, cfg: RenderConfig = Rend
     root = Path(subject_dir)
     scene = load_scene(root)
     drive, t0, _ = test_drive(root, scene)
-    return _render(root, drive, scene, Path(out), root / "ingest/audio.wav", t0 / FPS, cfg, head)
+    return _render(root, drive, scene, Path(out), SubjectLayout(root).ingest.audio, t0 / FPS, cfg, head)
 
 
 def run_drive(subject_dir: Path | str, clip: str, wav: Path | str, out: Path | str,

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.core.artifacts import STAGE1_METRICS, Provenance, config_hash, file_sha256
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage1Config, from_mapping
+from pipeline.core.layout import SELF_AUDIO, Stage1Files
 from pipeline.core.metrics import best_lag, mouth_lmd, mouth_opening
 from pipeline.stage1.data import LandmarkBasis, predict_landmarks, ridge_baseline
 from pipeline.stage1.fit import fit, split_validation
@@ -89,9 +90,10 @@ def run(features: Path | str, canonical: Path | str, transforms: Path | str, out
              metrics["lmd_px_mean_shape"], metrics["lmd_px_linear"], metrics["mouth_corr"])
     prov = Provenance(file_sha256(features), config_hash(cfg))
     save_model(outdir, result.model, result.basis, cfg, prov)
-    write_predictions(outdir / "pred" / "self.parquet", pred, fps, prov)
-    mouth_plot(outdir / "mouth_test.png", pred, lms, tuple(camera.split["test"]), fps)
-    STAGE1_METRICS.write(outdir / "metrics.json", metrics, prov)
+    files = Stage1Files(outdir)
+    write_predictions(files.pred(SELF_AUDIO), pred, fps, prov)
+    mouth_plot(files.mouth_plot, pred, lms, tuple(camera.split["test"]), fps)
+    STAGE1_METRICS.write(files.metrics, metrics, prov)
     return metrics
 
 

@@ -19,6 +19,7 @@ from pipeline.core.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_F
                                      Provenance, config_hash, file_sha256, npz_iter_rows)
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage2TrainConfig, stage2_configs
+from pipeline.core.layout import Stage2Files
 from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.stage2.cache")
@@ -85,6 +86,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
         chunk: int = 32) -> dict:
     """Write ``frames.npy``, ``labels.npy`` and ``cache.json`` under ``outdir``; return cache.json's dict."""
     video, labels, outdir = Path(video), Path(labels), Path(outdir)
+    files = Stage2Files(outdir)
     try:
         n, h, w = _labels_shape(labels)
     except (KeyError, OSError, ValueError) as exc:
@@ -96,7 +98,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
     if (width, height) != (w, h):
         raise ArtifactError(video, f"crop video is {width}x{height}, labels are {w}x{h}")
     prov = Provenance(file_sha256(video), config_hash({"image_size": size}))
-    with STAGE2_FRAMES.create(outdir / "frames.npy", (n, size, size, 3)) as frames:
+    with STAGE2_FRAMES.create(files.frames, (n, size, size, 3)) as frames:
         i = 0
         for block in progress(_iter_video(video, w, h, chunk), desc="cache frames", unit="chunk"):
             if i + len(block) > n:
@@ -106,7 +108,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
                 i += 1
         if i != n:
             raise ArtifactError(video, f"decoded {i} frames, {labels} has {n} label maps")
-    with STAGE2_LABELS.create(outdir / "labels.npy", (n, size, size)) as out:
+    with STAGE2_LABELS.create(files.labels, (n, size, size)) as out:
         i = 0
         for block in npz_iter_rows(labels, "labels", chunk):
             for lab in block:
@@ -114,7 +116,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
                 i += 1
     doc = {"n_frames": int(n), "size": int(size), "crop_size": int(h), "video_sha256": prov.source_sha256,
            "labels_sha256": file_sha256(labels), "label_names": list(PARSING_LABEL_NAMES)}
-    STAGE2_CACHE.write(outdir / "cache.json", doc, prov)
+    STAGE2_CACHE.write(files.cache, doc, prov)
     log.info("cached %d frames at %d px (crop %d px) -> %s", n, size, h, outdir)
     return doc
 

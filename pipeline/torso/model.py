@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from pipeline.core.artifacts import TORSO_MODEL, TORSO_POSE_COLUMNS, TRACKS
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import TorsoFiles
 
 
 class TorsoError(PipelineError):
@@ -119,15 +120,15 @@ class Torso:
 
 
 def load(model_dir: Path | str, device: torch.device | str = "cpu") -> Torso:
-    model_dir = Path(model_dir)
-    meta = TORSO_MODEL.read(model_dir / "torso.json")
+    files = TorsoFiles(model_dir)
+    meta = TORSO_MODEL.read(files.meta)
     s = meta["image_size"]
     net = TorsoNet(torch.zeros(4, s, s), len(meta["pose_columns"]), meta["base_channels"], meta["depth"],
                    meta["style_dim"], meta["flow_scale"])
     try:
-        net.load_state_dict(torch.load(model_dir / "torso.pt", map_location="cpu", weights_only=True))
+        net.load_state_dict(torch.load(files.model, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError) as exc:
-        raise TorsoError(model_dir / "torso.pt", f"cannot load weights ({exc})") from exc
+        raise TorsoError(files.model, f"cannot load weights ({exc})") from exc
     return Torso(net, np.array(meta["pose_mean"]), np.array(meta["pose_std"]), meta["crop_size"]).to(device)
 
 

@@ -36,6 +36,7 @@ from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TorsoConfig, from_mapping
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import TorsoFiles
 from pipeline.core.progress import progress
 from pipeline.torso.model import TorsoError, TorsoNet, read_poses
 
@@ -211,13 +212,14 @@ def run(crop_video: Path | str, torso_npz: Path | str, background: Path | str, t
         src = "unknown"
     prov = Provenance(src, config_hash(cfg))
     with ExitStack() as stack:  # the three outputs appear together or not at all
-        tmp = {n: stack.enter_context(atomic_output(outdir / n)) for n in ("torso.pt", "torso.json", "metrics.json")}
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp["torso.pt"])
-        TORSO_MODEL.write(tmp["torso.json"], {
+        files = TorsoFiles(outdir)
+        tmp = {n: stack.enter_context(atomic_output(getattr(files, n))) for n in ("model", "meta", "metrics")}
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, tmp["model"])
+        TORSO_MODEL.write(tmp["meta"], {
             "image_size": s, "crop_size": crop_size, "base_channels": cfg.base_channels, "depth": cfg.depth,
             "style_dim": cfg.style_dim, "flow_scale": cfg.flow_scale, "pose_columns": list(TORSO_POSE_COLUMNS),
             "pose_mean": pose_mean.tolist(), "pose_std": pose_std.tolist(), "config": asdict(cfg)}, prov)
-        TORSO_METRICS.write(tmp["metrics.json"], metrics, prov)
+        TORSO_METRICS.write(tmp["metrics"], metrics, prov)
     return metrics
 
 

@@ -12,8 +12,8 @@ rule extract_audio_features:
         audio=audio_source,
         code=code("audio/features", "audio/encoders", "core/media"),
     output:
-        npz="results/{subject}/audio/{clip}.npz",
-        table="results/{subject}/audio/{clip}.parquet",
+        npz=S.audio.features("{clip}"),
+        table=S.audio.frames("{clip}"),
     wildcard_constraints:
         clip=SUBJECT_PATTERN,
     params:

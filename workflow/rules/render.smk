@@ -9,16 +9,16 @@ RENDER_CODE = code("render/__main__", "render/video", "render/compositing", "ren
                    "torso/model", "core/media", "stage2/data") + NERF_CODE
 
 RENDER_SUBJECT_INPUTS = dict(
-    head="results/{subject}/stage2/head.json",
-    weights="results/{subject}/stage2/head.pt",
-    occupancy="results/{subject}/stage2/occupancy.npz",
-    torso="results/{subject}/torso/torso.pt",
-    torso_meta="results/{subject}/torso/torso.json",
-    transforms="results/{subject}/tracking/transforms.json",
-    tracks="results/{subject}/tracking/tracks.parquet",
-    background="results/{subject}/parsing/background.png",
-    aus="results/{subject}/aus/aus.parquet",
-    aus_stats="results/{subject}/aus/aus.json",
+    head=S.stage2.head_meta,
+    weights=S.stage2.head,
+    occupancy=S.stage2.occupancy,
+    torso=S.torso.model,
+    torso_meta=S.torso.meta,
+    transforms=S.tracking.transforms,
+    tracks=S.tracking.tracks,
+    background=S.parsing.background,
+    aus=S.aus.table,
+    aus_stats=S.aus.stats,
 )
 
 
@@ -26,15 +26,16 @@ rule render_video:
     """Test split re-synthesised: stage-1 landmarks from its audio -> head, torso, composite; audio muxed."""
     input:
         **RENDER_SUBJECT_INPUTS,
-        pred="results/{subject}/stage1/pred/self.parquet",
-        features="results/{subject}/audio/self.npz",
-        audio="results/{subject}/ingest/audio.wav",
+        pred=S.stage1.pred(),
+        features=S.audio.features(),
+        audio=S.ingest.audio,
         code=RENDER_CODE,
     output:
-        video="results/{subject}/video.mp4",
-        stats="results/{subject}/video.json",
+        video=S.video,
+        stats=S.video_stats,
     params:
         cfg=stage_config("render"),
+        subject_dir=subject_dir,
     log:
         "logs/render_video/{subject}.log",
     conda:
@@ -47,7 +48,7 @@ rule render_video:
         runtime=120,
         gpu=gpus("render"),
     shell:
-        "python -m pipeline.render video --subject-dir results/{wildcards.subject} --out {output.video:q}"
+        "python -m pipeline.render video --subject-dir {params.subject_dir:q} --out {output.video:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -55,17 +56,18 @@ rule drive_video:
     """Any data/audio/{clip}.wav: replayed (mirror-looped, smoothed) poses, sampled blinks, audio muxed."""
     input:
         **RENDER_SUBJECT_INPUTS,
-        pred="results/{subject}/stage1/pred/{clip}.parquet",
-        features="results/{subject}/audio/{clip}.npz",
+        pred=S.stage1.pred("{clip}"),
+        features=S.audio.features("{clip}"),
         wav=f"{config['data_dir']}/audio/{{clip}}.wav",
         code=RENDER_CODE,
     output:
-        video="results/{subject}/drive/{clip}.mp4",
-        stats="results/{subject}/drive/{clip}.json",
+        video=S.drive("{clip}"),
+        stats=S.drive_stats("{clip}"),
     wildcard_constraints:
         clip="(?!self\\.)[A-Za-z0-9_-]+",  # not "self" (the lookahead sees the ".mp4" that follows)
     params:
         cfg=stage_config("render"),
+        subject_dir=subject_dir,
     log:
         "logs/drive_video/{subject}/{clip}.log",
     conda:
@@ -78,5 +80,5 @@ rule drive_video:
         runtime=120,
         gpu=gpus("render"),
     shell:
-        "python -m pipeline.render drive --subject-dir results/{wildcards.subject} --clip {wildcards.clip}"
+        "python -m pipeline.render drive --subject-dir {params.subject_dir:q} --clip {wildcards.clip}"
         " --wav {input.wav:q} --out {output.video:q} --config {params.cfg:q} > {log:q} 2>&1"

@@ -5,18 +5,19 @@
 rule train_torso:
     """Pose-modulated U-Net: head pose -> torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
     input:
-        video="results/{subject}/crop/video.mp4",
-        torso="results/{subject}/parsing/torso.npz",
-        background="results/{subject}/parsing/background.png",
-        tracks="results/{subject}/tracking/tracks.parquet",
-        transforms="results/{subject}/tracking/transforms.json",
+        video=S.crop.video,
+        torso=S.parsing.torso,
+        background=S.parsing.background,
+        tracks=S.tracking.tracks,
+        transforms=S.tracking.transforms,
         code=code("torso/train", "torso/model"),
     output:
-        model="results/{subject}/torso/torso.pt",
-        meta="results/{subject}/torso/torso.json",
-        metrics="results/{subject}/torso/metrics.json",
+        model=S.torso.model,
+        meta=S.torso.meta,
+        metrics=S.torso.metrics,
     params:
         cfg=stage_config("torso"),
+        outdir=stage_dir("torso"),
     log:
         "logs/train_torso/{subject}.log",
     conda:
@@ -30,5 +31,5 @@ rule train_torso:
         gpu=gpus("torso"),
     shell:
         "python -m pipeline.torso.train --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
-        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir results/{wildcards.subject}/torso"
+        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir {params.outdir:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.core.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
+from pipeline.core.layout import RELATIVE as R  # the artifact's path in a subject folder names its spec
 
 # --- stage 2: head NeRF (pipeline/stage2/cache.py, train.py; docs/stage2.md) ---------------
 # cache_frames: the crop video and the label maps at stage2.image_size, decoded once on the CPU side so
 # the GPU job needs no ffmpeg; frame i = crop frame i = row i of parsing/labels.npz.
-STAGE2_FRAMES = NpySpec("stage2/frames.npy", "uint8", 4)   # [N, S, S, 3] RGB
-STAGE2_LABELS = NpySpec("stage2/labels.npy", "uint8", 3)   # [N, S, S] LABEL_* values (nearest-neighbour resize)
+STAGE2_FRAMES = NpySpec(str(R.stage2.frames), "uint8", 4)   # [N, S, S, 3] RGB
+STAGE2_LABELS = NpySpec(str(R.stage2.labels), "uint8", 3)   # [N, S, S] LABEL_* values (nearest-neighbour resize)
 STAGE2_CACHE = JsonSpec(
-    "stage2/cache.json",
+    str(R.stage2.cache),
     required={"n_frames": int, "size": int,          # S
               "crop_size": int,                       # crop/video.mp4 side the cache was resized from
               "video_sha256": str, "labels_sha256": str},
@@ -20,7 +21,7 @@ STAGE2_CACHE = JsonSpec(
 # stage2/head.pt: torch state dict of pipeline.stage2.nerf.field.LandmarkField (weights only, loads with
 # torch.load(weights_only=True)), head-space normalised coordinates.
 STAGE2_HEAD = JsonSpec(
-    "stage2/head.json",
+    str(R.stage2.head_meta),
     required={
         "model_config": dict,            # Stage2ModelConfig fields
         "train_config": dict,            # Stage2TrainConfig fields
@@ -37,7 +38,7 @@ STAGE2_HEAD = JsonSpec(
 # state as int64 words), "curve" [K, 5], "wall_seconds", "config_hash"} - written atomically every
 # stage2.checkpoint_every steps and on SIGTERM; deleted-never (a re-run resumes from it).
 STAGE2_METRICS = JsonSpec(
-    "stage2/metrics.json",
+    str(R.stage2.metrics),
     required={
         "steps": int, "train_seconds": (int, float), "steps_per_sec": (int, float), "device": str,
         "resumed_from": (int, type(None)),   # step of the checkpoint this run resumed from (None: fresh)
@@ -61,7 +62,7 @@ STAGE2_METRICS = JsonSpec(
 # RGBA it refines is a buffer of the net); torso/torso.json: its constructor arguments + pose normalisation.
 TORSO_POSE_COLUMNS = ("yaw_rad", "pitch_rad", "roll_rad", "tx", "ty", "tz")  # tracks.parquet columns, in order
 TORSO_MODEL = JsonSpec(
-    "torso/torso.json",
+    str(R.torso.meta),
     required={
         "image_size": int,               # network resolution (square)
         "crop_size": int,                # crop/video.mp4 size the RGBA is upsampled to
@@ -73,7 +74,7 @@ TORSO_MODEL = JsonSpec(
     },
 )
 TORSO_METRICS = JsonSpec(
-    "torso/metrics.json",
+    str(R.torso.metrics),
     required={
         "test_frames": int, "eval_size": int,
         "psnr_torso_db": float,          # test split, torso composited over parsing/background.png vs the
@@ -92,7 +93,7 @@ TORSO_METRICS = JsonSpec(
 # stage2/occupancy.npz: the trained head's occupancy grid (empty-space skipping when rendering; without it
 # every sample is evaluated: the same image, slower). Written by train_head, read by the render rules.
 STAGE2_OCCUPANCY = ArraySpec(
-    "stage2/occupancy.npz",
+    str(R.stage2.occupancy),
     keys={
         "binary": ("bool", 1),           # [R^3] occupied cells, x fastest (pipeline.stage2.nerf.occupancy)
         "density": ("float32", 1),       # [R^3] the EMA densities behind it
@@ -130,7 +131,7 @@ RENDER_STATS = JsonSpec(
 # --- evaluate (pipeline/evaluate/subject.py) ---------------------------------------------------------
 # eval/frames.parquet: one row per test-split frame of the render vs the ground truth (render size).
 EVAL_FRAMES = TableSpec(
-    "eval/frames.parquet",
+    str(R.eval.frames),
     pa.schema([
         ("frame_idx", pa.int32()),       # frame of the clip (test split: meta.json split.test)
         ("psnr_db", pa.float64()),       # full frame; inf for identical frames
@@ -150,7 +151,7 @@ EVAL_FRAMES = TableSpec(
 )
 # eval/metrics.json: null (None) marks a metric that is not available, with the reason alongside.
 EVAL_METRICS = JsonSpec(
-    "eval/metrics.json",
+    str(R.eval.metrics),
     required={
         "subject": str, "video": str, "test_frames": int, "test_range": list, "size": int, "crop_size": int,
         "psnr_db": (float, type(None)),        # mean of per-frame PSNR over frames that differ (None: all identical)
@@ -181,7 +182,7 @@ EVAL_METRICS = JsonSpec(
 # transforms_{train,val}.json, au.csv, aud.wav, aud_ours.npy [+ aud_hu.npy]). Its stats sit beside it
 # (ER-NeRF globs *.json inside the folder):
 EXPORT_ERNERF_STATS = JsonSpec(
-    "export/ernerf.json",
+    str(R.export.ernerf_stats),
     required={
         "n_frames": int, "train_frames": int, "val_frames": int,   # val = the last n - int(n * 10 / 11)
         "size": list, "fps": int, "focal_len": float,

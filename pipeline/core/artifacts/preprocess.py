@@ -5,12 +5,13 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline.core.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
+from pipeline.core.layout import RELATIVE as R  # the artifact's path in a subject folder names its spec
 
 # ============================================================================= the contracts
 
 # --- ingest ------------------------------------------------------------------------------
 INGEST_META = JsonSpec(
-    "ingest/meta.json",
+    str(R.ingest.meta),
     required={
         "source": str,
         "source_sha256": str,
@@ -33,7 +34,7 @@ INGEST_META = JsonSpec(
 # One row per *sampled* frame (every crop.detect_every-th frame of ingest/video.mp4). The box is
 # the best-scoring face (BlazeFace short range) in source pixels; NaN and score 0 when n_faces == 0.
 CROP_BOXES = TableSpec(
-    "crop/boxes.parquet",
+    str(R.crop.boxes),
     pa.schema([
         ("frame_idx", pa.int32()),
         ("n_faces", pa.int32()),         # faces found on this frame (>= 2: a second person)
@@ -46,7 +47,7 @@ CROP_BOXES = TableSpec(
 )
 
 CROP_META = JsonSpec(
-    "crop/crop.json",
+    str(R.crop.meta),
     required={
         "source_size": list,             # [width, height] of ingest/video.mp4
         "window": list,                  # [x0, y0, side] square crop window in source px (may leave the image)
@@ -68,19 +69,19 @@ CROP_META = JsonSpec(
 LABEL_BACKGROUND, LABEL_TORSO, LABEL_NECK, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH, LABEL_EYES = range(8)
 PARSING_LABEL_NAMES = ("background", "torso", "neck", "face", "hair", "lips", "mouth", "eyes")
 PARSING_LABELS = ArraySpec(
-    "parsing/labels.npz",
+    str(R.parsing.labels),
     keys={"labels": ("uint8", 3),        # [N, H, W] at crop size, values LABEL_*
           "frame_idx": ("int32", 1)},    # [N] = 0..N-1, rows of landmarks.parquet / frames of crop/video.mp4
 )
 PARSING_TORSO = ArraySpec(
-    "parsing/torso.npz",
+    str(R.parsing.torso),
     keys={"alpha": ("uint8", 3),         # [N, H, W] soft torso+neck matte, head removed (0 on labels 3-7)
           "frame_idx": ("int32", 1)},    # RGBA torso image of frame i = crop frame i (RGB) + alpha[i]
 )
 # parsing/background.png: RGB uint8 [H, W] at crop size (temporal median of background, holes inpainted).
 # parsing/contact_sheet.png: a grid of frames with colour-coded label overlays (for people, not code).
 PARSING_STATS = JsonSpec(
-    "parsing/stats.json",
+    str(R.parsing.stats),
     required={
         "n_frames": int, "size": int,
         "segmenter_model": str, "segmenter_sha256": str,
@@ -115,7 +116,7 @@ BLENDSHAPE_NAMES = (
 )
 assert len(BLENDSHAPE_NAMES) == N_BLENDSHAPES
 LANDMARKS = TableSpec(
-    "landmarks/landmarks.parquet",
+    str(R.landmarks.table),
     pa.schema([
         ("frame_idx", pa.int32()),
         ("detected", pa.bool_()),        # the landmarker found the face on this frame
@@ -132,7 +133,7 @@ LANDMARKS = TableSpec(
 # image right of a frontal face, y up, z out of the face towards the camera; unit: centimetres.
 N_EXPR = 32             # expression coefficients per frame (unit prior variance each)
 TRACKS = TableSpec(
-    "tracking/tracks.parquet",
+    str(R.tracking.tracks),
     pa.schema([
         ("frame_idx", pa.int32()),
         ("rotvec", pa.list_(pa.float32(), 3)),  # head rotation R, axis-angle (rad), head space: X_gl = R X + t_gl
@@ -148,7 +149,7 @@ TRACKS = TableSpec(
     ]),
 )
 FACE_MODEL = ArraySpec(
-    "tracking/face_model.npz",
+    str(R.tracking.face_model),
     keys={
         "mean": ("float32", 2),          # [478, 3] cm: canonical mesh (iris points: the clip's mean)
         "identity": ("float32", 2),      # [478, 3] cm: subject offset; neutral-ish shape = mean + identity
@@ -163,14 +164,14 @@ FACE_MODEL = ArraySpec(
     },
 )
 CANONICAL_LANDMARKS = ArraySpec(
-    "tracking/canonical.npz",
+    str(R.tracking.canonical),
     keys={
         "frame_idx": ("int32", 1),       # [N]
         "landmarks": ("float32", 3),     # [N, 478, 3] pose-free fitted shapes mean + identity + basis @ e, cm, head space
     },
 )
 TRANSFORMS = JsonSpec(
-    "tracking/transforms.json",
+    str(R.tracking.transforms),
     required={
         "focal_px": float, "cx": float, "cy": float, "w": int, "h": int,
         "convention": str,               # "camera_to_head, OpenGL (x right, y up, camera looks down -z), cm"
@@ -179,7 +180,7 @@ TRANSFORMS = JsonSpec(
     },
 )
 TRACKING_METRICS = JsonSpec(
-    "tracking/metrics.json",
+    str(R.tracking.metrics),
     required={
         "n_frames": int, "focal_px": float, "reproj_mean_px": float, "reproj_p95_px": float,
         "jitter_rot_deg": float, "jitter_trans_rel": float,            # RMS 2nd difference, fitted track
@@ -190,7 +191,7 @@ TRACKING_METRICS = JsonSpec(
 
 # --- action units (pipeline/preprocess/action_units.py; mappings, fit and normalisation: au_signals.py) ------
 AUS = TableSpec(
-    "aus/aus.parquet",
+    str(R.aus.table),
     pa.schema([
         ("frame_idx", pa.int32()),
         # OpenFace-style intensities, per-subject normalised to [0, 5], finite on every frame
@@ -205,7 +206,7 @@ AUS = TableSpec(
     ]),
 )
 AUS_STATS = JsonSpec(
-    "aus/aus.json",
+    str(R.aus.stats),
     required={
         "n_frames": int, "fps": (int, float), "duration_sec": (int, float),
         "filled_frames": int,            # rows of aus.parquet with filled = true
@@ -223,7 +224,7 @@ AUS_STATS = JsonSpec(
 
 # --- audio features (audio/<clip>.npz + audio/<clip>.parquet; <clip> = "self" for the subject's own audio)
 AUDIO_FEATURES = ArraySpec(
-    "audio/<clip>.npz",
+    str(R.audio.features("<clip>")),
     keys={
         "features": ("float32", 3),     # [N, window=16, D]: feature frames 2i-8 .. 2i+7 of video frame i, finite
         "frame_idx": ("int32", 1),      # [N] video frames 0..N-1 (own audio: N = ingest n_frames)
@@ -241,7 +242,7 @@ AUDIO_FEATURES = ArraySpec(
     },
 )
 AUDIO_FRAMES = TableSpec(
-    "audio/<clip>.parquet",
+    str(R.audio.frames("<clip>")),
     pa.schema([
         ("frame_idx", pa.int32()),
         ("t_sec", pa.float64()),        # frame_idx / fps: the analysis instant of the frame
@@ -261,7 +262,7 @@ AUDIO_FRAMES = TableSpec(
 # stage1/model.pt: torch state_dict of pipeline.stage1.model.Audio2Landmarks (weights only);
 # stage1/model.json: the constructor arguments and the stage-1 config it was trained with.
 STAGE1_BASIS = ArraySpec(
-    "stage1/basis.npz",
+    str(R.stage1.basis),
     keys={
         "mean": ("float32", 2),          # [478, 3] cm: the subject's mean canonical shape (train split)
         "components": ("float32", 2),    # [K, 478*3] orthonormal PCA directions of the offsets
@@ -269,12 +270,12 @@ STAGE1_BASIS = ArraySpec(
     },
 )
 STAGE1_MODEL = JsonSpec(
-    "stage1/model.json",
+    str(R.stage1.meta),
     required={"in_dim": int, "out_dim": int, "window": int, "d_model": int, "n_layers": int, "n_heads": int,
               "use_encoder": bool, "config": dict},
 )
 STAGE1_PRED = TableSpec(
-    "stage1/pred/<clip>.parquet",
+    str(R.stage1.pred("<clip>")),
     pa.schema([
         ("frame_idx", pa.int32()),
         ("t_sec", pa.float64()),
@@ -284,7 +285,7 @@ STAGE1_PRED = TableSpec(
     ]),
 )
 STAGE1_METRICS = JsonSpec(
-    "stage1/metrics.json",
+    str(R.stage1.metrics),
     required={
         "test_frames": int,
         "lmd_px": float,                 # test-split mouth LMD, px at 512² (lips, per-frame mean removed)

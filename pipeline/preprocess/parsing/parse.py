@@ -35,6 +35,7 @@ from pipeline.core.artifacts import (LABEL_NECK, LABEL_TORSO, LANDMARKS, N_LANDM
 from pipeline.core.cli import guarded, parser
 from pipeline.core.config import ParsingConfig, from_mapping
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import ParsingFiles
 from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.parsing.background import PlateAccumulator
@@ -147,6 +148,7 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
         cfg: ParsingConfig = ParsingConfig()) -> dict:
     """Parse every frame of ``crop_video`` into ``outdir``; return the stats dict (also stats.json)."""
     crop_video, landmarks, outdir = Path(crop_video), Path(landmarks), Path(outdir)
+    files = ParsingFiles(outdir)
     info = media.probe(crop_video).video
     if info is None:
         raise ParsingError(crop_video, "no video stream")
@@ -184,8 +186,8 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
     i, conf, prev = 0, None, None
     shape, small = (n, size, size), {"frame_idx": frame_idx}
     with PersonSegmenter(model) as seg, \
-            npz_stream(outdir / "labels.npz", PARSING_LABELS, {"labels": shape}, small, prov) as w_lab, \
-            npz_stream(outdir / "torso.npz", PARSING_TORSO, {"alpha": shape}, small, prov) as w_tor, \
+            npz_stream(files.labels, PARSING_LABELS, {"labels": shape}, small, prov) as w_lab, \
+            npz_stream(files.torso, PARSING_TORSO, {"alpha": shape}, small, prov) as w_tor, \
             progress(total=n, desc="parsing", unit="frame", disable=None) as bar:
         for chunk in media.iter_frames(crop_video, size, size, chunk=cfg.chunk):
             k = min(len(chunk), n - i)
@@ -220,8 +222,8 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     bg, seen = plate.finish()
-    write_png(outdir / "background.png", bg)
-    write_png(outdir / "contact_sheet.png", contact_sheet(sheet_frames, sheet_labels, sorted(sheet_idx)))
+    write_png(files.background, bg)
+    write_png(files.sheet, contact_sheet(sheet_frames, sheet_labels, sorted(sheet_idx)))
     frac = counts / float(size * size)
     stats = {
         "n_frames": int(n), "size": int(size),
@@ -236,7 +238,7 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
         "frames_per_sec": round(n / max(elapsed, 1e-9), 2),
         "frames_per_cpu_sec": round(n / max(cpu, 1e-9), 2),
     }
-    PARSING_STATS.write(outdir / "stats.json", stats, prov)
+    PARSING_STATS.write(files.stats, stats, prov)
     log.info("%s: %d frames at %dpx, %.1f frames/s; flicker mean %.4f max %.4f; plate MAE %.2f/255",
              outdir, n, size, stats["frames_per_sec"], stats["flicker_mean"], stats["flicker_max"],
              stats["plate_mae_255"])

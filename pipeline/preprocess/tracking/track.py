@@ -31,6 +31,7 @@ from pipeline.core.cli import guarded, parser
 from pipeline.core.config import TrackingConfig, from_mapping
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
+from pipeline.core.layout import TrackingFiles
 from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.tracking import fit as tf
@@ -161,29 +162,29 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
     except PipelineError:
         prov = Provenance("unknown", config_hash(cfg))
 
+    files = TrackingFiles(outdir)
     with ExitStack() as stack:  # all outputs appear together or not at all
-        tmp = {name: stack.enter_context(atomic_output(outdir / name)) for name in
-               ("tracks.parquet", "face_model.npz", "canonical.npz", "transforms.json", "metrics.json",
-                "overlay.png", "pose.png")}
-        TRACKS.write(tmp["tracks.parquet"], {
+        tmp = {name: stack.enter_context(atomic_output(getattr(files, name))) for name in
+               ("tracks", "face_model", "canonical", "transforms", "metrics", "overlay", "pose")}
+        TRACKS.write(tmp["tracks"], {
             "frame_idx": frame_idx, "rotvec": res.omega, "yaw_rad": euler[:, 0], "pitch_rad": euler[:, 1],
             "roll_rad": euler[:, 2], "tx": t_cv[:, 0], "ty": t_cv[:, 1], "tz": t_cv[:, 2], "expression": res.coeffs,
             "reproj_err_px": res.reproj_px, "weight": weight}, prov)
         K = model.mean.shape[0]
-        FACE_MODEL.write(tmp["face_model.npz"], {
+        FACE_MODEL.write(tmp["face_model"], {
             "mean": model.mean, "identity": res.identity, "basis": res.basis.reshape(K, 3, -1),
             "landmark_ids": np.arange(K, dtype=np.int32), "triangles": mesh.triangles, "focal_px": np.float32(f),
             "cx": np.float32(cx), "cy": np.float32(cy), "w": np.int32(W), "h": np.int32(H)}, prov)
-        CANONICAL_LANDMARKS.write(tmp["canonical.npz"], {"frame_idx": frame_idx, "landmarks": canon}, prov)
-        TRANSFORMS.write(tmp["transforms.json"], {
+        CANONICAL_LANDMARKS.write(tmp["canonical"], {"frame_idx": frame_idx, "landmarks": canon}, prov)
+        TRANSFORMS.write(tmp["transforms"], {
             "focal_px": float(f), "cx": cx, "cy": cy, "w": W, "h": H, "convention": GL_CONVENTION,
             "split": split,
             "frames": [{"frame_idx": int(i), "transform_matrix": np.round(m, 6).tolist()} for i, m in zip(frame_idx, c2h)],
         }, prov)
-        TRACKING_METRICS.write(tmp["metrics.json"], metrics, prov)
+        TRACKING_METRICS.write(tmp["metrics"], metrics, prov)
         uv_fit = tracking_plots.projected(model.mean, res, cx, cy)
-        tracking_plots.overlay_sheet(tmp["overlay.png"], video, W, H, obs[..., :2], uv_fit, cfg.contact_sheet_tiles)
-        tracking_plots.pose_plot(tmp["pose.png"], euler, tf.euler_yxz(tf.rodrigues(torch.from_numpy(init.omega)).numpy()),
+        tracking_plots.overlay_sheet(tmp["overlay"], video, W, H, obs[..., :2], uv_fit, cfg.contact_sheet_tiles)
+        tracking_plots.pose_plot(tmp["pose"], euler, tf.euler_yxz(tf.rodrigues(torch.from_numpy(init.omega)).numpy()),
                                  res.reproj_px, fps=25)
     log.info("%s: %d frames, focal %.1f px, reprojection mean %.3f / p95 %.3f px, jitter rot %.3f deg "
              "(init %.3f), trans %.4f (init %.4f), %.1f s", landmarks, N, f, metrics["reproj_mean_px"],
