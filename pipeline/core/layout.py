@@ -37,7 +37,9 @@ def _file(name: str) -> property:
 
 
 class Folder:
-    """One stage folder of a subject; its files are properties (paths under :attr:`path`)."""
+    """One stage folder of a subject, called ``NAME``; its files are properties (paths under :attr:`path`)."""
+
+    NAME = ""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -49,6 +51,7 @@ class Folder:
 class IngestFiles(Folder):
     """``ingest/`` (rule ingest_video)."""
 
+    NAME = "ingest"
     video = _file("video.mp4")           # 25 fps constant-rate H.264
     audio = _file("audio.wav")           # 16 kHz mono, sample 0 = video frame 0
     meta = _file("meta.json")            # INGEST_META: split, offsets, source sha256
@@ -57,6 +60,7 @@ class IngestFiles(Folder):
 class CropFiles(Folder):
     """``crop/`` (rule crop_faces)."""
 
+    NAME = "crop"
     video = _file("video.mp4")           # the fixed square face crop
     boxes = _file("boxes.parquet")       # CROP_BOXES
     meta = _file("crop.json")            # CROP_META
@@ -65,6 +69,7 @@ class CropFiles(Folder):
 class LandmarksFiles(Folder):
     """``landmarks/`` (rule detect_landmarks)."""
 
+    NAME = "landmarks"
     table = _file("landmarks.parquet")   # LANDMARKS
     sheet = _file("contact_sheet.png")
 
@@ -72,6 +77,7 @@ class LandmarksFiles(Folder):
 class TrackingFiles(Folder):
     """``tracking/`` (rule track_face)."""
 
+    NAME = "tracking"
     tracks = _file("tracks.parquet")     # TRACKS
     face_model = _file("face_model.npz") # FACE_MODEL
     canonical = _file("canonical.npz")   # CANONICAL_LANDMARKS
@@ -84,6 +90,7 @@ class TrackingFiles(Folder):
 class ParsingFiles(Folder):
     """``parsing/`` (rule parse_faces)."""
 
+    NAME = "parsing"
     labels = _file("labels.npz")         # PARSING_LABELS
     torso = _file("torso.npz")           # PARSING_TORSO
     background = _file("background.png") # the background plate
@@ -94,6 +101,7 @@ class ParsingFiles(Folder):
 class AusFiles(Folder):
     """``aus/`` (rule extract_aus)."""
 
+    NAME = "aus"
     table = _file("aus.parquet")         # AUS
     stats = _file("aus.json")            # AUS_STATS
 
@@ -101,6 +109,7 @@ class AusFiles(Folder):
 class AudioFiles(Folder):
     """``audio/`` (rule extract_audio_features): one pair per clip, ``self`` = the subject's own audio."""
 
+    NAME = "audio"
     def features(self, clip: str = SELF_AUDIO) -> Path:
         return self.path / f"{clip}.npz"       # AUDIO_FEATURES
 
@@ -111,6 +120,7 @@ class AudioFiles(Folder):
 class Stage1Files(Folder):
     """``stage1/`` (rules train_audio2lmk, predict_landmarks; also the shared pre-trained model's folder)."""
 
+    NAME = "stage1"
     model = _file("model.pt")            # Audio2Landmarks state dict
     basis = _file("basis.npz")           # STAGE1_BASIS
     meta = _file("model.json")           # STAGE1_MODEL
@@ -124,6 +134,7 @@ class Stage1Files(Folder):
 class Stage2Files(Folder):
     """``stage2/`` (rules cache_frames, train_head)."""
 
+    NAME = "stage2"
     frames = _file("frames.npy")         # STAGE2_FRAMES
     labels = _file("labels.npy")         # STAGE2_LABELS
     cache = _file("cache.json")          # STAGE2_CACHE
@@ -138,6 +149,7 @@ class Stage2Files(Folder):
 class TorsoFiles(Folder):
     """``torso/`` (rule train_torso)."""
 
+    NAME = "torso"
     model = _file("torso.pt")            # TorsoNet state dict
     meta = _file("torso.json")           # TORSO_MODEL
     metrics = _file("metrics.json")      # TORSO_METRICS
@@ -146,6 +158,7 @@ class TorsoFiles(Folder):
 class EvalFiles(Folder):
     """``eval/`` (rule evaluate)."""
 
+    NAME = "eval"
     PLOTS = ("psnr", "mouth", "pose", "strip")
     metrics = _file("metrics.json")      # EVAL_METRICS
     frames = _file("frames.parquet")     # EVAL_FRAMES
@@ -157,6 +170,7 @@ class EvalFiles(Folder):
 class ExportFiles(Folder):
     """``export/`` (rule export_ernerf)."""
 
+    NAME = "export"
     ernerf = _file("ernerf")             # the ER-NeRF / TalkingGaussian dataset folder
     ernerf_stats = _file("ernerf.json")  # EXPORT_ERNERF_STATS (beside the folder: ER-NeRF globs *.json in it)
 
@@ -166,28 +180,32 @@ def render_stats(video: Path | str) -> Path:
     return Path(video).with_suffix(".json")
 
 
-def _folder(cls: type[Folder], name: str) -> property:
-    return property(lambda self: cls(self.root / name), doc=f"``{name}/``: :class:`{cls.__name__}`")
+STAGE_FOLDERS = (IngestFiles, CropFiles, LandmarksFiles, TrackingFiles, ParsingFiles, AusFiles, AudioFiles, Stage1Files,
+                 Stage2Files, TorsoFiles, EvalFiles, ExportFiles)
 
 
 class SubjectLayout:
-    """Every path under one subject's folder ``root`` (``results/<s>``), by the stage folder that holds it."""
+    """Every path under one subject's folder ``root`` (``results/<s>``): one attribute per stage folder of
+    :data:`STAGE_FOLDERS`, named like it (``s.crop`` is ``CropFiles(root / "crop")``), and the rendered videos at the
+    top (:attr:`video`, :meth:`drive`)."""
 
-    ingest = _folder(IngestFiles, "ingest")
-    crop = _folder(CropFiles, "crop")
-    landmarks = _folder(LandmarksFiles, "landmarks")
-    tracking = _folder(TrackingFiles, "tracking")
-    parsing = _folder(ParsingFiles, "parsing")
-    aus = _folder(AusFiles, "aus")
-    audio = _folder(AudioFiles, "audio")
-    stage1 = _folder(Stage1Files, "stage1")
-    stage2 = _folder(Stage2Files, "stage2")
-    torso = _folder(TorsoFiles, "torso")
-    eval = _folder(EvalFiles, "eval")
-    export = _folder(ExportFiles, "export")
+    ingest: IngestFiles
+    crop: CropFiles
+    landmarks: LandmarksFiles
+    tracking: TrackingFiles
+    parsing: ParsingFiles
+    aus: AusFiles
+    audio: AudioFiles
+    stage1: Stage1Files
+    stage2: Stage2Files
+    torso: TorsoFiles
+    eval: EvalFiles
+    export: ExportFiles
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        for folder in STAGE_FOLDERS:
+            setattr(self, folder.NAME, folder(self.root / folder.NAME))
 
     def __repr__(self) -> str:
         return f"SubjectLayout({str(self.root)!r})"
@@ -208,6 +226,8 @@ class SubjectLayout:
     def drive_stats(self, clip: str) -> Path:
         return render_stats(self.drive(clip))
 
+
+assert [f.NAME for f in STAGE_FOLDERS] == list(SubjectLayout.__annotations__), "one attribute per stage folder"
 
 RELATIVE = SubjectLayout(".")  # paths inside a subject folder, e.g. RELATIVE.stage2.head == Path("stage2/head.pt")
 
