@@ -1,4 +1,4 @@
-# Audio features: the subject's own speech and any driving clip, one rule for both.
+# Audio features (pipeline/audio/): the subject's own speech and any driving clip, one rule for both.
 #   results/{subject}/audio/self.{npz,parquet}    <- results/{subject}/ingest/audio.wav
 #   results/{subject}/audio/{clip}.{npz,parquet}  <- data/audio/{clip}.wav (subject's config applies)
 # "self" is reserved for the subject's own audio, so a driving wav can never shadow it

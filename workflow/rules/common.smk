@@ -8,7 +8,7 @@ from pathlib import Path
 
 SUBJECT_PATTERN = "[A-Za-z0-9_-]+"
 REPO = Path(workflow.basedir)  # the checkout; results/, logs/ go to the working directory
-# Jobs call `python -m pipeline.<module>`: make that the interpreter running Snakemake (the
+# Jobs call `python -m pipeline.<group>.<module>`: make that the interpreter running Snakemake (the
 # project's .venv), also on cluster nodes, where each job re-reads this file.
 envvars:
     "PATH",

@@ -1,4 +1,5 @@
-# Preprocessing of a subject's clip: ingest -> crop -> landmarks -> tracking -> parsing.
+# Preprocessing of a subject's clip (pipeline/preprocess/): ingest -> crop -> landmarks -> tracking -> parsing -> AUs.
+# Paths: S.<stage>.<file> from pipeline/core/layout.py (common.smk).
 
 
 rule ingest_video:

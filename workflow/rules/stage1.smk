@@ -1,4 +1,5 @@
-# Stage 1: audio features -> per-frame pose-free landmarks (GtsTalkNeRF's audio-to-landmark Transformer).
+# Stage 1 (pipeline/stage1/): audio features -> per-frame pose-free landmarks (GtsTalkNeRF's audio-to-landmark
+# Transformer).
 # With stage1.pretrain: true, one pretrain job over every subject feeds each subject's fine-tune.
 
 STAGE1_CODE = code("stage1/model", "stage1/data", "stage1/fit", "stage1/io", "stage1/train")

@@ -4,11 +4,11 @@
 
 # the head NeRF (also rendered by render.smk), its fast kernels included (imported on CUDA machines)
 NERF_CODE = code("stage2/nerf/hash_grid", "stage2/nerf/encoding", "stage2/nerf/field", "stage2/nerf/occupancy",
-                 "stage2/nerf/renderer", "stage2/nerf/kernels/hash_grid_triton", "stage2/nerf/kernels/hash_grid_triton_kernels",
-                 "stage2/nerf/kernels/hash_grid_tcnn", "stage2/nerf/kernels/landmark_triton",
-                 "stage2/nerf/kernels/landmark_triton_kernels")
-STAGE2_CODE = NERF_CODE + code("stage2/data", "stage2/sampling", "stage2/losses", "stage2/checkpoint", "stage2/evaluate",
-                               "stage2/train")
+                 "stage2/nerf/renderer", "stage2/nerf/kernels/hash_grid_triton",
+                 "stage2/nerf/kernels/hash_grid_triton_kernels", "stage2/nerf/kernels/hash_grid_tcnn",
+                 "stage2/nerf/kernels/landmark_triton", "stage2/nerf/kernels/landmark_triton_kernels")
+STAGE2_CODE = NERF_CODE + code("stage2/data", "stage2/sampling", "stage2/losses", "stage2/checkpoint",
+                               "stage2/evaluate", "stage2/train")
 
 
 rule cache_frames:

@@ -13,6 +13,8 @@ pipeline version, the source video's sha256 and a hash of the stage config that 
 
 Stage modules add their specs to this package (one section per stage, in preprocess.py or models.py;
 the mechanism is store.py) rather than declaring schemas locally, so a reader cannot drift from the writer.
+A spec is named by its file's path in a subject folder, taken from :mod:`pipeline.core.layout` (which says
+where every file lies; this package says what each holds).
 """
 
 from pipeline.core.artifacts.store import *  # noqa: F401,F403  (the mechanism)

@@ -15,7 +15,7 @@ from pipeline.core.config.base import ConfigError, from_mapping
 
 @dataclass(frozen=True)
 class Stage2ModelConfig:
-    """stage2: the landmark-conditioned head field and its renderer (pipeline/stage2, docs/stage2.md)."""
+    """stage2: the landmark-conditioned head field and its renderer (pipeline/stage2/nerf/, docs/stage2.md)."""
 
     # hash grid
     grid: str = "3d"                # "3d" (one 3D hash grid) | "triplane" (three 2D grids, ER-NeRF)
@@ -211,7 +211,7 @@ class RenderConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """evaluate / benchmark_table (pipeline/evaluate/subject.py; the sync detector: pipeline.core.metrics.sync_offset)."""
+    """evaluate / benchmark_table (pipeline/evaluate/; the sync detector: pipeline.core.metrics.sync_offset)."""
 
     sync_band_lo_hz: float = 300.0  # speech band whose energy picks the frames the sync detector compares
     sync_band_hi_hz: float = 3000.0

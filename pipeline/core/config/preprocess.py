@@ -164,7 +164,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ActionUnitsConfig:
-    """extract_aus (pipeline/preprocess/action_units.py: the mappings and the normalisation are documented there)."""
+    """extract_aus (pipeline/preprocess/action_units.py; the mappings and the normalisation: au_signals.py)."""
 
     low_percentile: float = 5.0     # subject's percentile of each AU signal mapped to intensity 0
     high_percentile: float = 99.0   # ... and the one mapped to high_value (linear, clipped to [0, 5])
