@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import audio_features as af
-from pipeline import media
-from pipeline.config import AudioConfig
+from pipeline.audio import features as af
+from pipeline.core import media
+from pipeline.core.config import AudioConfig
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
         fn()
         steps[name] = time.perf_counter() - t
     if a.encoder != "none":
-        from pipeline.audio_encoders import encode
+        from pipeline.audio.encoders import encode
 
         t = time.perf_counter()
         encode(y, grid.n_feat, cfg)

@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stage2.encoding import HashGridEncoding, HashGridSpec  # noqa: E402
-from pipeline.stage2.field import mlp  # noqa: E402
+from pipeline.stage2.nerf.encoding import HashGridEncoding, HashGridSpec  # noqa: E402
+from pipeline.stage2.nerf.field import mlp  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -4,7 +4,7 @@ Times forward and forward+backward (gradient w.r.t. the table, and the MLP's wei
 4M points through a 16-level x 2-feature grid with a 2^19 table (base 16, finest 2048), alone and
 followed by a 64-wide 3-layer MLP (``field.mlp(32, 64, 16, 3)``), for:
 
-* ``triton``: ``TritonHashGrid`` (pipeline/stage2/encoding_triton.py) with its default launch configs,
+* ``triton``: ``TritonHashGrid`` (pipeline/stage2/nerf/kernels/hash_grid_triton.py) with its default launch configs,
   after a sweep that times the kernels alone under several configs (``--use-best`` times the module
   with the sweep's fastest instead);
 * ``eager``: ``TorchHashGrid``, the pure-torch reference;
@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stage2 import encoding_triton as ET  # noqa: E402
-from pipeline.stage2.encoding import HashGridSpec, TorchHashGrid  # noqa: E402
-from pipeline.stage2.field import mlp  # noqa: E402
+from pipeline.stage2.nerf.encoding import HashGridSpec, TorchHashGrid  # noqa: E402
+from pipeline.stage2.nerf.field import mlp  # noqa: E402
+from pipeline.stage2.nerf.kernels import hash_grid_triton as ET  # noqa: E402
 
 
 CUDA = True  # False only for a CPU smoke run of this script (--device cpu, kernels under TRITON_INTERPRET=1)

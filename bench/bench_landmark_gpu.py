@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.stage2 import landmark_triton_kernels as K
-from pipeline.stage2.field import GaussianLandmarkEncoding
+from pipeline.stage2.nerf.field import GaussianLandmarkEncoding
+from pipeline.stage2.nerf.kernels import landmark_triton_kernels as K
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

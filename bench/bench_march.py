@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.head_render import load_head
-from pipeline.render import load_scene, test_drive
+from pipeline.render.head import load_head
+from pipeline.render.video import load_scene, test_drive
 
 WAYS = [("no early stop", 0.0, 8, False), ("two-pass 1e-3", 1e-3, 8, True), ("marched, window 32", 1e-3, 32, False),
         ("marched, window 16", 1e-3, 16, False), ("marched, window 8", 1e-3, 8, False)]

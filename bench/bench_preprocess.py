@@ -16,9 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import crop, ingest, landmarks, mp_models
-from pipeline.artifacts import CROP_META
-from pipeline.config import CropConfig, LandmarksConfig
+from pipeline.core.artifacts import CROP_META
+from pipeline.core.config import CropConfig, LandmarksConfig
+from pipeline.core.layout import SubjectLayout
+from pipeline.preprocess import crop, face_landmarker, ingest, landmarks
+from pipeline.preprocess import mediapipe_models as mp_models
 
 SHARED = Path(os.environ.get("SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -30,21 +32,20 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        meta = ingest.run(SHARED / f"{args.clip}.mp4", d / "ingest")
+        d = SubjectLayout(tmp)
+        meta = ingest.run(SHARED / f"{args.clip}.mp4", d.ingest.path)
         n = meta["n_frames"]
         t0 = time.perf_counter()
-        crop.run(d / "ingest" / "video.mp4", d / "ingest" / "meta.json", d / "crop", CropConfig(size=args.size))
+        crop.run(d.ingest.video, d.ingest.meta, d.crop.path, CropConfig(size=args.size))
         t1 = time.perf_counter()
         cfg = LandmarksConfig(workers=args.workers)
-        summary = landmarks.run(d / "crop" / "video.mp4", d / "crop" / "crop.json", d / "ingest" / "meta.json",
-                                d / "landmarks", cfg)
+        summary = landmarks.run(d.crop.video, d.crop.meta, d.ingest.meta, d.landmarks.path, cfg)
         t2 = time.perf_counter()
-        size = CROP_META.read(d / "crop" / "crop.json")["size"]
+        size = CROP_META.read(d.crop.meta)["size"]
         task = mp_models.locate(mp_models.FACE_LANDMARKER)
         m = min(200, n)
         t3 = time.perf_counter()
-        landmarks.landmark_chunk(str(d / "crop" / "video.mp4"), size, 0, m, 25, str(task), cfg)
+        face_landmarker.landmark_chunk(str(d.crop.video), size, 0, m, 25, str(task), cfg)
         t4 = time.perf_counter()
     print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -1,4 +1,4 @@
-"""Benchmark frame synthesis of pipeline.render (head field + torso net + soft compositing), no encoding.
+"""Benchmark frame synthesis of pipeline.render.video (head field + torso net + soft compositing), no encoding.
 
 The head is a stage-2 field with random weights built from ``Stage2ModelConfig`` (every sample is
 evaluated: an untrained occupancy grid skips nothing, so this is the slow end for a given sample count);
@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import RenderConfig, Stage2ModelConfig  # noqa: E402
-from pipeline.head_render import untrained_head  # noqa: E402
-from pipeline.render import Drive, Scene, synthesize  # noqa: E402
-from pipeline.torso import Torso, TorsoNet  # noqa: E402
+from pipeline.core.config import RenderConfig, Stage2ModelConfig  # noqa: E402
+from pipeline.render.head import untrained_head  # noqa: E402
+from pipeline.render.video import Drive, Scene, synthesize  # noqa: E402
+from pipeline.torso.model import Torso, TorsoNet  # noqa: E402
 
 TINY = dict(levels=4, log2_hashmap_size=12, finest_resolution=64, hidden_dim=16, num_layers=2, hidden_dim_color=16,
             landmark_k=4, landmark_feat_dim=8, audio_dim=8, occupancy_resolution=16)

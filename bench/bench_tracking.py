@@ -1,4 +1,4 @@
-"""Time track_face (pipeline.tracking.run) on one clip's landmarks; results go to BENCHMARKS.md.
+"""Time track_face (pipeline.preprocess.tracking.track.run) on one clip's landmarks; results go to BENCHMARKS.md.
 
     .venv/bin/python bench/bench_tracking.py results/<s>/landmarks/landmarks.parquet --size 512 [--threads 1]
 
@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import tracking
-from pipeline.config import TrackingConfig
+from pipeline.core.config import TrackingConfig
+from pipeline.preprocess.tracking import track as tracking
 
 
 def main() -> None:

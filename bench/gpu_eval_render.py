@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/gpu_eval_render.py --subject-dir S --frames S/video.npz --out OUT [--fps-frames 25]
 
 Run on the GPU machine after ``python -m pipeline.render video --subject-dir S --out S/video.npz`` (frames
-as :data:`pipeline.artifacts.RENDER_FRAMES`; that machine has no ffmpeg). S holds the subject's files and the
+as :data:`pipeline.core.artifacts.RENDER_FRAMES`; that machine has no ffmpeg). S holds the subject's files and the
 frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.cache``). Writes to OUT:
 
 * ``render_eval.json``: per test frame and averaged, PSNR / SSIM of the whole frame (head + torso + plate,
@@ -12,7 +12,7 @@ frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.c
   the render defaults: ``batch_frames`` frames a call), and the head + torso speed recorded by the render (``video.json``);
 * ``error_map.png``: the mean absolute error over the test frames (0 black .. 0.15 yellow), and in
   ``render_eval.json`` ``regions``: the error per parsing class and in the head's outline band (:func:`score`);
-* ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate``
+* ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate.subject``
   on the CPU machine (``frames_to_npz`` below).
 """
 
@@ -29,12 +29,13 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
-                                STAGE2_LABELS, Provenance)
-from pipeline.config import RenderConfig
-from pipeline.head_render import load_head
-from pipeline.metrics import psnr, ssim
-from pipeline.render import load_scene, test_drive
+from pipeline.core.artifacts import (INGEST_META, PARSING_LABEL_NAMES, RENDER_FRAMES, RENDER_STATS, STAGE2_FRAMES,
+                                     STAGE2_LABELS, Provenance)
+from pipeline.core.config import RenderConfig
+from pipeline.core.layout import SubjectLayout, render_stats
+from pipeline.core.metrics import psnr, ssim
+from pipeline.render.head import load_head
+from pipeline.render.video import load_scene, test_drive
 
 EDGE_PX = 6   # width of the band along the head outline whose error is reported apart
 
@@ -86,7 +87,7 @@ def head_fps(subject_dir: Path, n: int, device: str) -> dict:
     scene = load_scene(root)
     drive, _, _ = test_drive(root, scene)
     cfg = RenderConfig()
-    head = load_head(root / "stage2", device).with_samples(cfg.num_samples, cfg.early_stop_eps)
+    head = load_head(SubjectLayout(root).stage2.path, device).with_samples(cfg.num_samples, cfg.early_stop_eps)
     n = min(n, len(drive))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     args = (scene.focal, scene.cx, scene.cy, scene.crop_size, scene.crop_size, cfg.ray_chunk)
@@ -128,13 +129,14 @@ def main() -> None:
     args = p.parse_args()
     s = args.subject_dir
     frames = RENDER_FRAMES.read(args.frames)["frames"]
-    t0, t1 = INGEST_META.read(s / "ingest/meta.json")["split"]["test"]
-    gt, labels = STAGE2_FRAMES.read(s / "stage2/frames.npy"), STAGE2_LABELS.read(s / "stage2/labels.npy")
+    files = SubjectLayout(s)
+    t0, t1 = INGEST_META.read(files.ingest.meta)["split"]["test"]
+    gt, labels = STAGE2_FRAMES.read(files.stage2.frames), STAGE2_LABELS.read(files.stage2.labels)
     if gt.shape[1] != frames.shape[1] or t1 - t0 != len(frames):
         raise SystemExit(f"{args.frames}: {frames.shape} does not match the test split {t0}-{t1} at {gt.shape[1]} px")
     result = {"test_split": [int(t0), int(t1)], **score(frames, np.asarray(gt[t0:t1]), np.asarray(labels[t0:t1])),
               "head_only": head_fps(s, args.fps_frames, args.device),
-              "head_torso": RENDER_STATS.read(args.frames.with_suffix(".json"))}
+              "head_torso": RENDER_STATS.read(render_stats(args.frames))}
     args.out.mkdir(parents=True, exist_ok=True)
     error_png(result.pop("error_map"), args.out / "error_map.png")
     (args.out / "render_eval.json").write_text(json.dumps(result, indent=1))

@@ -3,13 +3,13 @@
     PYTHONPATH=. python bench/gpu_render_speed.py --subject-dir S --out OUT [--frames 24] [--size 512]
 
 S is a subject directory with a trained head (``stage2/head.pt``, ``head.json``, ``occupancy.npz``) and what
-``pipeline.render.test_drive`` reads. For each setting (frames per call, rays per renderer call, samples a
+``pipeline.render.video.test_drive`` reads. For each setting (frames per call, rays per renderer call, samples a
 marching round, samples per field call) it renders the first ``--frames`` test frames head-only (the
 render default: the head's samples per ray, early stop 1e-3), CUDA-synchronised, and reports frames/s and
 the largest colour / opacity difference to the first setting (the settings change only the batching, so
 the images must agree to float rounding). Then one ``torch.profiler`` pass over 4 frames with the fastest
 setting lists the CUDA kernels and CPU operators by total time. Where S has a trained torso (``torso/``),
-the whole synthesis (``pipeline.render.synthesize``: head, torso, soft compositing, the seam measure, uint8
+the whole synthesis (``pipeline.render.video.synthesize``: head, torso, soft compositing, the seam measure, uint8
 frames on the host) is timed over the same frames, and split into those parts with a CUDA synchronisation
 after each. Writes ``OUT/render_speed.json`` and ``OUT/render_profile.txt``.
 """
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import compositing
-from pipeline.config import RenderConfig
-from pipeline.head_render import Head, load_head
-from pipeline.render import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
-from pipeline.torso import Torso
-from pipeline.torso import load as load_torso
+from pipeline.core.config import RenderConfig
+from pipeline.core.layout import SubjectLayout
+from pipeline.render import compositing
+from pipeline.render.head import Head, load_head
+from pipeline.render.video import Drive, Scene, background_tensor, load_scene, synthesize, test_drive
+from pipeline.torso.model import Torso
+from pipeline.torso.model import load as load_torso
 
 # (frames per call, rays per renderer call, samples per ray a marching round, samples per field call)
 SETTINGS = [(1, 1 << 14, 8, 1 << 18),    # the render default before this benchmark: 16 chunks per frame
@@ -98,7 +99,7 @@ def main() -> None:
     size = args.size or scene.crop_size
     n = min(args.frames, len(drive))
     cfg = RenderConfig()
-    head = load_head(root / "stage2", dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
+    head = load_head(SubjectLayout(root).stage2.path, dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     rows, ref = [], None
     for batch, ray_chunk, window, chunk in SETTINGS:
@@ -134,9 +135,9 @@ def main() -> None:
     result = {"size": size, "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
               "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
               "settings": rows, "best": best}
-    if (root / "torso" / "torso.json").is_file():
+    if SubjectLayout(root).torso.meta.is_file():
         head.renderer.march_window, head.renderer.chunk = 8, 1 << 18     # the render defaults again
-        torso = load_torso(root / "torso", dev)
+        torso = load_torso(SubjectLayout(root).torso.path, dev)
         rcfg = RenderConfig(size=size, device=dev)
         sub = Drive(drive.c2w[:n], drive.poses[:n], drive.landmarks[:n], drive.audio[:n], drive.au45[:n])
         synthesis_parts(head, torso, scene, sub, rcfg.batch_frames, rcfg, sync)          # warm-up

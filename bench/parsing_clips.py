@@ -22,10 +22,12 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline import media, parsing  # noqa: E402
-from pipeline.artifacts import LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, PARSING_LABELS  # noqa: E402
-from pipeline.config import CropConfig, ParsingConfig, from_mapping  # noqa: E402
-from pipeline.parsing_geometry import inner_lip_distance  # noqa: E402
+from pipeline.core import media  # noqa: E402
+from pipeline.core.artifacts import LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, PARSING_LABELS  # noqa: E402
+from pipeline.core.config import CropConfig, ParsingConfig, from_mapping  # noqa: E402
+from pipeline.core.layout import ParsingFiles, SubjectLayout  # noqa: E402
+from pipeline.preprocess.parsing import parse as parsing  # noqa: E402
+from pipeline.preprocess.parsing.geometry import inner_lip_distance  # noqa: E402
 
 CLIPS = ["talk_dfrf_cnn_en", "talk_dfrf_macron_fr", "talk_mimictalk_german_de", "talk_mimictalk_trump_en",
          "talk_sadtalker_katiehill_en", "talk_videoretalking_4_en"]
@@ -33,31 +35,31 @@ SHARED = Path(os.environ.get("SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def inputs(root: Path, clip: str, size: int) -> tuple[Path, Path]:
-    d = root / clip
-    video, lmk = d / "crop" / "video.mp4", d / "landmarks" / "landmarks.parquet"
+    d = SubjectLayout(root / clip)
+    video, lmk = d.crop.video, d.landmarks.table
     if not (video.exists() and lmk.exists()):
-        from pipeline import crop, ingest, landmarks
+        from pipeline.preprocess import crop, ingest, landmarks
 
-        ingest.run(SHARED / f"{clip}.mp4", d / "ingest")
-        crop.run(d / "ingest" / "video.mp4", d / "ingest" / "meta.json", d / "crop", CropConfig(size=size))
-        landmarks.run(video, d / "crop" / "crop.json", d / "ingest" / "meta.json", d / "landmarks")
+        ingest.run(SHARED / f"{clip}.mp4", d.ingest.path)
+        crop.run(d.ingest.video, d.ingest.meta, d.crop.path, CropConfig(size=size))
+        landmarks.run(video, d.crop.meta, d.ingest.meta, d.landmarks.path)
     return video, lmk
 
 
 def measure(root: Path, clip: str, size: int, cfg: ParsingConfig) -> str:
     video, lmk = inputs(root, clip, size)
-    out = root / clip / "parsing"
+    out = ParsingFiles(root / clip / "parsing")
     t0 = time.perf_counter()
-    stats = parsing.run(video, lmk, out, cfg)
+    stats = parsing.run(video, lmk, out.path, cfg)
     total = time.perf_counter() - t0
-    labels = PARSING_LABELS.read(out / "labels.npz")["labels"]
+    labels = PARSING_LABELS.read(out.labels)["labels"]
     n, s = labels.shape[:2]
     pts, _ = parsing.load_landmarks(lmk)
     face = (labels == LABEL_FACE).reshape(n, -1).mean(1)
     mouth = np.isin(labels, (LABEL_LIPS, LABEL_MOUTH)).reshape(n, -1).mean(1)
     rho = spearmanr(mouth, inner_lip_distance(pts)).statistic
     flicker = (labels[1:] != labels[:-1]).reshape(n - 1, -1).mean(1)
-    plate = parsing.read_background(out / "background.png").astype(np.int16)
+    plate = parsing.read_background(out.background).astype(np.int16)
     err, cnt, i = 0.0, 0, 0
     for chunk in media.iter_frames(video, s, s):
         chunk = chunk[: n - i]

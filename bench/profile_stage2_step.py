@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline.config import stage2_configs
+from pipeline.core.config import stage2_configs
+from pipeline.core.device import resolve_device
 from pipeline.stage2.data import SubjectData
-from pipeline.resources import resolve_device
 from pipeline.stage2.train import Trainer, setup_torch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -93,7 +93,7 @@ class Processed:
         return self.root / clip
 
     def ingest(self, clip: str) -> dict:
-        from pipeline import ingest
+        from pipeline.preprocess import ingest
 
         return self._once("ingest", clip, lambda: ingest.run(clip_path(clip), self.dir(clip) / "ingest"))
 
@@ -101,8 +101,8 @@ class Processed:
 
     def crop(self, clip: str) -> dict:
         """crop_faces on the ingested clip -> <dir>/crop/; returns the crop.json dict."""
-        from pipeline import crop
-        from pipeline.config import CropConfig
+        from pipeline.preprocess import crop
+        from pipeline.core.config import CropConfig
 
         def build():
             self.ingest(clip)
@@ -114,7 +114,7 @@ class Processed:
 
     def landmarks(self, clip: str) -> dict:
         """detect_landmarks on the clip's crop -> <dir>/landmarks/; returns the run summary."""
-        from pipeline import landmarks
+        from pipeline.preprocess import landmarks
 
         def build():
             self.crop(clip)
@@ -126,7 +126,7 @@ class Processed:
 
     def parsing(self, clip: str) -> dict:
         """parse_faces on the clip's crop + landmarks -> <dir>/parsing/; returns the stats.json dict."""
-        from pipeline import parsing
+        from pipeline.preprocess.parsing import parse as parsing
 
         def build():
             self.landmarks(clip)  # also runs crop
@@ -137,8 +137,8 @@ class Processed:
 
     def tracking(self, clip: str) -> dict:
         """track_face on the clip's landmarks -> <dir>/tracking/; returns the metrics.json dict."""
-        from pipeline import tracking
-        from pipeline.config import TrackingConfig
+        from pipeline.preprocess.tracking import track as tracking
+        from pipeline.core.config import TrackingConfig
 
         def build():
             self.landmarks(clip)  # also runs ingest and crop
@@ -151,7 +151,7 @@ class Processed:
 
     def audio(self, clip: str) -> dict:
         """extract_audio_features on the clip's own audio -> <dir>/audio/self.{npz,parquet}."""
-        from pipeline import audio_features
+        from pipeline.audio import features as audio_features
 
         def build():
             self.ingest(clip)
@@ -162,7 +162,7 @@ class Processed:
 
     def stage1(self, clip: str) -> dict:
         """train_audio2lmk (tests' size) -> <dir>/stage1/; returns metrics.json."""
-        from pipeline.config import Stage1Config
+        from pipeline.core.config import Stage1Config
         from pipeline.stage1 import train
 
         def build():
@@ -177,7 +177,7 @@ class Processed:
 
     def aus(self, clip: str) -> dict:
         """extract_aus on the clip's landmarks + canonical track -> <dir>/aus/; returns the aus.json dict."""
-        from pipeline import action_units
+        from pipeline.preprocess import action_units
 
         def build():
             self.tracking(clip)  # also runs ingest, crop and landmarks
@@ -190,7 +190,7 @@ class Processed:
     def stage2(self, clip: str) -> dict:
         """cache_frames + train_head with the tiny profile (config.yaml + configs/tiny.yaml) -> <dir>/stage2/;
         returns metrics.json."""
-        from pipeline.config import stage2_configs
+        from pipeline.core.config import stage2_configs
         from pipeline.stage2 import cache, train
 
         def build():

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import media, metrics
-from pipeline.action_units import (AU_COLUMNS, ActionUnitsError, detect_blinks, eye_aspect_ratio, geometry_signals,
-                                   run, smooth)
-from pipeline.artifacts import (AUS, AUS_STATS, CANONICAL_LANDMARKS, LANDMARKS, N_LANDMARKS, Provenance,
-                                fixed_list_column)
-from pipeline.config import ActionUnitsConfig, ConfigError, from_mapping
+from pipeline.core import media, metrics
+from pipeline.core.artifacts import (AUS, AUS_STATS, CANONICAL_LANDMARKS, LANDMARKS, N_LANDMARKS, Provenance,
+                                     fixed_list_column)
+from pipeline.core.config import ActionUnitsConfig, ConfigError, from_mapping
+from pipeline.preprocess.action_units import ActionUnitsError, run
+from pipeline.preprocess.au_signals import AU_COLUMNS, detect_blinks, eye_aspect_ratio, geometry_signals, smooth
 
 from conftest import CLIPS, REPO
 

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.artifacts import (ArraySpec, ArtifactError, JsonSpec, Provenance, TableSpec, atomic_output,
-                                fixed_list_column, read_provenance)
-from pipeline.config import ConfigError, IngestConfig, from_mapping
+from pipeline.core.artifacts import (ArraySpec, ArtifactError, JsonSpec, Provenance, TableSpec, atomic_output,
+                                     fixed_list_column, read_provenance)
+from pipeline.core.config import ConfigError, IngestConfig, from_mapping
 
 PROV = Provenance(source_sha256="ab" * 32, config_hash="0123456789abcdef")
 SPEC = TableSpec("test/table.parquet", pa.schema([

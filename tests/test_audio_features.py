@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import audio_features
-from pipeline.artifacts import AUDIO_FEATURES, AUDIO_FRAMES
-from pipeline.config import AudioConfig
-from pipeline.errors import PipelineError
+from pipeline.audio import features as audio_features
+from pipeline.core.artifacts import AUDIO_FEATURES, AUDIO_FRAMES
+from pipeline.core.config import AudioConfig
+from pipeline.core.errors import PipelineError
 
 from conftest import CLIPS, REPO, SPEECH, speech_path
 

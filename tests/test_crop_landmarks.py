@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import crop, ingest, landmarks, media, metrics, mp_models
-from pipeline.artifacts import CROP_BOXES, CROP_META, LANDMARKS, N_LANDMARKS, fixed_list_column
-from pipeline.config import CropConfig, LandmarksConfig
+from pipeline.preprocess import crop, ingest, landmarks
+from pipeline.preprocess import mediapipe_models as mp_models
+from pipeline.core import media, metrics
+from pipeline.core.artifacts import CROP_BOXES, CROP_META, LANDMARKS, N_LANDMARKS, fixed_list_column
+from pipeline.core.config import CropConfig, LandmarksConfig
 
 from conftest import CLIPS, clip_path
 
@@ -108,7 +110,7 @@ def test_two_faces_side_by_side_are_refused(tmp_path):
             "-c:v", "libx264", "-crf", "18", "-c:a", "aac", str(src))
     ingest.run(src, tmp_path / "ingest")
     out = tmp_path / "crop"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.crop", "--video", str(tmp_path / "ingest" / "video.mp4"),
+    proc = subprocess.run([sys.executable, "-m", "pipeline.preprocess.crop", "--video", str(tmp_path / "ingest" / "video.mp4"),
                            "--meta", str(tmp_path / "ingest" / "meta.json"), "--outdir", str(out),
                            "--config", '{"size": 128}'], capture_output=True, text=True)
     assert proc.returncode == 1

@@ -14,8 +14,8 @@ import warnings
 import pytest
 import torch
 
-from pipeline.stage2 import encoding as E
-from pipeline.stage2 import encoding_triton as ET
+from pipeline.stage2.nerf import encoding as E
+from pipeline.stage2.nerf.kernels import hash_grid_triton as ET
 
 from conftest import run_in_triton_interpreter
 
@@ -251,7 +251,7 @@ def test_selecting_an_unavailable_triton_backend_falls_back_with_one_warning(mon
 
 
 def test_config_accepts_the_triton_backend():
-    from pipeline.config import Stage2ModelConfig
+    from pipeline.core.config import Stage2ModelConfig
 
     assert Stage2ModelConfig(backend="triton").backend == "triton"
 
@@ -260,9 +260,9 @@ def test_config_accepts_the_triton_backend():
 
 _INTERPRETER_CHECK = textwrap.dedent("""
     import torch
-    from pipeline.stage2 import encoding as E
-    from pipeline.stage2 import encoding_triton as ET
-    from pipeline.stage2 import encoding_triton_kernels as K
+    from pipeline.stage2.nerf import encoding as E
+    from pipeline.stage2.nerf.kernels import hash_grid_triton as ET
+    from pipeline.stage2.nerf.kernels import hash_grid_triton_kernels as K
     for i, (spec, cfg) in enumerate([(E.HashGridSpec(3, 4, 2, 10, 2, 40), K.KernelConfig(64, 4, 4, True, True)),
                                      (E.HashGridSpec(2, 3, 3, 8, 3, 60), K.KernelConfig(32, 2, 1)),
                                      (E.HashGridSpec(3, 5, 2, 9, 2, 64), K.KernelConfig(32, 8, 1, True, False, True)),

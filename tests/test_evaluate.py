@@ -4,7 +4,7 @@ the Snakemake report over the evaluation.
 
 The constructed renders stand in for ``video.mp4`` (the real one needs a trained head): the test split of the crop
 video, the mouth region stretched vertically about the inner lips, the test-split audio muxed, as
-pipeline.render writes it.
+pipeline.render.video writes it.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from conftest import CLIPS, REPO, clip_path
-from pipeline import media
-from pipeline.artifacts import (EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS, N_LANDMARKS, RENDER_STATS,
-                                Provenance, fixed_list_column)
-from pipeline.config import EvaluateConfig
-from pipeline.metrics import (band_energies, band_envelope, jaw_drop, mouth_darkness, psnr, ssim, ssim_map,
-                              sync_offset, sync_visual)
+from pipeline.core import media
+from pipeline.core.artifacts import (EVAL_FRAMES, EVAL_METRICS, INGEST_META, LANDMARKS, N_LANDMARKS, RENDER_STATS,
+                                     Provenance, fixed_list_column)
+from pipeline.core.config import EvaluateConfig
+from pipeline.core.metrics import (band_energies, band_envelope, jaw_drop, mouth_darkness, psnr, ssim, ssim_map,
+                                   sync_offset, sync_visual)
 
 CLIP = "talk_sadtalker_katiehill_en"   # 8 s: 18 test frames at 256 px (the shared cache's crop size)
 SYNC_CLIP = "talk_dfrf_cnn_en"         # 71 s of studio speech: the clearest lip-audio relation of the set
@@ -197,7 +197,7 @@ def workdir(processed, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def evaluated(workdir) -> dict[float, dict]:
     """evaluate.run on renders with no, a small and a large mouth warp."""
-    from pipeline import evaluate
+    from pipeline.evaluate import subject as evaluate
 
     root = workdir / "results" / CLIP
     out = {}
@@ -239,7 +239,7 @@ def test_lmd_flavours_agree_on_the_ranking(evaluated):
 
 
 def test_benchmark_table_any_subjects(evaluated, tmp_path):
-    from pipeline import evaluate
+    from pipeline.evaluate import table
 
     paths = []
     for amount, name in ((0.0, "clean"), (0.4, "warped")):
@@ -248,7 +248,7 @@ def test_benchmark_table_any_subjects(evaluated, tmp_path):
         p = tmp_path / name / "metrics.json"
         EVAL_METRICS.write(p, {k: v for k, v in doc.items() if k != "provenance"})
         paths.append(p)
-    rows = evaluate.run_table(paths, tmp_path / "b.md", tmp_path / "b.csv")
+    rows = table.run(paths, tmp_path / "b.md", tmp_path / "b.csv")
     assert [r["subject"] for r in rows] == ["clean", "warped"]
     md = (tmp_path / "b.md").read_text()
     assert "LMD dlib-68" in md and "| clean |" in md and "no metrics.json of stage2" in md and "LPIPS unavailable" in md

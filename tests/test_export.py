@@ -1,7 +1,7 @@
 """export_ernerf: the exported folder, read back the way ER-NeRF reads it (cv2, json, np.loadtxt, pandas).
 
 The reader below follows ER-NeRF's published conventions (data_utils/process.py, nerf_triplane/provider.py)
-and uses none of pipeline.export's helpers or constants.
+and uses none of pipeline.export.ernerf's helpers or constants.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def subject(processed) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(subject, tmp_path_factory):
-    from pipeline import export
+    from pipeline.export import ernerf as export
 
     out = tmp_path_factory.mktemp("export") / "ernerf"
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def read_ernerf(root: Path) -> dict:
 def test_export_folder_reads_as_ernerf(subject, exported):
     import cv2
 
-    from pipeline.artifacts import INGEST_META, LANDMARKS, fixed_list_column
+    from pipeline.core.artifacts import INGEST_META, LANDMARKS, fixed_list_column
 
     root, stats = exported
     n = INGEST_META.read(subject / "ingest/meta.json")["n_frames"]
@@ -147,9 +147,9 @@ def test_export_folder_reads_as_ernerf(subject, exported):
 
 
 def test_export_subset_and_refusal(subject, tmp_path):
-    from pipeline import export
-    from pipeline.config import ConfigError, ExportConfig, from_mapping
-    from pipeline.errors import PipelineError
+    from pipeline.export import ernerf as export
+    from pipeline.core.config import ConfigError, ExportConfig, from_mapping
+    from pipeline.core.errors import PipelineError
 
     out = tmp_path / "sub" / "ernerf"
     stats = export.run(subject, out, cfg=ExportConfig(max_frames=40, chunk=7, workers=1, jpeg_quality=80))
@@ -181,8 +181,10 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
     """aud_hu.npy only for a HuBERT-large encoder ([N, 2, 1024] as ER-NeRF's hubert.py); others keep their name."""
     import soundfile as sf
 
-    from pipeline import export, media
-    from pipeline.artifacts import AUDIO_FEATURES, Provenance
+    from pipeline.export import ernerf as export
+    from pipeline.core import media
+    from pipeline.core.artifacts import AUDIO_FEATURES, Provenance
+    from pipeline.core.layout import SubjectLayout
 
     n, dim = 30, 5
     rng = np.random.default_rng(0)
@@ -197,7 +199,7 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
         "encoder": enc, "encoder_name": np.array(name)}, Provenance("x", "y"))
     out = tmp_path / "out"
     out.mkdir()
-    written = export.write_audio(out, export.SubjectFiles.of(subject), n, 25)
+    written = export.write_audio(out, SubjectLayout(subject), n, 25)
     assert written == ["aud.wav", "aud_ours.npy", target]
     arr = np.load(out / target, allow_pickle=False)
     assert arr.shape == (n, 2, hidden) and np.array_equal(arr, enc[:n])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline import media
-from pipeline.artifacts import INGEST_META
-from pipeline.ingest import align_audio, split_ranges
+from pipeline.core import media
+from pipeline.core.artifacts import INGEST_META
+from pipeline.preprocess.ingest import align_audio, split_ranges
 
 from conftest import CLIPS, clip_path
 
@@ -115,7 +115,7 @@ def _bad_missing(tmp):
 def test_ingest_refuses_bad_input(tmp_path, make):
     src, reason = make(tmp_path)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.ingest", "--video", str(src), "--outdir", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.preprocess.ingest", "--video", str(src), "--outdir", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]

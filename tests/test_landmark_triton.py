@@ -14,9 +14,9 @@ import warnings
 import pytest
 import torch
 
-from pipeline.stage2 import encoding_triton as ET
-from pipeline.stage2 import landmark_triton as LT
-from pipeline.stage2.field import GaussianLandmarkEncoding
+from pipeline.stage2.nerf.kernels import hash_grid_triton as ET
+from pipeline.stage2.nerf.kernels import landmark_triton as LT
+from pipeline.stage2.nerf.field import GaussianLandmarkEncoding
 
 from conftest import run_in_triton_interpreter
 
@@ -116,8 +116,8 @@ def test_probe_reports_kernels_that_fail_and_raises_out_of_memory(monkeypatch):
 
 
 def test_backend_torch_never_asks_for_the_kernels():
-    from pipeline.config import Stage2ModelConfig
-    from pipeline.stage2.field import LandmarkField
+    from pipeline.core.config import Stage2ModelConfig
+    from pipeline.stage2.nerf.field import LandmarkField
 
     assert LandmarkField(Stage2ModelConfig(backend="torch", audio_dim=0)).landmark_enc.use_kernels is False
     assert LandmarkField(Stage2ModelConfig(backend="auto", audio_dim=0)).landmark_enc.use_kernels is True
@@ -138,7 +138,7 @@ def test_kernel_matches_the_reference(geom):
     idx = LT.fast_knn(k, x, frame, lm)
     assert idx is not None and idx.shape == (len(x), k) and idx.dtype == torch.int64
     assert_same_neighbours(idx, x, frame, lm, k)
-    from pipeline.stage2 import landmark_triton_kernels as K
+    from pipeline.stage2.nerf.kernels import landmark_triton_kernels as K
     assert_same_neighbours(K.knn(x, frame, lm, k, slots=False), x, frame, lm, k)   # the tile (k > 8) too
 
 
@@ -162,8 +162,8 @@ def test_training_and_inference_match_the_reference_kNN():
 
 _INTERPRETER_CHECK = textwrap.dedent("""
     import torch
-    from pipeline.stage2 import landmark_triton_kernels as K
-    from pipeline.stage2.field import GaussianLandmarkEncoding
+    from pipeline.stage2.nerf.kernels import landmark_triton_kernels as K
+    from pipeline.stage2.nerf.field import GaussianLandmarkEncoding
     for i, (m, k) in enumerate([(113, 8), (40, 5), (20, 1), (30, 10)]):
         torch.manual_seed(i)
         enc = GaussianLandmarkEncoding(m, k, 0.1, 1, 4, 16, use_kernels=False)

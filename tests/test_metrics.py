@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import LIP_IDS, best_lag, mouth_lmd, mouth_opening, psnr, rms_envelope, ssim
+from pipeline.core.metrics import LIP_IDS, best_lag, mouth_lmd, mouth_opening, psnr, rms_envelope, ssim
 
 
 def test_identical_images():

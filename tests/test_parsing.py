@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from pipeline import media
-from pipeline.artifacts import (LABEL_BACKGROUND, LABEL_EYES, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH,
-                                LABEL_NECK, LABEL_TORSO, LANDMARKS, PARSING_LABELS, PARSING_STATS, PARSING_TORSO,
-                                ArtifactError, ArraySpec, Provenance, fixed_list_column, npz_iter_rows, npz_stream)
-from pipeline.background import PlateAccumulator
-from pipeline.errors import PipelineError
-from pipeline.parsing import load_landmarks, read_background
-from pipeline.parsing_geometry import (FACE_OVAL, LEFT_EYE, LIPS_INNER, LIPS_OUTER, RIGHT_EYE, HysteresisMatte,
-                                       chain_loop, inner_lip_distance)
+from pipeline.core import media
+from pipeline.core.artifacts import (LABEL_BACKGROUND, LABEL_EYES, LABEL_FACE, LABEL_HAIR, LABEL_LIPS, LABEL_MOUTH,
+                                     LABEL_NECK, LABEL_TORSO, LANDMARKS, PARSING_LABELS, PARSING_STATS, PARSING_TORSO,
+                                     ArtifactError, ArraySpec, Provenance, fixed_list_column, npz_iter_rows, npz_stream)
+from pipeline.preprocess.parsing.background import PlateAccumulator
+from pipeline.core.errors import PipelineError
+from pipeline.preprocess.parsing.parse import load_landmarks, read_background
+from pipeline.preprocess.parsing.geometry import (FACE_OVAL, LEFT_EYE, LIPS_INNER, LIPS_OUTER, RIGHT_EYE,
+                                                  HysteresisMatte, chain_loop, inner_lip_distance)
 
 from conftest import CLIPS
 
@@ -190,7 +190,7 @@ def test_parsing_real_clip(processed, clip):
 
 
 def test_cli_refuses_mismatched_landmarks(processed, tmp_path, capsys):
-    from pipeline.parsing import main
+    from pipeline.preprocess.parsing.parse import main
 
     clip = "talk_mimictalk_trump_en"
     processed.landmarks(clip)

@@ -23,7 +23,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 def _two_demo_subjects(workdir: Path) -> list[str]:
     """Two subjects from the built-in demo clip (the second is the first, renamed)."""
-    from pipeline import demo
+    from pipeline.preprocess import demo
 
     src = workdir / "data" / "demo" / "demo.mp4"
     if not src.exists():
@@ -137,7 +137,7 @@ def test_param_change_reruns_that_stage_and_descendants_only(demo_built):
 
 def test_code_change_reruns_that_stage_and_descendants_only(demo_built):
     """Editing a module re-runs its rules (Snakemake compares content, so a bare touch does not)."""
-    module = REPO / "pipeline" / "crop.py"
+    module = REPO / "pipeline" / "preprocess" / "crop.py"
     original, st = module.read_bytes(), module.stat()
     try:
         module.write_bytes(original + b"\n# an edit\n")

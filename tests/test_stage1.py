@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.artifacts import STAGE1_PRED, fixed_list_column
-from pipeline.config import Stage1Config
-from pipeline.metrics import best_lag, mouth_opening, rms_envelope
+from pipeline.core.artifacts import STAGE1_PRED, fixed_list_column
+from pipeline.core.config import Stage1Config
+from pipeline.core.metrics import best_lag, mouth_opening, rms_envelope
 from pipeline.stage1 import predict
 from pipeline.stage1.data import sliding_predict
 from pipeline.stage1.fit import fit
@@ -64,7 +64,7 @@ def test_same_seed_same_predictions(processed):
 @pytest.mark.parametrize("wav", ["speech_genefacepp_macron_fr", "speech_sadtalker_chinese_news_zh",
                                  "speech_dreamtalk_german1_de"])
 def test_drive_with_other_languages(processed, tmp_path, wav):
-    from pipeline import audio_features
+    from pipeline.audio import features as audio_features
 
     clip = "talk_dfrf_cnn_en"
     processed.stage1(clip)
@@ -86,7 +86,7 @@ def test_drive_with_other_languages(processed, tmp_path, wav):
 
 
 def test_predict_refuses_mismatched_features(processed, tmp_path):
-    from pipeline.artifacts import AUDIO_FEATURES
+    from pipeline.core.artifacts import AUDIO_FEATURES
     from pipeline.stage1.io import Stage1Error
 
     clip = "talk_mimictalk_german_de"
@@ -95,7 +95,7 @@ def test_predict_refuses_mismatched_features(processed, tmp_path):
     data["features"] = data["features"][..., :40]
     data["columns"] = data["columns"][:40]
     data["feat_mean"], data["feat_std"] = data["feat_mean"][:40], data["feat_std"][:40]
-    from pipeline.artifacts import Provenance
+    from pipeline.core.artifacts import Provenance
 
     AUDIO_FEATURES.write(tmp_path / "bad.npz", data, Provenance("0" * 64, "x"))
     with pytest.raises(Stage1Error, match="bad.npz.*feature size 40"):

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import ConfigError, Stage2ModelConfig
-from pipeline.stage2 import encoding as E
-from pipeline.stage2.field import GaussianLandmarkEncoding, LandmarkField
-from pipeline.stage2.occupancy import OccupancyGrid
-from pipeline.stage2.renderer import (VolumeRenderer, camera_rays, composite, pixel_centers,
-                                      segment_exclusive_cumsum)
+from pipeline.core.config import ConfigError, Stage2ModelConfig
+from pipeline.stage2.nerf import encoding as E
+from pipeline.stage2.nerf.field import GaussianLandmarkEncoding, LandmarkField
+from pipeline.stage2.nerf.occupancy import OccupancyGrid
+from pipeline.stage2.nerf.renderer import (VolumeRenderer, camera_rays, composite, pixel_centers,
+                                           segment_exclusive_cumsum)
 
 # ---------------------------------------------------------------- hash grid
 
@@ -342,8 +342,8 @@ def test_stage2_imports_without_preprocessing_libraries():
     blocked = ["mediapipe", "librosa", "parselmouth", "av", "snakemake", "scipy", "sklearn", "imageio_ffmpeg"]
     code = ("import sys\n"
             f"for m in {blocked!r}: sys.modules[m] = None\n"
-            "import pipeline.stage2, pipeline.stage2.encoding, pipeline.stage2.field\n"
-            "import pipeline.stage2.renderer, pipeline.stage2.occupancy\n")
+            "import pipeline.stage2, pipeline.stage2.nerf.encoding, pipeline.stage2.nerf.field\n"
+            "import pipeline.stage2.nerf.renderer, pipeline.stage2.nerf.occupancy\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
 
 

@@ -7,9 +7,9 @@ import math
 
 import torch
 
-from pipeline.stage2.field import LandmarkField
-from pipeline.stage2.occupancy import OccupancyGrid
-from pipeline.stage2.renderer import VolumeRenderer, camera_rays, intersect_sphere, pixel_centers
+from pipeline.stage2.nerf.field import LandmarkField
+from pipeline.stage2.nerf.occupancy import OccupancyGrid
+from pipeline.stage2.nerf.renderer import VolumeRenderer, camera_rays, intersect_sphere, pixel_centers
 
 from test_stage2_core import _small_cfg
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import REPO, profile_section
-from pipeline.artifacts import STAGE2_HEAD, STAGE2_METRICS
-from pipeline.config import ConfigError, Stage2ModelConfig, Stage2TrainConfig, stage2_configs
+from pipeline.core.artifacts import STAGE2_HEAD, STAGE2_METRICS
+from pipeline.core.config import ConfigError, Stage2ModelConfig, Stage2TrainConfig, stage2_configs
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import HeadSpace, SubjectData
 from pipeline.stage2.losses import color_loss, gradient_loss, opacity_loss, ssim_loss, to_patches
@@ -40,8 +40,8 @@ def test_stage2_section_splits_into_model_and_training_configs():
 
 
 def test_device_setting_auto_cpu_and_a_missing_gpu():
-    from pipeline.errors import PipelineError
-    from pipeline.resources import resolve_device
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.device import resolve_device
 
     assert resolve_device("cpu", "stage2.device") == torch.device("cpu")
     assert resolve_device("auto", "stage2.device").type == ("cuda" if torch.cuda.is_available() else "cpu")

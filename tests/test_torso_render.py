@@ -31,8 +31,9 @@ FAST = dict(size=SIZE, threads=1, early_stop_eps=0.0)
 @pytest.fixture(scope="module")
 def subject(processed, tmp_path_factory) -> Path:
     """A results/<s>-like folder: preprocessing (shared cache), audio features, tiny stage 1, torso."""
-    from pipeline import audio_features, torso
-    from pipeline.config import Stage1Config, TorsoConfig
+    from pipeline.audio import features as audio_features
+    from pipeline.torso import train as torso
+    from pipeline.core.config import Stage1Config, TorsoConfig
     from pipeline.stage1 import predict, train
 
     processed.parsing(CLIP)
@@ -55,9 +56,9 @@ def subject(processed, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def head(subject):
-    from pipeline.artifacts import AUDIO_FEATURES, CANONICAL_LANDMARKS
-    from pipeline.config import Stage2ModelConfig
-    from pipeline.head_render import untrained_head
+    from pipeline.core.artifacts import AUDIO_FEATURES, CANONICAL_LANDMARKS
+    from pipeline.core.config import Stage2ModelConfig
+    from pipeline.render.head import untrained_head
 
     lms = CANONICAL_LANDMARKS.read(subject / "tracking/canonical.npz")["landmarks"]
     dim = AUDIO_FEATURES.read(subject / "audio/self.npz")["features"].shape[-1]
@@ -68,7 +69,7 @@ def head(subject):
 
 
 def test_torso_beats_mean_torso(subject):
-    from pipeline import torso
+    from pipeline.torso import model as torso
 
     m = json.loads((subject / "torso/metrics.json").read_text())
     print(f"torso test PSNR {m['psnr_torso_db']:.2f} dB vs mean torso {m['psnr_torso_mean_db']:.2f} dB; "
@@ -86,10 +87,11 @@ def test_torso_beats_mean_torso(subject):
 
 def test_soft_compositing_hides_the_neck_seam(subject):
     """Head layer = the real frame's head pixels, torso = the model, over the plate: soft < hard seam jump."""
-    from pipeline import compositing, torso
-    from pipeline.artifacts import LABEL_FACE, PARSING_LABELS
-    from pipeline.media import iter_frames
-    from pipeline.render import load_scene
+    from pipeline.render import compositing
+    from pipeline.torso import model as torso
+    from pipeline.core.artifacts import LABEL_FACE, PARSING_LABELS
+    from pipeline.core.media import iter_frames
+    from pipeline.render.video import load_scene
 
     scene = load_scene(subject)
     t0, t1 = scene.split["test"]
@@ -118,8 +120,9 @@ def test_soft_compositing_hides_the_neck_seam(subject):
 
 
 def test_drive_videos_match_the_audio(subject, head):
-    from pipeline import media, render
-    from pipeline.config import RenderConfig
+    from pipeline.render import video as render
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig
 
     for w in WAVS:
         out = subject / f"drive/{w}.mp4"
@@ -137,9 +140,10 @@ def test_drive_videos_match_the_audio(subject, head):
 
 
 def test_test_split_video(subject, head):
-    from pipeline import media, render
-    from pipeline.config import RenderConfig
-    from pipeline.render import load_scene
+    from pipeline.render import video as render
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig
+    from pipeline.render.video import load_scene
 
     out = subject / "video.mp4"
     stats = render.run_video(subject, out, RenderConfig(**FAST), head=head)
@@ -155,8 +159,9 @@ def test_test_split_video(subject, head):
 
 def test_frames_npz_then_mux(subject, head, tmp_path):
     """The GPU-machine path: frames to an npz without ffmpeg, muxed afterwards."""
-    from pipeline import media, render
-    from pipeline.config import RenderConfig
+    from pipeline.render import video as render
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig
 
     npz = tmp_path / "video.frames.npz"
     stats = render.run_video(subject, npz, RenderConfig(**FAST, compositing="hard"), head=head)
@@ -165,7 +170,7 @@ def test_frames_npz_then_mux(subject, head, tmp_path):
 
 
 def test_motion_replay_and_blinks():
-    from pipeline import motion
+    from pipeline.render import motion
 
     idx = motion.mirror_loop(10, 14, 12)
     assert idx.tolist() == [10, 11, 12, 13, 12, 11, 10, 11, 12, 13, 12, 11]
@@ -183,7 +188,7 @@ def test_motion_replay_and_blinks():
     model = motion.BlinkModel.from_aus(au, peaks)
     assert model.baseline == pytest.approx(0.2) and model.profile[len(model.profile) // 2] == pytest.approx(1.0)
     sample = model.sample(1500, np.random.default_rng(1))
-    from pipeline.action_units import detect_blinks
+    from pipeline.preprocess.au_signals import detect_blinks
 
     n = len(detect_blinks(sample, 1.5, 6, 25))
     assert 14 <= n <= 26  # 20/min over 60 s

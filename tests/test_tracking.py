@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import mp_models
-from pipeline import tracking_fit as tf
-from pipeline.artifacts import (CANONICAL_LANDMARKS, FACE_MODEL, LANDMARKS, N_EXPR, N_LANDMARKS, TRACKING_METRICS,
-                                TRACKS, TRANSFORMS, Provenance, fixed_list_column)
-from pipeline.config import TrackingConfig
-from pipeline.tracking import TrackingError, run
+from pipeline.preprocess import mediapipe_models as mp_models
+from pipeline.preprocess.tracking import fit as tf
+from pipeline.core.artifacts import (CANONICAL_LANDMARKS, FACE_MODEL, LANDMARKS, N_EXPR, N_LANDMARKS, TRACKING_METRICS,
+                                     TRACKS, TRANSFORMS, Provenance, fixed_list_column)
+from pipeline.core.config import TrackingConfig
+from pipeline.preprocess.tracking.track import TrackingError, run
 
 from conftest import CLIPS
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from pipeline import media
+from pipeline.core import media
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 

@@ -1,6 +1,7 @@
 """Stage 1 (GtsTalkNeRF): audio features -> per-frame pose-free landmarks of the subject.
 
-``model.py`` the Transformer, ``data.py`` targets (PCA of canonical landmark offsets) and
-sequence batches, ``train.py`` the rule ``train_audio2lmk``, ``predict.py`` the rule
-``predict_landmarks``. Imports torch/numpy/pyarrow only.
+Rule modules: ``train.py`` (rules ``train_audio2lmk`` and ``pretrain_audio2lmk``) and ``predict.py`` (rule
+``predict_landmarks``); beside them ``model.py`` the Transformer, ``data.py`` targets (PCA of canonical landmark
+offsets), sequence batches and sliding-window prediction, ``fit.py`` the training loop, ``io.py`` the input
+files, model files and predictions. Imports torch/numpy/pyarrow only.
 """

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.metrics import LIP_IDS, smooth_frames
+from pipeline.core.config import Stage1Config
+from pipeline.core.metrics import LIP_IDS, smooth_frames
 
 # Lips, the lower face-oval (jaw line) and the chin/lower-cheek points of the mediapipe mesh.
 JAW_IDS = [58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,
@@ -104,6 +105,12 @@ def smooth_zero_lag(x: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return x
     return np.stack([smooth_frames(x[:, j], sigma) for j in range(x.shape[1])], 1).astype(x.dtype)
+
+
+def predict_landmarks(model, basis: LandmarkBasis, feats: np.ndarray, cfg: Stage1Config) -> tuple[np.ndarray, np.ndarray]:
+    """(smoothed, raw) canonical landmarks [N, P, 3] for every frame of ``feats``."""
+    raw = sliding_predict(model, feats, cfg.seq_len)
+    return basis.decode(smooth_zero_lag(raw, cfg.smooth_sigma)), basis.decode(raw)
 
 
 def ridge_fit(train_x: np.ndarray, train_y: np.ndarray, alpha: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from pipeline.config import Stage1Config
+from pipeline.core.config import Stage1Config
+from pipeline.core.progress import progress
 from pipeline.stage1.data import LandmarkBasis, gather, random_sequences, ridge_fit, sliding_predict
 from pipeline.stage1.model import Audio2Landmarks
 
@@ -81,7 +81,7 @@ def fit(feats: np.ndarray, landmarks: np.ndarray, train_ranges: list[tuple[int, 
         result.curve.append({"step": 0, "train_loss": float("nan"), "val_loss": result.best_val})
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = np.array([b - a for a, b in fit_ranges], np.float64)
-    for step in tqdm(range(1, steps + 1), desc="stage1", mininterval=2.0):
+    for step in progress(range(1, steps + 1), desc="stage1", mininterval=2.0):
         which = rng.choice(len(fit_ranges), size=cfg.batch, p=weights / weights.sum())
         starts = np.concatenate([random_sequences(fit_ranges[r], cfg.seq_len, 1, rng) for r in which])
         x = gather(feats, starts, cfg.seq_len).float()

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, TRANSFORMS,
-                                Provenance, atomic_output)
-from pipeline.config import Stage1Config
-from pipeline.errors import PipelineError
+from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, STAGE1_BASIS, STAGE1_MODEL, STAGE1_PRED,
+                                     TRANSFORMS, Provenance, atomic_output)
+from pipeline.core.config import Stage1Config
+from pipeline.core.errors import PipelineError
+from pipeline.core.layout import Stage1Files
+from pipeline.core.metrics import mouth_opening
 from pipeline.stage1.data import LandmarkBasis
 from pipeline.stage1.model import Audio2Landmarks
 
@@ -63,27 +65,34 @@ class Camera:
 
 
 def save_model(outdir: Path, model: Audio2Landmarks, basis: LandmarkBasis, cfg: Stage1Config, prov: Provenance) -> None:
-    with atomic_output(outdir / "model.pt") as tmp:
+    files = Stage1Files(outdir)
+    with atomic_output(files.model) as tmp:
         torch.save(model.state_dict(), tmp)
-    STAGE1_BASIS.write(outdir / "basis.npz", basis.arrays(), prov)
-    STAGE1_MODEL.write(outdir / "model.json", {
+    STAGE1_BASIS.write(files.basis, basis.arrays(), prov)
+    STAGE1_MODEL.write(files.meta, {
         "in_dim": model.in_dim, "out_dim": model.out_dim, "window": model.window_len,
         "d_model": cfg.d_model, "n_layers": cfg.n_layers,
         "n_heads": cfg.n_heads, "use_encoder": cfg.use_encoder, "config": asdict(cfg)}, prov)
 
 
+def write_predictions(path: Path, lms: np.ndarray, fps: int, prov: Provenance) -> None:
+    n = len(lms)
+    STAGE1_PRED.write(path, {"frame_idx": np.arange(n, dtype=np.int32), "t_sec": np.arange(n) / fps,
+                             "landmarks": lms.reshape(n, -1), "mouth_open": mouth_opening(lms)}, prov)
+
+
 def load_model(model_dir: Path | str) -> tuple[Audio2Landmarks, LandmarkBasis, dict]:
-    model_dir = Path(model_dir)
-    meta = STAGE1_MODEL.read(model_dir / "model.json")
+    files = Stage1Files(model_dir)
+    meta = STAGE1_MODEL.read(files.meta)
     model = Audio2Landmarks(meta["in_dim"], meta["out_dim"], meta["d_model"], meta["n_layers"], meta["n_heads"], 0.0,
                             meta["window"])
     try:
-        state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+        state = torch.load(files.model, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except (RuntimeError, OSError) as exc:
-        raise Stage1Error(model_dir / "model.pt", f"cannot load weights ({exc})") from exc
+        raise Stage1Error(files.model, f"cannot load weights ({exc})") from exc
     model.eval()
-    b = STAGE1_BASIS.read(model_dir / "basis.npz")
+    b = STAGE1_BASIS.read(files.basis)
     return model, LandmarkBasis(b["mean"], b["components"], b["scale"]), meta
 
 

@@ -1,7 +1,7 @@
 """Audio-to-landmark Transformer.
 
 Each video frame brings a window of audio features [W=16, D] (log-mel + formants + f0/voicing/
-energy, see audio_features). A small 1-D conv net summarises the window into one vector per frame;
+energy, see pipeline.audio.features). A small 1-D conv net summarises the window into one vector per frame;
 a Transformer encoder then mixes a sequence of T frames (bidirectional: a rendered video has the
 whole audio), and a linear head outputs the target coefficients per frame (PCA coefficients of
 the subject's canonical landmark offsets, see data.py).

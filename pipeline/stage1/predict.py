@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import Provenance, config_hash, file_sha256
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage1Config, from_mapping
-from pipeline.stage1.io import Stage1Error, load_features, load_model
-from pipeline.stage1.train import predict_landmarks, write_predictions
+from pipeline.core.artifacts import Provenance, config_hash, file_sha256
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage1Config, from_mapping
+from pipeline.core.layout import Stage1Files
+from pipeline.stage1.data import predict_landmarks
+from pipeline.stage1.io import Stage1Error, load_features, load_model, write_predictions
 
 
 def run(features: Path | str, model_dir: Path | str, out: Path | str, fps: int = 25) -> int:
     """Write ``out`` (STAGE1_PRED) for every frame of ``features``; returns the frame count."""
     model, basis, meta = load_model(model_dir)
-    cfg = from_mapping(Stage1Config, meta["config"], f"{model_dir}/model.json")
+    cfg = from_mapping(Stage1Config, meta["config"], str(Stage1Files(model_dir).meta))
     feats = load_features(features, meta["use_encoder"])
     if feats.shape[-1] != model.in_dim:
         raise Stage1Error(features, f"feature size {feats.shape[-1]} != the model's {model.in_dim} "

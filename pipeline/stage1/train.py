@@ -14,27 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import STAGE1_METRICS, STAGE1_PRED, Provenance, config_hash, file_sha256
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage1Config, from_mapping
-from pipeline.metrics import best_lag, mouth_lmd, mouth_opening
-from pipeline.stage1.data import LandmarkBasis, ridge_baseline, sliding_predict, smooth_zero_lag
+from pipeline.core.artifacts import STAGE1_METRICS, Provenance, config_hash, file_sha256
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage1Config, from_mapping
+from pipeline.core.layout import SELF_AUDIO, Stage1Files
+from pipeline.core.metrics import best_lag, mouth_lmd, mouth_opening
+from pipeline.stage1.data import LandmarkBasis, predict_landmarks, ridge_baseline
 from pipeline.stage1.fit import fit, split_validation
-from pipeline.stage1.io import Camera, load_features, load_model, load_targets, save_model
+from pipeline.stage1.io import Camera, load_features, load_model, load_targets, save_model, write_predictions
 
 log = logging.getLogger("pipeline.stage1.train")
-
-
-def predict_landmarks(model, basis: LandmarkBasis, feats: np.ndarray, cfg: Stage1Config) -> tuple[np.ndarray, np.ndarray]:
-    """(smoothed, raw) canonical landmarks [N, P, 3] for every frame of ``feats``."""
-    raw = sliding_predict(model, feats, cfg.seq_len)
-    return basis.decode(smooth_zero_lag(raw, cfg.smooth_sigma)), basis.decode(raw)
-
-
-def write_predictions(path: Path, lms: np.ndarray, fps: int, prov: Provenance) -> None:
-    n = len(lms)
-    STAGE1_PRED.write(path, {"frame_idx": np.arange(n, dtype=np.int32), "t_sec": np.arange(n) / fps,
-                             "landmarks": lms.reshape(n, -1), "mouth_open": mouth_opening(lms)}, prov)
 
 
 def evaluate(pred: np.ndarray, raw: np.ndarray, true: np.ndarray, feats: np.ndarray, basis: LandmarkBasis,
@@ -101,9 +90,10 @@ def run(features: Path | str, canonical: Path | str, transforms: Path | str, out
              metrics["lmd_px_mean_shape"], metrics["lmd_px_linear"], metrics["mouth_corr"])
     prov = Provenance(file_sha256(features), config_hash(cfg))
     save_model(outdir, result.model, result.basis, cfg, prov)
-    write_predictions(outdir / "pred" / "self.parquet", pred, fps, prov)
-    mouth_plot(outdir / "mouth_test.png", pred, lms, tuple(camera.split["test"]), fps)
-    STAGE1_METRICS.write(outdir / "metrics.json", metrics, prov)
+    files = Stage1Files(outdir)
+    write_predictions(files.pred(SELF_AUDIO), pred, fps, prov)
+    mouth_plot(files.mouth_plot, pred, lms, tuple(camera.split["test"]), fps)
+    STAGE1_METRICS.write(files.metrics, metrics, prov)
     return metrics
 
 

@@ -1,20 +1,10 @@
-"""Stage 2: the landmark-conditioned hash-grid head NeRF (see docs/stage2.md).
+"""Stage 2: the landmark-conditioned head (workflow/rules/stage2.smk, docs/stage2.md).
 
 Importable with torch, numpy, pandas, pyarrow and opencv alone (the GPU machines have nothing else).
 
-* ``encoding``: ``HashGridEncoding`` / ``TriPlaneHashEncoding`` (backends: torch reference, tcnn if present);
-* ``field``: ``LandmarkField`` (hash grid + Gaussian landmark encoding + audio attention + AU45);
-* ``occupancy``: ``OccupancyGrid`` (EMA density grid for empty-space skipping);
-* ``renderer``: rays, packed ray marching and volume compositing (``VolumeRenderer``).
+Rule modules: ``cache`` (rule ``cache_frames``: the frame and label caches) and ``train`` (rule ``train_head``).
+Beside them the training helpers: ``data`` (a subject's training data, head space), ``sampling`` (rays and
+patches), ``losses``, ``checkpoint`` (resumable state), ``evaluate`` (test-split head PSNR/SSIM).
+The head itself is a backend folder: ``nerf/`` (hash-grid encoding, field, occupancy grid, volume renderer,
+``nerf/kernels/`` the fast kernels); a Gaussian-splatting head would be a sibling of ``nerf/``.
 """
-
-from .encoding import HashGridEncoding, HashGridSpec, TriPlaneHashEncoding, available_backends
-from .field import FieldContext, LandmarkField
-from .occupancy import OccupancyGrid
-from .renderer import RenderOutput, VolumeRenderer, camera_rays, pixel_centers
-
-__all__ = [
-    "HashGridEncoding", "HashGridSpec", "TriPlaneHashEncoding", "available_backends",
-    "FieldContext", "LandmarkField", "OccupancyGrid",
-    "RenderOutput", "VolumeRenderer", "camera_rays", "pixel_centers",
-]

@@ -3,7 +3,7 @@
 ``results/<s>/stage2/{frames.npy, labels.npy, cache.json}`` at ``stage2.image_size`` (0 = the crop size):
 frames ``[N, S, S, 3]`` RGB (area resize), labels ``[N, S, S]`` (nearest resize). Training memory-maps both
 (``np.load(mmap_mode='r')``), so host RAM stays bounded for any clip length (a 5-minute clip at 512² is a
-5.9 GB file on disk, a few MB resident). This runs on the CPU side (ffmpeg through ``pipeline.media``); the GPU
+5.9 GB file on disk, a few MB resident). This runs on the CPU side (ffmpeg through ``pipeline.core.media``); the GPU
 job (``pipeline.stage2.train``) then needs torch, numpy, pandas, pyarrow and opencv only.
 """
 
@@ -15,10 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, ArtifactError,
-                                Provenance, config_hash, file_sha256, npz_iter_rows)
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage2TrainConfig, stage2_configs
+from pipeline.core.artifacts import (PARSING_LABEL_NAMES, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, ArtifactError,
+                                     Provenance, config_hash, file_sha256, npz_iter_rows)
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage2TrainConfig, stage2_configs
+from pipeline.core.layout import Stage2Files
+from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.stage2.cache")
 
@@ -36,7 +38,7 @@ def _labels_shape(path: Path) -> tuple[int, int, int]:
 def _video_size(video: Path) -> tuple[int, int]:
     """(width, height) of the first video stream: PyAV where installed, else OpenCV (GPU machines)."""
     try:
-        from pipeline import media
+        from pipeline.core import media
 
         info = media.probe(video).video
         return (info.width, info.height) if info else (0, 0)
@@ -55,7 +57,7 @@ def _iter_video(video: Path, w: int, h: int, chunk: int):
     try:
         import imageio_ffmpeg  # noqa: F401
 
-        from pipeline import media
+        from pipeline.core import media
     except ImportError:
         cap = cv2.VideoCapture(str(video))
         try:
@@ -83,9 +85,8 @@ def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
 def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2TrainConfig = Stage2TrainConfig(),
         chunk: int = 32) -> dict:
     """Write ``frames.npy``, ``labels.npy`` and ``cache.json`` under ``outdir``; return cache.json's dict."""
-    from tqdm import tqdm
-
     video, labels, outdir = Path(video), Path(labels), Path(outdir)
+    files = Stage2Files(outdir)
     try:
         n, h, w = _labels_shape(labels)
     except (KeyError, OSError, ValueError) as exc:
@@ -97,9 +98,9 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
     if (width, height) != (w, h):
         raise ArtifactError(video, f"crop video is {width}x{height}, labels are {w}x{h}")
     prov = Provenance(file_sha256(video), config_hash({"image_size": size}))
-    with STAGE2_FRAMES.create(outdir / "frames.npy", (n, size, size, 3)) as frames:
+    with STAGE2_FRAMES.create(files.frames, (n, size, size, 3)) as frames:
         i = 0
-        for block in tqdm(_iter_video(video, w, h, chunk), desc="cache frames", unit="chunk"):
+        for block in progress(_iter_video(video, w, h, chunk), desc="cache frames", unit="chunk"):
             if i + len(block) > n:
                 raise ArtifactError(video, f"more frames than the {n} label maps of {labels}")
             for img in block:
@@ -107,7 +108,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
                 i += 1
         if i != n:
             raise ArtifactError(video, f"decoded {i} frames, {labels} has {n} label maps")
-    with STAGE2_LABELS.create(outdir / "labels.npy", (n, size, size)) as out:
+    with STAGE2_LABELS.create(files.labels, (n, size, size)) as out:
         i = 0
         for block in npz_iter_rows(labels, "labels", chunk):
             for lab in block:
@@ -115,7 +116,7 @@ def run(video: Path | str, labels: Path | str, outdir: Path | str, cfg: Stage2Tr
                 i += 1
     doc = {"n_frames": int(n), "size": int(size), "crop_size": int(h), "video_sha256": prov.source_sha256,
            "labels_sha256": file_sha256(labels), "label_names": list(PARSING_LABEL_NAMES)}
-    STAGE2_CACHE.write(outdir / "cache.json", doc, prov)
+    STAGE2_CACHE.write(files.cache, doc, prov)
     log.info("cached %d frames at %d px (crop %d px) -> %s", n, size, h, outdir)
     return doc
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.artifacts import ArtifactError, atomic_output
+from pipeline.core.artifacts import ArtifactError, atomic_output
 
 log = logging.getLogger("pipeline.stage2.checkpoint")
 

@@ -1,6 +1,7 @@
 """Training data of the head NeRF: one subject's artifacts, normalised head space, memory-mapped frames.
 
-Files read from a subject folder ``results/<s>/`` (everything the GPU machine needs; no video decoding):
+Files read from a subject folder ``results/<s>/`` (everything the GPU machine needs; no video decoding), named by
+:class:`pipeline.core.layout.SubjectLayout` (``REQUIRED_FILES``: the same paths relative to the folder):
 
 * ``stage2/frames.npy``, ``stage2/labels.npy``, ``stage2/cache.json`` (rule ``cache_frames``, uint8 memmaps);
 * ``tracking/transforms.json`` (camera-to-head 4x4 per frame, cm; focal_px, cx, cy at the crop size);
@@ -31,18 +32,21 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
-                                LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
-                                STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
-                                fixed_list_column)
-from pipeline.stage2.renderer import camera_rays
+from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
+                                     LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
+                                     STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
+                                     fixed_list_column)
+from pipeline.core.layout import RELATIVE, SubjectLayout
+from pipeline.stage2.nerf.renderer import camera_rays
 
 log = logging.getLogger("pipeline.stage2.data")
 
 HEAD_MIN_LABEL = LABEL_FACE          # labels 3..7: face, hair, lips, mouth, eyes
-REQUIRED_FILES = ("stage2/frames.npy", "stage2/labels.npy", "stage2/cache.json", "tracking/transforms.json",
-                  "tracking/canonical.npz", "parsing/background.png", "audio/self.npz", "ingest/meta.json")
-AU_FILE, AU_FALLBACK = "aus/aus.parquet", "landmarks/landmarks.parquet"
+# what a training run reads, relative to the subject folder (the files to copy to a GPU machine)
+REQUIRED_FILES = tuple(str(p) for p in (
+    RELATIVE.stage2.frames, RELATIVE.stage2.labels, RELATIVE.stage2.cache, RELATIVE.tracking.transforms,
+    RELATIVE.tracking.canonical, RELATIVE.parsing.background, RELATIVE.audio.features(), RELATIVE.ingest.meta))
+AU_FILE, AU_FALLBACK = str(RELATIVE.aus.table), str(RELATIVE.landmarks.table)
 
 
 @dataclass(frozen=True)
@@ -93,19 +97,19 @@ def _fit_length(a: np.ndarray, n: int, path: Path, what: str, slack: int = 2) ->
     return a[:n]
 
 
-def load_au45(root: Path, n: int) -> tuple[np.ndarray, str]:
+def load_au45(files: SubjectLayout, n: int) -> tuple[np.ndarray, str]:
     """AU45 per frame (0-5) and where it came from (aus.parquet, else the blink blendshapes x 5)."""
-    if (root / AU_FILE).is_file():
-        au = AUS.read_pandas(root / AU_FILE)["au45_r"].to_numpy(np.float32)
-        return _fit_length(au, n, root / AU_FILE, "au45_r"), AU_FILE
-    path = root / AU_FALLBACK
+    if files.aus.table.is_file():
+        au = AUS.read_pandas(files.aus.table)["au45_r"].to_numpy(np.float32)
+        return _fit_length(au, n, files.aus.table, "au45_r"), AU_FILE
+    path = files.landmarks.table
     if not path.is_file():
-        raise ArtifactError(root / AU_FILE, f"not found, and no {AU_FALLBACK} for the blendshape fallback")
+        raise ArtifactError(files.aus.table, f"not found, and no {AU_FALLBACK} for the blendshape fallback")
     table = LANDMARKS.read(path)
     bs = fixed_list_column(table, "blendshapes", (len(BLENDSHAPE_NAMES),))
     ids = [BLENDSHAPE_NAMES.index("eyeBlinkLeft"), BLENDSHAPE_NAMES.index("eyeBlinkRight")]
     au = np.nan_to_num(bs[:, ids].mean(1) * 5.0).astype(np.float32)
-    log.warning("%s missing: AU45 = 5 x mean(eyeBlinkLeft, eyeBlinkRight) from %s", root / AU_FILE, path)
+    log.warning("%s missing: AU45 = 5 x mean(eyeBlinkLeft, eyeBlinkRight) from %s", files.aus.table, path)
     return _fit_length(au, n, path, "blendshapes"), "landmarks blendshapes (fallback)"
 
 
@@ -116,38 +120,39 @@ class SubjectData:
                  device: torch.device | str = "cpu"):
         root = Path(root)
         self.root = root
+        files = SubjectLayout(root)
         missing = [f for f in REQUIRED_FILES if not (root / f).is_file()]
         if missing:
             raise ArtifactError(root / missing[0], f"missing stage-2 input(s) {missing} under {root}")
-        cache = STAGE2_CACHE.read(root / "stage2/cache.json")
-        self.frames = STAGE2_FRAMES.read(root / "stage2/frames.npy")
-        self.labels = STAGE2_LABELS.read(root / "stage2/labels.npy")
+        cache = STAGE2_CACHE.read(files.stage2.cache)
+        self.frames = STAGE2_FRAMES.read(files.stage2.frames)
+        self.labels = STAGE2_LABELS.read(files.stage2.labels)
         n, s = cache["n_frames"], cache["size"]
         if self.frames.shape != (n, s, s, 3) or self.labels.shape != (n, s, s):
-            raise ArtifactError(root / "stage2/frames.npy", f"cache shapes {self.frames.shape}, {self.labels.shape} "
+            raise ArtifactError(files.stage2.frames, f"cache shapes {self.frames.shape}, {self.labels.shape} "
                                 f"disagree with cache.json ({n} frames at {s} px)")
         self.n, self.size = n, s
-        tr = TRANSFORMS.read(root / "tracking/transforms.json")
+        tr = TRANSFORMS.read(files.tracking.transforms)
         if len(tr["frames"]) != n or tr["w"] != tr["h"] or tr["w"] != cache["crop_size"]:
-            raise ArtifactError(root / "tracking/transforms.json", f"{len(tr['frames'])} frames at {tr['w']}x{tr['h']}, "
+            raise ArtifactError(files.tracking.transforms, f"{len(tr['frames'])} frames at {tr['w']}x{tr['h']}, "
                                 f"the frame cache has {n} frames from a {cache['crop_size']} px crop")
         k = s / tr["w"]
         self.camera = Camera(tr["focal_px"] * k, tr["cx"] * k, tr["cy"] * k, s)
         c2w = np.array([f["transform_matrix"] for f in tr["frames"]], np.float64)
-        meta = INGEST_META.read(root / "ingest/meta.json")
+        meta = INGEST_META.read(files.ingest.meta)
         (a, b), (c, d) = meta["split"]["train"], meta["split"]["test"]
         if not (0 <= a < b <= c < d <= n):
-            raise ArtifactError(root / "ingest/meta.json", f"split {meta['split']} does not fit {n} frames")
+            raise ArtifactError(files.ingest.meta, f"split {meta['split']} does not fit {n} frames")
         self.train_ids, self.test_ids = np.arange(a, b), np.arange(c, d)
-        lms = CANONICAL_LANDMARKS.read(root / "tracking/canonical.npz")["landmarks"]
-        lms = _fit_length(lms, n, root / "tracking/canonical.npz", "landmarks", slack=0)
+        lms = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"]
+        lms = _fit_length(lms, n, files.tracking.canonical, "landmarks", slack=0)
         self.head_space = HeadSpace.from_landmarks(lms[a:b].mean(0), head_radius, bound)
-        audio = AUDIO_FEATURES.read(root / "audio/self.npz")["features"]
-        audio = _fit_length(audio, n, root / "audio/self.npz", "features")
-        au45, self.au45_source = load_au45(root, n)
-        plate = cv2.imread(str(root / "parsing/background.png"), cv2.IMREAD_COLOR)
+        audio = AUDIO_FEATURES.read(files.audio.features())["features"]
+        audio = _fit_length(audio, n, files.audio.features(), "features")
+        au45, self.au45_source = load_au45(files, n)
+        plate = cv2.imread(str(files.parsing.background), cv2.IMREAD_COLOR)
         if plate is None:
-            raise ArtifactError(root / "parsing/background.png", "not a readable image")
+            raise ArtifactError(files.parsing.background, "not a readable image")
         plate = cv2.cvtColor(plate, cv2.COLOR_BGR2RGB)
         self.plate = cv2.resize(plate, (s, s), interpolation=cv2.INTER_AREA) if plate.shape[0] != s else plate
         self.device = torch.device(device)

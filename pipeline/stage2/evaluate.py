@@ -3,7 +3,7 @@
 For each evaluated test frame the head field (conditioned on the frame's tracked landmarks, audio and AU45) is
 rendered over the background plate on the frame's sampling region (head mask dilated by ``head_margin``); the
 rest of the image is the plate (the torso model's part is not this stage's). PSNR and SSIM
-(:mod:`pipeline.metrics`) are taken over the head mask (labels 3-7) of the ground truth. The baseline is the
+(:mod:`pipeline.core.metrics`) are taken over the head mask (labels 3-7) of the ground truth. The baseline is the
 plate alone over the same pixels: what the head model has to beat.
 """
 
@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.artifacts import atomic_output
-from pipeline.metrics import psnr, ssim
+from pipeline.core.artifacts import atomic_output
+from pipeline.core.metrics import psnr, ssim
 from pipeline.stage2.data import SubjectData
 
 

@@ -5,7 +5,7 @@
 * :func:`opacity_loss`: binary cross-entropy of the rendered head opacity against the head mask (labels 3-7),
   so the head is opaque on the head and transparent on background, torso and neck;
 * :func:`ssim_loss`, :func:`gradient_loss`: patch losses of the lips / eyes fine-tuning phases (``1 - SSIM``
-  with an 11x11 Gaussian window, sigma 1.5, as :func:`pipeline.metrics.ssim`; L1 of horizontal and vertical
+  with an 11x11 Gaussian window, sigma 1.5, as :func:`pipeline.core.metrics.ssim`; L1 of horizontal and vertical
   image differences). LPIPS (ER-NeRF's lips loss) needs backbone weights that are not available offline, so it
   is not used; ``stage2/metrics.json`` says so.
 """

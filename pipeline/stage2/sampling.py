@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.config import Stage2TrainConfig
+from pipeline.core.config import Stage2TrainConfig
 from pipeline.stage2.data import HEAD_MIN_LABEL, SubjectData, color_weight, patch_center
 
 

@@ -29,19 +29,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance, atomic_output,
-                                config_hash)
-from pipeline.cli import guarded, parser
-from pipeline.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
-from pipeline.resources import peak_memory, reset_peak, resolve_device
+from pipeline.core.artifacts import (STAGE2_HEAD, STAGE2_METRICS, STAGE2_OCCUPANCY, ArtifactError, Provenance,
+                                     atomic_output, config_hash)
+from pipeline.core.cli import guarded, parser
+from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
+from pipeline.core.device import peak_memory, reset_peak, resolve_device
+from pipeline.core.layout import Stage2Files, SubjectLayout
+from pipeline.core.progress import progress
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip
-from pipeline.stage2.field import LandmarkField
 from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, psnr_from_mse, ssim_loss,
                                     to_patches)
-from pipeline.stage2.occupancy import OccupancyGrid
-from pipeline.stage2.renderer import VolumeRenderer
+from pipeline.stage2.nerf.field import LandmarkField
+from pipeline.stage2.nerf.occupancy import OccupancyGrid
+from pipeline.stage2.nerf.renderer import VolumeRenderer
 from pipeline.stage2.sampling import RaySampler, phase_at
 
 log = logging.getLogger("pipeline.stage2.train")
@@ -76,21 +78,6 @@ class AutocastField:
         with torch.autocast(self.device_type, dtype=torch.bfloat16):
             sigma, rgb = self.field(x, d, frame, ctx)
         return sigma.float(), rgb.float()
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def progress_bar(total: int, initial: int):
-    """tqdm when installed (the GPU machines may lack it; the log lines carry the progress anyway)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, initial=initial, desc="train_head", unit="step", mininterval=5)
 
 
 def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
@@ -220,11 +207,11 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> dict:
         tcfg = self.tcfg
-        path = self.outdir / "checkpoint.pt"
+        path = Stage2Files(self.outdir).checkpoint
         budget = tcfg.max_minutes * 60.0
         start, step0, eval_sec, wall0, cpu0 = time.time(), self.step, 0.0, self.wall_prev, time.process_time()
         elapsed = lambda: self.wall_prev + time.time() - start - eval_sec  # noqa: E731
-        bar = progress_bar(tcfg.steps, self.step)
+        bar = progress(total=tcfg.steps, initial=self.step, desc="train_head", unit="step", mininterval=5)
         with ckpt.StopFlag() as stop:
             while self.step < tcfg.steps and not (budget and elapsed() >= budget):
                 self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)
@@ -263,17 +250,19 @@ class Trainer:
 def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2ModelConfig = Stage2ModelConfig(),
         tcfg: Stage2TrainConfig = Stage2TrainConfig()) -> dict:
     subject_dir = Path(subject_dir)
-    outdir = Path(outdir) if outdir else subject_dir / "stage2"
+    subject = SubjectLayout(subject_dir)
+    outdir = Path(outdir) if outdir else subject.stage2.path
+    files = Stage2Files(outdir)
     device = resolve_device(tcfg.device, "stage2.device")
     setup_torch(tcfg, device)
     data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device)
     if tcfg.image_size and data.size != tcfg.image_size:
-        raise ArtifactError(subject_dir / "stage2/frames.npy", f"cached at {data.size} px, stage2.image_size is "
+        raise ArtifactError(subject.stage2.frames, f"cached at {data.size} px, stage2.image_size is "
                             f"{tcfg.image_size}: re-run cache_frames")
     log.info("%s: %d frames at %d px (train %d, test %d) on %s; AU45 from %s", subject_dir, data.n, data.size,
              len(data.train_ids), len(data.test_ids), device, data.au45_source)
     trainer = Trainer(data, mcfg, tcfg, outdir, device)
-    trainer.try_resume(outdir / "checkpoint.pt")
+    trainer.try_resume(files.checkpoint)
     reset_peak(device)
     fit = trainer.fit()
     memory = peak_memory(device)   # of the training loop (host RSS: whole process, frames are memory-mapped)
@@ -287,20 +276,20 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
     seen, _ = trainer.evaluate(eval_frames(data.train_ids, tcfg.eval_max_frames))
     log.info("train head PSNR %.2f dB, SSIM %.3f (generalisation gap %.2f dB)", seen["psnr_head"], seen["ssim_head"],
              seen["psnr_head"] - final["psnr_head"])
-    prov = Provenance(json.loads((subject_dir / "stage2/cache.json").read_text())["video_sha256"],
+    prov = Provenance(json.loads(subject.stage2.cache.read_text())["video_sha256"],
                       config_hash({"model": asdict(mcfg), "train": asdict(tcfg)}))
-    with atomic_output(outdir / "head.pt") as tmp:
+    with atomic_output(files.head) as tmp:
         torch.save({k: v.cpu() for k, v in trainer.field.state_dict().items()}, tmp)
     occ_frac = float(trainer.occ.binary.float().mean())
-    STAGE2_HEAD.write(outdir / "head.json", {
+    STAGE2_HEAD.write(files.head_meta, {
         "model_config": asdict(mcfg), "train_config": asdict(tcfg), "audio_in_dim": data.audio_dim,
         "head_space": data.head_space.to_json(), "camera": data.camera.to_json(),
         "occupancy": {"resolution": mcfg.occupancy_resolution, "occupied_fraction": occ_frac},
         "au45_source": data.au45_source, "steps": fit["steps"], "data": data.to_json()}, prov)
-    STAGE2_OCCUPANCY.write(outdir / "occupancy.npz", {
+    STAGE2_OCCUPANCY.write(files.occupancy, {
         "binary": trainer.occ.binary.cpu().numpy(), "density": trainer.occ.density.float().cpu().numpy(),
         "resolution": np.int32(trainer.occ.resolution)}, prov)
-    write_strip(outdir / "test_strip.png", pairs)
+    write_strip(files.strip, pairs)
     metrics = {"steps": fit["steps"], "train_seconds": fit["train_seconds"], "steps_per_sec": fit["steps_per_sec"],
                "train_cpu_seconds": fit["cpu_seconds"],  # process CPU time of this run's loop (all threads)
                "device": str(device), "resumed_from": trainer.resumed_from, "curve": trainer.curve,
@@ -310,8 +299,8 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
                "generalisation_gap_db": seen["psnr_head"] - final["psnr_head"],
                "eval_seconds": round(time.time() - t0, 2), "image_size": data.size,
                "occupied_fraction": occ_frac, "au45_source": data.au45_source, **memory}
-    STAGE2_METRICS.write(outdir / "metrics.json", metrics, prov)
-    ckpt.save(outdir / "checkpoint.pt", trainer.state(complete=True))
+    STAGE2_METRICS.write(files.metrics, metrics, prov)
+    ckpt.save(files.checkpoint, trainer.state(complete=True))
     return metrics
 
 

@@ -1,4 +1,4 @@
-# Audio features: the subject's own speech and any driving clip, one rule for both.
+# Audio features (pipeline/audio/): the subject's own speech and any driving clip, one rule for both.
 #   results/{subject}/audio/self.{npz,parquet}    <- results/{subject}/ingest/audio.wav
 #   results/{subject}/audio/{clip}.{npz,parquet}  <- data/audio/{clip}.wav (subject's config applies)
 # "self" is reserved for the subject's own audio, so a driving wav can never shadow it
@@ -10,14 +10,14 @@ rule extract_audio_features:
     """log-mel, Praat formants/f0, energy (+ optional learned encoder) per 25 fps frame, windows [N, 16, D]."""
     input:
         audio=audio_source,
-        code=code("audio_features", "audio_encoders", "media"),
+        code=code("audio/features", "audio/encoders", "core/media"),
     output:
-        npz="results/{subject}/audio/{clip}.npz",
-        table="results/{subject}/audio/{clip}.parquet",
+        npz=S.audio.features("{clip}"),
+        table=S.audio.frames("{clip}"),
     wildcard_constraints:
         clip=SUBJECT_PATTERN,
     params:
-        cfg=lambda wc: stage_config("audio"),
+        cfg=stage_config("audio"),
     log:
         "logs/extract_audio_features/{subject}/{clip}.log",
     conda:
@@ -29,5 +29,5 @@ rule extract_audio_features:
         mem_mb=4000,
         runtime=30,
     shell:
-        "python -m pipeline.audio_features --audio {input.audio:q} --npz {output.npz:q} --table {output.table:q}"
+        "python -m pipeline.audio.features --audio {input.audio:q} --npz {output.npz:q} --table {output.table:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"

@@ -1,4 +1,4 @@
-# Shared helpers: subjects, per-stage config params, code-change triggers, the python to call.
+# Shared helpers: subjects, where their files lie, per-stage config params, code-change triggers, the python to call.
 import csv
 import json
 import os
@@ -8,13 +8,20 @@ from pathlib import Path
 
 SUBJECT_PATTERN = "[A-Za-z0-9_-]+"
 REPO = Path(workflow.basedir)  # the checkout; results/, logs/ go to the working directory
-# Jobs call `python -m pipeline.<module>`: make that the interpreter running Snakemake (the
+# Jobs call `python -m pipeline.<group>.<module>`: make that the interpreter running Snakemake (the
 # project's .venv), also on cluster nodes, where each job re-reads this file.
 envvars:
     "PATH",
 
 
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+# Every path under results/ comes from pipeline/core/layout.py, the one place that names a subject's files:
+# S.<stage>.<file> is a pattern with the {subject} wildcard (e.g. S.crop.video = results/{subject}/crop/video.mp4).
+from pipeline.core.layout import SELF_AUDIO, ResultsLayout
+
+RESULTS = ResultsLayout("results")
+S = RESULTS.subject("{subject}")
 
 
 def _sheet_subjects():
@@ -54,9 +61,31 @@ def source_video(wildcards):
     return SUBJECT_VIDEOS.get(wildcards.subject, f"{config['data_dir']}/{wildcards.subject}/{wildcards.subject}.mp4")
 
 
+# "{name}" in a string param is a wildcard to Snakemake (JSON's own braces never look like one)
+_WILDCARD_LIKE = re.compile(r"\{\s*[.\w]+\s*[,}]")
+
+
 def stage_config(section):
-    """One config section as compact JSON, used as a param: changing it re-runs the jobs using it."""
-    return json.dumps(config.get(section, {}), sort_keys=True, separators=(",", ":"))
+    """One config section as compact JSON, given to the rules as a param, evaluated once when they are read
+    (``cfg=stage_config("crop")``); changing it re-runs the jobs using it. A value that looks like a wildcard
+    (``{name}``, e.g. in a path) is handed over through a function, which Snakemake passes on verbatim."""
+    text = json.dumps(config.get(section, {}), sort_keys=True, separators=(",", ":"))
+    return text if not _WILDCARD_LIKE.search(text) else (lambda wildcards: text)
+
+
+def subject_dir(wildcards):
+    """Param: the subject's folder results/<s>, the --subject-dir of modules that read a whole subject."""
+    return str(RESULTS.subject(wildcards.subject).root)
+
+
+def stage_dir(stage):
+    """Param: one stage folder of the subject, the module's --outdir (``stage_dir("crop")``: results/<s>/crop)."""
+    return lambda wildcards: str(getattr(RESULTS.subject(wildcards.subject), stage).path)
+
+
+def gpus(section):
+    """GPUs a job asks for (SLURM --gpus), from a config section: none when its device is cpu."""
+    return 0 if config[section]["device"] == "cpu" else 1
 
 
 def code(*modules):
@@ -64,9 +93,8 @@ def code(*modules):
     return [str(REPO / "pipeline" / f"{m.replace('.', '/')}.py") for m in modules]
 
 
-# --- audio features (workflow/rules/audio.smk): "self" is the subject's own audio, any other
+# --- audio features (workflow/rules/audio.smk): SELF_AUDIO ("self") is the subject's own audio, any other
 # <clip> a driving wav data/audio/<clip>.wav (docs/artifacts.md, audio/).
-SELF_AUDIO = "self"
 
 
 def driving_clips():
@@ -77,27 +105,24 @@ def driving_clips():
 
 def audio_features_targets(subject):
     """Own-audio features plus those of every driving clip, for ``subject`` (stage 1, render)."""
-    return expand("results/{subject}/audio/{clip}.npz", subject=subject, clip=[SELF_AUDIO, *driving_clips()])
+    return expand(str(S.audio.features("{clip}")), subject=subject, clip=[SELF_AUDIO, *driving_clips()])
 
 
 def audio_source(wildcards):
     """Input of extract_audio_features: ingest/audio.wav for 'self', else data/audio/<clip>.wav."""
     if wildcards.clip == SELF_AUDIO:
-        return f"results/{wildcards.subject}/ingest/audio.wav"
+        return str(RESULTS.subject(wildcards.subject).ingest.audio)
     return f"{config['data_dir']}/audio/{wildcards.clip}.wav"
 
 
 def final_targets(wildcards):
     """What `snakemake` builds by default: the test-split video of every subject (render.smk)."""
-    return expand("results/{subject}/video.mp4", subject=SUBJECTS)
-
-
-PRETRAIN_DIR = "results/_shared/stage1_pretrain"  # the cross-subject stage-1 model (stage1.pretrain)
+    return expand(str(S.video), subject=SUBJECTS)
 
 
 def stage1_pretrained(wildcards):
     """The pre-trained model a subject fine-tunes from (none unless stage1.pretrain is on)."""
-    return f"{PRETRAIN_DIR}/model.json" if config["stage1"]["pretrain"] else []
+    return str(RESULTS.pretrain.meta) if config["stage1"]["pretrain"] else []
 
 
 def benchmark_metrics(wildcards):
@@ -106,4 +131,4 @@ def benchmark_metrics(wildcards):
     unknown = sorted(set(chosen) - set(SUBJECTS))
     if unknown:
         raise ValueError(f"benchmark_subjects: no data for {unknown} (subjects: {SUBJECTS})")
-    return expand("results/{subject}/eval/metrics.json", subject=chosen)
+    return expand(str(S.eval.metrics), subject=chosen)

@@ -1,4 +1,4 @@
-# Export of a processed subject in the ER-NeRF / TalkingGaussian dataset layout (pipeline/export.py,
+# Export of a processed subject in the ER-NeRF / TalkingGaussian dataset layout (pipeline/export/ernerf.py,
 # docs/export.md):
 #   results/{subject}/export/ernerf/   ori_imgs/, gt_imgs/, parsing/, torso_imgs/, bc.jpg, transforms_{train,val}.json,
 #                                      au.csv, aud.wav, aud_ours.npy (+ aud_hu.npy with a HuBERT-large encoder)
@@ -9,23 +9,24 @@
 rule export_ernerf:
     """ER-NeRF / TalkingGaussian dataset folder from our crop, landmarks, tracking, parsing, AUs and audio."""
     input:
-        video="results/{subject}/crop/video.mp4",
-        meta="results/{subject}/ingest/meta.json",
-        wav="results/{subject}/ingest/audio.wav",
-        landmarks="results/{subject}/landmarks/landmarks.parquet",
-        transforms="results/{subject}/tracking/transforms.json",
-        face_model="results/{subject}/tracking/face_model.npz",
-        labels="results/{subject}/parsing/labels.npz",
-        torso="results/{subject}/parsing/torso.npz",
-        background="results/{subject}/parsing/background.png",
-        audio="results/{subject}/audio/self.npz",
-        aus="results/{subject}/aus/aus.parquet",
-        code=code("export", "media"),
+        video=S.crop.video,
+        meta=S.ingest.meta,
+        wav=S.ingest.audio,
+        landmarks=S.landmarks.table,
+        transforms=S.tracking.transforms,
+        face_model=S.tracking.face_model,
+        labels=S.parsing.labels,
+        torso=S.parsing.torso,
+        background=S.parsing.background,
+        audio=S.audio.features(),
+        aus=S.aus.table,
+        code=code("export/ernerf", "preprocess/au_signals", "core/media"),
     output:
-        folder=directory("results/{subject}/export/ernerf"),
-        stats="results/{subject}/export/ernerf.json",
+        folder=directory(S.export.ernerf),
+        stats=S.export.ernerf_stats,
     params:
-        cfg=lambda wc: stage_config("export"),
+        cfg=stage_config("export"),
+        subject_dir=subject_dir,
     log:
         "logs/export_ernerf/{subject}.log",
     conda:
@@ -37,5 +38,5 @@ rule export_ernerf:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.export --subject-dir results/{wildcards.subject} --outdir {output.folder:q}"
+        "python -m pipeline.export.ernerf --subject-dir {params.subject_dir:q} --outdir {output.folder:q}"
         " --stats {output.stats:q} --config {params.cfg:q} > {log:q} 2>&1"

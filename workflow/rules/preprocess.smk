@@ -1,17 +1,19 @@
-# Preprocessing of a subject's clip: ingest -> crop -> landmarks -> tracking -> parsing.
+# Preprocessing of a subject's clip (pipeline/preprocess/): ingest -> crop -> landmarks -> tracking -> parsing -> AUs.
+# Paths: S.<stage>.<file> from pipeline/core/layout.py (common.smk).
 
 
 rule ingest_video:
     """Any clip -> 25 fps constant video, 16 kHz mono audio, meta.json (split, offsets, sha256)."""
     input:
         video=source_video,
-        code=code("ingest", "media"),
+        code=code("preprocess/ingest", "core/media"),
     output:
-        video="results/{subject}/ingest/video.mp4",
-        audio="results/{subject}/ingest/audio.wav",
-        meta="results/{subject}/ingest/meta.json",
+        video=S.ingest.video,
+        audio=S.ingest.audio,
+        meta=S.ingest.meta,
     params:
-        cfg=lambda wc: stage_config("ingest"),
+        cfg=stage_config("ingest"),
+        outdir=stage_dir("ingest"),
     log:
         "logs/ingest_video/{subject}.log",
     conda:
@@ -23,22 +25,23 @@ rule ingest_video:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.ingest --video {input.video:q} --outdir results/{wildcards.subject}/ingest"
+        "python -m pipeline.preprocess.ingest --video {input.video:q} --outdir {params.outdir:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
 
 rule crop_faces:
     """One fixed square face crop per clip (static camera), resized to crop.size; face boxes and window."""
     input:
-        video="results/{subject}/ingest/video.mp4",
-        meta="results/{subject}/ingest/meta.json",
-        code=code("crop", "mp_models", "media"),
+        video=S.ingest.video,
+        meta=S.ingest.meta,
+        code=code("preprocess/crop", "preprocess/mediapipe_models", "core/media"),
     output:
-        video="results/{subject}/crop/video.mp4",
-        boxes="results/{subject}/crop/boxes.parquet",
-        crop="results/{subject}/crop/crop.json",
+        video=S.crop.video,
+        boxes=S.crop.boxes,
+        crop=S.crop.meta,
     params:
-        cfg=lambda wc: stage_config("crop"),
+        cfg=stage_config("crop"),
+        outdir=stage_dir("crop"),
     log:
         "logs/crop_faces/{subject}.log",
     conda:
@@ -50,22 +53,23 @@ rule crop_faces:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m pipeline.crop --video {input.video:q} --meta {input.meta:q}"
-        " --outdir results/{wildcards.subject}/crop --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m pipeline.preprocess.crop --video {input.video:q} --meta {input.meta:q}"
+        " --outdir {params.outdir:q} --config {params.cfg:q} > {log:q} 2>&1"
 
 
 rule detect_landmarks:
     """mediapipe FaceLandmarker on every cropped frame: 478 points, 52 blendshapes, 4x4 pose; contact sheet."""
     input:
-        video="results/{subject}/crop/video.mp4",
-        crop="results/{subject}/crop/crop.json",
-        meta="results/{subject}/ingest/meta.json",
-        code=code("landmarks", "crop", "mp_models", "media"),
+        video=S.crop.video,
+        crop=S.crop.meta,
+        meta=S.ingest.meta,
+        code=code("preprocess/landmarks", "preprocess/face_landmarker", "preprocess/mediapipe_models", "core/media"),
     output:
-        landmarks="results/{subject}/landmarks/landmarks.parquet",
-        sheet="results/{subject}/landmarks/contact_sheet.png",
+        landmarks=S.landmarks.table,
+        sheet=S.landmarks.sheet,
     params:
-        cfg=lambda wc: stage_config("landmarks"),
+        cfg=stage_config("landmarks"),
+        outdir=stage_dir("landmarks"),
     log:
         "logs/detect_landmarks/{subject}.log",
     conda:
@@ -77,8 +81,8 @@ rule detect_landmarks:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m pipeline.landmarks --video {input.video:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
-        " --outdir results/{wildcards.subject}/landmarks --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m pipeline.preprocess.landmarks --video {input.video:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
+        " --outdir {params.outdir:q} --threads {threads} --config {params.cfg:q} > {log:q} 2>&1"
 
 
 rule demo_video:
@@ -90,23 +94,25 @@ rule demo_video:
     conda:
         "../../envs/preprocess.yaml"
     shell:
-        "python -m pipeline.demo --out {output:q} > {log:q} 2>&1"
+        "python -m pipeline.preprocess.demo --out {output:q} > {log:q} 2>&1"
 
 
 rule parse_faces:
     """Per-frame labels (bg/torso/neck/face/hair/lips/mouth/eyes), background plate, torso mattes."""
     input:
-        video="results/{subject}/crop/video.mp4",
-        landmarks="results/{subject}/landmarks/landmarks.parquet",
-        code=code("parsing", "parsing_geometry", "background", "media", "mp_models"),
+        video=S.crop.video,
+        landmarks=S.landmarks.table,
+        code=code("preprocess/parsing/parse", "preprocess/parsing/geometry", "preprocess/parsing/background",
+                  "preprocess/mediapipe_models", "core/media"),
     output:
-        labels="results/{subject}/parsing/labels.npz",
-        torso="results/{subject}/parsing/torso.npz",
-        background="results/{subject}/parsing/background.png",
-        sheet="results/{subject}/parsing/contact_sheet.png",
-        stats="results/{subject}/parsing/stats.json",
+        labels=S.parsing.labels,
+        torso=S.parsing.torso,
+        background=S.parsing.background,
+        sheet=S.parsing.sheet,
+        stats=S.parsing.stats,
     params:
-        cfg=lambda wc: stage_config("parsing"),
+        cfg=stage_config("parsing"),
+        outdir=stage_dir("parsing"),
     log:
         "logs/parse_faces/{subject}.log",
     conda:
@@ -118,28 +124,30 @@ rule parse_faces:
         mem_mb=2000,
         runtime=60,
     shell:
-        "python -m pipeline.parsing --crop-video {input.video:q} --landmarks {input.landmarks:q}"
-        " --outdir results/{wildcards.subject}/parsing --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m pipeline.preprocess.parsing.parse --crop-video {input.video:q} --landmarks {input.landmarks:q}"
+        " --outdir {params.outdir:q} --config {params.cfg:q} > {log:q} 2>&1"
 
 
 rule track_face:
     """Per-subject linear face model, per-frame head pose + expression, one focal length; NeRF transforms."""
     input:
-        landmarks="results/{subject}/landmarks/landmarks.parquet",
-        crop="results/{subject}/crop/crop.json",
-        meta="results/{subject}/ingest/meta.json",
-        video="results/{subject}/crop/video.mp4",
-        code=code("tracking", "tracking_fit", "tracking_plots", "mp_models", "media"),
+        landmarks=S.landmarks.table,
+        crop=S.crop.meta,
+        meta=S.ingest.meta,
+        video=S.crop.video,
+        code=code("preprocess/tracking/track", "preprocess/tracking/fit", "preprocess/tracking/plots",
+                  "preprocess/mediapipe_models", "core/media"),
     output:
-        tracks="results/{subject}/tracking/tracks.parquet",
-        model="results/{subject}/tracking/face_model.npz",
-        canonical="results/{subject}/tracking/canonical.npz",
-        transforms="results/{subject}/tracking/transforms.json",
-        metrics="results/{subject}/tracking/metrics.json",
-        overlay="results/{subject}/tracking/overlay.png",
-        pose="results/{subject}/tracking/pose.png",
+        tracks=S.tracking.tracks,
+        model=S.tracking.face_model,
+        canonical=S.tracking.canonical,
+        transforms=S.tracking.transforms,
+        metrics=S.tracking.metrics,
+        overlay=S.tracking.overlay,
+        pose=S.tracking.pose,
     params:
-        cfg=lambda wc: stage_config("tracking"),
+        cfg=stage_config("tracking"),
+        outdir=stage_dir("tracking"),
     log:
         "logs/track_face/{subject}.log",
     conda:
@@ -151,23 +159,24 @@ rule track_face:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m pipeline.tracking --landmarks {input.landmarks:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
-        " --video {input.video:q} --outdir results/{wildcards.subject}/tracking --threads {threads}"
+        "python -m pipeline.preprocess.tracking.track --landmarks {input.landmarks:q} --crop-meta {input.crop:q} --meta {input.meta:q}"
+        " --video {input.video:q} --outdir {params.outdir:q} --threads {threads}"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
 
 rule extract_aus:
     """Action units on OpenFace's 0-5 scale (AU01-26, AU45 blink) from blendshapes + pose-free geometry; blinks."""
     input:
-        landmarks="results/{subject}/landmarks/landmarks.parquet",
-        canonical="results/{subject}/tracking/canonical.npz",
-        meta="results/{subject}/ingest/meta.json",
-        code=code("action_units"),
+        landmarks=S.landmarks.table,
+        canonical=S.tracking.canonical,
+        meta=S.ingest.meta,
+        code=code("preprocess/action_units", "preprocess/au_signals"),
     output:
-        aus="results/{subject}/aus/aus.parquet",
-        stats="results/{subject}/aus/aus.json",
+        aus=S.aus.table,
+        stats=S.aus.stats,
     params:
-        cfg=lambda wc: stage_config("action_units"),
+        cfg=stage_config("action_units"),
+        outdir=stage_dir("aus"),
     log:
         "logs/extract_aus/{subject}.log",
     conda:
@@ -179,5 +188,5 @@ rule extract_aus:
         mem_mb=2000,
         runtime=10,
     shell:
-        "python -m pipeline.action_units --landmarks {input.landmarks:q} --canonical {input.canonical:q}"
-        " --meta {input.meta:q} --outdir results/{wildcards.subject}/aus --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m pipeline.preprocess.action_units --landmarks {input.landmarks:q} --canonical {input.canonical:q}"
+        " --meta {input.meta:q} --outdir {params.outdir:q} --config {params.cfg:q} > {log:q} 2>&1"

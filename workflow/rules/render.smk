@@ -1,58 +1,24 @@
-# Torso model and the final videos (pipeline/torso.py, pipeline/render.py):
-#   results/{subject}/torso/{torso.pt,torso.json,metrics.json}
+# The final videos (pipeline/render/: video.py the rules, head, compositing, motion; the torso model from torso.smk):
 #   results/{subject}/video.mp4 (+ video.json)          test split, re-synthesised from its own audio
 #   results/{subject}/drive/{clip}.mp4 (+ {clip}.json)  any data/audio/{clip}.wav
 # Frame synthesis needs torch/numpy/opencv only; to render on a GPU machine without ffmpeg, call
 # `python -m pipeline.render video --out X.frames.npz ...` there and `python -m pipeline.render mux` here.
 
 
-RENDER_CODE = code("render", "compositing", "motion", "head_render", "torso", "media", "stage2/field",
-                   "stage2/renderer", "stage2/encoding", "stage2/occupancy", "stage2/data")
-
-
-rule train_torso:
-    """Pose-modulated U-Net: head pose -> torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
-    input:
-        video="results/{subject}/crop/video.mp4",
-        torso="results/{subject}/parsing/torso.npz",
-        background="results/{subject}/parsing/background.png",
-        tracks="results/{subject}/tracking/tracks.parquet",
-        transforms="results/{subject}/tracking/transforms.json",
-        code=code("torso"),
-    output:
-        model="results/{subject}/torso/torso.pt",
-        meta="results/{subject}/torso/torso.json",
-        metrics="results/{subject}/torso/metrics.json",
-    params:
-        cfg=lambda wc: stage_config("torso"),
-    log:
-        "logs/train_torso/{subject}.log",
-    conda:
-        "../../envs/train.yaml"
-    benchmark:
-        "benchmarks/train_torso/{subject}.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=lambda wc: 0 if config["torso"]["device"] == "cpu" else 1,
-    shell:
-        "python -m pipeline.torso --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
-        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir results/{wildcards.subject}/torso"
-        " --config {params.cfg:q} > {log:q} 2>&1"
-
+RENDER_CODE = code("render/__main__", "render/video", "render/compositing", "render/motion", "render/head",
+                   "torso/model", "core/media", "stage2/data") + NERF_CODE
 
 RENDER_SUBJECT_INPUTS = dict(
-    head="results/{subject}/stage2/head.json",
-    weights="results/{subject}/stage2/head.pt",
-    occupancy="results/{subject}/stage2/occupancy.npz",
-    torso="results/{subject}/torso/torso.pt",
-    torso_meta="results/{subject}/torso/torso.json",
-    transforms="results/{subject}/tracking/transforms.json",
-    tracks="results/{subject}/tracking/tracks.parquet",
-    background="results/{subject}/parsing/background.png",
-    aus="results/{subject}/aus/aus.parquet",
-    aus_stats="results/{subject}/aus/aus.json",
+    head=S.stage2.head_meta,
+    weights=S.stage2.head,
+    occupancy=S.stage2.occupancy,
+    torso=S.torso.model,
+    torso_meta=S.torso.meta,
+    transforms=S.tracking.transforms,
+    tracks=S.tracking.tracks,
+    background=S.parsing.background,
+    aus=S.aus.table,
+    aus_stats=S.aus.stats,
 )
 
 
@@ -60,15 +26,16 @@ rule render_video:
     """Test split re-synthesised: stage-1 landmarks from its audio -> head, torso, composite; audio muxed."""
     input:
         **RENDER_SUBJECT_INPUTS,
-        pred="results/{subject}/stage1/pred/self.parquet",
-        features="results/{subject}/audio/self.npz",
-        audio="results/{subject}/ingest/audio.wav",
+        pred=S.stage1.pred(),
+        features=S.audio.features(),
+        audio=S.ingest.audio,
         code=RENDER_CODE,
     output:
-        video="results/{subject}/video.mp4",
-        stats="results/{subject}/video.json",
+        video=S.video,
+        stats=S.video_stats,
     params:
-        cfg=lambda wc: stage_config("render"),
+        cfg=stage_config("render"),
+        subject_dir=subject_dir,
     log:
         "logs/render_video/{subject}.log",
     conda:
@@ -79,9 +46,9 @@ rule render_video:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=lambda wc: 0 if config["render"]["device"] == "cpu" else 1,
+        gpu=gpus("render"),
     shell:
-        "python -m pipeline.render video --subject-dir results/{wildcards.subject} --out {output.video:q}"
+        "python -m pipeline.render video --subject-dir {params.subject_dir:q} --out {output.video:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -89,17 +56,18 @@ rule drive_video:
     """Any data/audio/{clip}.wav: replayed (mirror-looped, smoothed) poses, sampled blinks, audio muxed."""
     input:
         **RENDER_SUBJECT_INPUTS,
-        pred="results/{subject}/stage1/pred/{clip}.parquet",
-        features="results/{subject}/audio/{clip}.npz",
+        pred=S.stage1.pred("{clip}"),
+        features=S.audio.features("{clip}"),
         wav=f"{config['data_dir']}/audio/{{clip}}.wav",
         code=RENDER_CODE,
     output:
-        video="results/{subject}/drive/{clip}.mp4",
-        stats="results/{subject}/drive/{clip}.json",
+        video=S.drive("{clip}"),
+        stats=S.drive_stats("{clip}"),
     wildcard_constraints:
         clip="(?!self\\.)[A-Za-z0-9_-]+",  # not "self" (the lookahead sees the ".mp4" that follows)
     params:
-        cfg=lambda wc: stage_config("render"),
+        cfg=stage_config("render"),
+        subject_dir=subject_dir,
     log:
         "logs/drive_video/{subject}/{clip}.log",
     conda:
@@ -110,7 +78,7 @@ rule drive_video:
     resources:
         mem_mb=4000,
         runtime=120,
-        gpu=lambda wc: 0 if config["render"]["device"] == "cpu" else 1,
+        gpu=gpus("render"),
     shell:
-        "python -m pipeline.render drive --subject-dir results/{wildcards.subject} --clip {wildcards.clip}"
+        "python -m pipeline.render drive --subject-dir {params.subject_dir:q} --clip {wildcards.clip}"
         " --wav {input.wav:q} --out {output.video:q} --config {params.cfg:q} > {log:q} 2>&1"

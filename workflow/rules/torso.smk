@@ -1,0 +1,35 @@
+# The torso model (pipeline/torso/: train.py the rule, model.py the network the render loads):
+#   results/{subject}/torso/{torso.pt,torso.json,metrics.json}
+
+
+rule train_torso:
+    """Pose-modulated U-Net: head pose -> torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
+    input:
+        video=S.crop.video,
+        torso=S.parsing.torso,
+        background=S.parsing.background,
+        tracks=S.tracking.tracks,
+        transforms=S.tracking.transforms,
+        code=code("torso/train", "torso/model"),
+    output:
+        model=S.torso.model,
+        meta=S.torso.meta,
+        metrics=S.torso.metrics,
+    params:
+        cfg=stage_config("torso"),
+        outdir=stage_dir("torso"),
+    log:
+        "logs/train_torso/{subject}.log",
+    conda:
+        "../../envs/train.yaml"
+    benchmark:
+        "benchmarks/train_torso/{subject}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=gpus("torso"),
+    shell:
+        "python -m pipeline.torso.train --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
+        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir {params.outdir:q}"
+        " --config {params.cfg:q} > {log:q} 2>&1"
