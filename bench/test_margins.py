@@ -52,10 +52,10 @@ def stage1(seed: int, processed: Processed, threads: int) -> dict:
     cnn model driven by the three foreign-language wavs of test_drive_with_other_languages."""
     import soundfile as sf
 
-    from pipeline.artifacts import STAGE1_PRED, fixed_list_column
-    from pipeline.audio_features import run as audio_run
-    from pipeline.config import Stage1Config
-    from pipeline.metrics import best_lag, mouth_opening, rms_envelope
+    from pipeline.core.artifacts import STAGE1_PRED, fixed_list_column
+    from pipeline.audio.features import run as audio_run
+    from pipeline.core.config import Stage1Config
+    from pipeline.core.metrics import best_lag, mouth_opening, rms_envelope
     from pipeline.stage1 import predict, train
 
     out = {}
@@ -86,7 +86,7 @@ def stage2(seed: int, processed: Processed, threads: int) -> dict:
     """The conftest tiny stage-2 run on katiehill with another seed / thread count."""
     import shutil
 
-    from pipeline.config import stage2_configs
+    from pipeline.core.config import stage2_configs
     from pipeline.stage2 import cache, train
 
     clip = "talk_sadtalker_katiehill_en"
@@ -109,8 +109,8 @@ def stage2(seed: int, processed: Processed, threads: int) -> dict:
 
 def torso(seed: int, processed: Processed, threads: int) -> dict:
     """tests/test_torso_render.py's torso run with another seed / thread count."""
-    from pipeline import torso as torso_mod
-    from pipeline.config import TorsoConfig
+    from pipeline.torso import train as torso_mod
+    from pipeline.core.config import TorsoConfig
     from test_torso_render import CLIP, TORSO_CFG
 
     processed.parsing(CLIP)
