@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import Processed, profile_section, speech_path  # noqa: E402
+from pipeline.core.layout import SELF_AUDIO, SubjectLayout  # noqa: E402
 
 THREADS = (1, 2)
 
@@ -63,8 +64,9 @@ def stage1(seed: int, processed: Processed, threads: int) -> dict:
         processed.tracking(clip)
         processed.audio(clip)
         d = processed.dir(clip)
+        s = SubjectLayout(d)
         run_dir = d / f"stage1_s{seed}_t{threads}"
-        m = train.run(d / "audio" / "self.npz", d / "tracking" / "canonical.npz", d / "tracking" / "transforms.json",
+        m = train.run(s.audio.features(SELF_AUDIO), s.tracking.canonical, s.tracking.transforms,
                       run_dir, Stage1Config(steps=300, seed=seed, threads=threads))
         out[f"{clip}.mean_shape_minus_lmd_px"] = m["lmd_px_mean_shape"] - m["lmd_px"]
         out[f"{clip}.linear_minus_lmd_px"] = m["lmd_px_linear"] - m["lmd_px"]
@@ -95,10 +97,11 @@ def stage2(seed: int, processed: Processed, threads: int) -> dict:
     mcfg, tcfg = stage2_configs(profile_section("stage2"))
     tcfg = dataclasses.replace(tcfg, seed=seed, threads=threads)
     out_dir = d / f"stage2_s{seed}_t{threads}"
-    if not (out_dir / "cache.json").exists():
-        for name in ("frames.npy", "labels.npy", "cache.json"):
-            out_dir.mkdir(exist_ok=True)
-            shutil.copy(d / "stage2" / name, out_dir / name)
+    if not out_dir.exists():                    # the run's own folder, with a copy of the frame cache
+        out_dir.mkdir()
+        cached = SubjectLayout(d).stage2
+        for f in (cached.frames, cached.labels, cached.cache):
+            shutil.copy(f, out_dir)
     m = train.run(d, out_dir, mcfg, tcfg)
     curve = [c["psnr"] for c in m["curve"]]
     return {"test_minus_plate_db": m["psnr_head"] - m["psnr_head_baseline"],
@@ -116,9 +119,10 @@ def torso(seed: int, processed: Processed, threads: int) -> dict:
     processed.parsing(CLIP)
     processed.tracking(CLIP)
     d = processed.dir(CLIP)
+    s = SubjectLayout(d)
     cfg = TorsoConfig(**{**TORSO_CFG, "seed": seed, "threads": threads})
-    m = torso_mod.run(d / "crop/video.mp4", d / "parsing/torso.npz", d / "parsing/background.png",
-                      d / "tracking/tracks.parquet", d / "tracking/transforms.json", d / f"torso_s{seed}_t{threads}", cfg)
+    m = torso_mod.run(s.crop.video, s.parsing.torso, s.parsing.background, s.tracking.tracks, s.tracking.transforms,
+                      d / f"torso_s{seed}_t{threads}", cfg)
     return {"torso_minus_mean_db": m["psnr_torso_db"] - m["psnr_torso_mean_db"],
             "alpha_iou_minus_mean": m["alpha_iou"] - m["alpha_iou_mean"]}
 
