@@ -9,7 +9,7 @@ DEMO_TARGET := results/demo/video.mp4
 setup:
 	@scripts/setup.sh
 
-## Re-make requirements/lock/ from the ranges in requirements/*.txt (after editing them).
+## Re-make requirements/lock/ from the direct dependencies in requirements/*.txt (after editing them).
 lock:
 	@scripts/lock.sh
 

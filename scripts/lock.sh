@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-make the lock files that scripts/setup.sh installs, from the ranges in requirements/*.txt.
+# Re-make the lock files that scripts/setup.sh installs, from the direct dependencies pinned in requirements/*.txt.
 # Run it after editing a requirement file, review the diff, commit requirements/lock/.
 #   scripts/lock.sh                         # this interpreter's Python version and platform
 #   PYTHON=python3.12 scripts/lock.sh       # another interpreter: another folder requirements/lock/<tag>/

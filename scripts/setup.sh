@@ -7,7 +7,7 @@
 #   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu scripts/setup.sh
 #                                           # where the CPU build comes from, on a machine whose pip has no
 #                                           # local copy of it (PyPI's Linux torch is the CUDA build)
-# The lock lives in requirements/lock/<tag>/ (made by scripts/lock.sh from the ranges in requirements/*.txt).
+# The lock lives in requirements/lock/<tag>/ (made by scripts/lock.sh from the direct dependencies in requirements/*.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
