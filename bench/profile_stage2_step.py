@@ -6,9 +6,10 @@
 S holds what ``train_head`` reads (docs/stage2.md, "Files a training run needs"; stage2/ made by cache_frames).
 For each ``--config`` (stage-2 keys over config.yaml's defaults; one run without it = the defaults) a fresh
 :class:`pipeline.stage2.train.Trainer` runs ``--warmup`` steps (kernel compilation, occupancy-grid warm-up),
-then ``--steps`` timed steps, each part synchronised on CUDA so the split is real: sampling rays (CPU numpy +
-host-to-device), forward (conditioning, marching, field, compositing, losses), backward, optimiser, error map.
-Reports ms per part, steps/s, packed samples per ray and peak GPU memory. Writes nothing under S.
+then ``--steps`` timed steps, each part synchronised on CUDA so the split is real: sampling rays (on the
+training device), forward (conditioning, marching, field, compositing, losses), backward, optimiser, error map;
+then as many steps again without timers (``steps_per_sec_untimed``: the training rate, nothing synchronised
+inside a step). Reports ms per part, steps/s, rays/s, samples per ray and peak GPU memory. Writes nothing under S.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
     mcfg, tcfg = stage2_configs(section)
     device = resolve_device(tcfg.device, "stage2.device")
     setup_torch(tcfg, device)
-    data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device)
+    data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device, mcfg.landmark_motion)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = defaultdict(list)
 
@@ -66,9 +67,19 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
                 with timer("occupancy update") if i >= warmup else contextlib.nullcontext():
                     trainer.update_occupancy()
             if i >= warmup:
-                spr.append(s)
+                spr.append(float(s))
         sync()
         total = time.perf_counter() - t_start
+        # the same number of steps again without the per-part timers: what training runs at (no synchronisation
+        # inside a step; the occupancy update every occupancy_every steps included)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step("main")
+            trainer.step += 1
+            if trainer.step % tcfg.occupancy_every == 0:
+                trainer.update_occupancy()
+        sync()
+        untimed = time.perf_counter() - t0
         occ = float(trainer.occ.binary.float().mean())
         if ops_table is not None:  # torch.profiler over 10 more steps: the top operators by device time
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
@@ -82,9 +93,11 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
                 fh.write(f"== {json.dumps(overrides)}\n{prof.key_averages().table(sort_by=key, row_limit=30)}\n")
     return {"overrides": overrides, "device": str(device), "steps": steps, "rays_per_batch": tcfg.rays_per_batch,
             "steps_per_sec": round(steps / total, 3), "rays_per_sec": round(steps * tcfg.rays_per_batch / total),
+            "steps_per_sec_untimed": round(steps / untimed, 3),
+            "rays_per_sec_untimed": round(steps * tcfg.rays_per_batch / untimed),
             "ms_per_step": {k: round(1000 * float(np.sum(v)) / steps, 3) for k, v in times.items()},
             "samples_per_ray": round(float(np.mean(spr)), 2), "occupied_fraction": round(float(occ), 4),
-            "last_psnr": round(float(-10 * np.log10(max(mse, 1e-12))), 2),
+            "last_psnr": round(float(-10 * np.log10(max(float(mse), 1e-12))), 2),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None}
 
 

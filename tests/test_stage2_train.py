@@ -139,27 +139,37 @@ def test_frame_cache_is_memory_mapped_and_matches_the_crop(subject):
 def test_sampler_stays_in_the_head_region_and_follows_the_error_map(subject):
     _, tcfg = stage2_configs(profile_section("stage2"))
     data = SubjectData(subject)
-    sampler = RaySampler(data, tcfg, np.random.default_rng(0))
+    sampler = RaySampler(data, tcfg, torch.Generator().manual_seed(0))
     batch = sampler.sample("main")
-    assert len(batch.rgb) == tcfg.rays_per_batch and set(batch.global_frame) <= set(data.train_ids)
-    inside = [data.region(int(f), sampler.margin)[1][r, c] for f, r, c in zip(batch.global_frame, batch.rows, batch.cols)]
-    assert np.mean(inside) > 0.9   # error-map draws may fall in the part of a border cell outside the region
-    lab = np.asarray(data.labels[batch.global_frame, batch.rows, batch.cols])
+    gf, rows, cols = batch.global_frame.numpy(), batch.rows.numpy(), batch.cols.numpy()
+    assert len(batch.rgb) == tcfg.rays_per_batch and set(gf) <= set(data.train_ids)
+    inside = [data.region(int(f), sampler.margin)[1][r, c] for f, r, c in zip(gf, rows, cols)]
+    assert np.mean(inside) > 0.9   # a draw may fall in the part of a border cell outside the region
+    lab = np.asarray(data.labels[gf, rows, cols])
     assert np.array_equal(batch.color_w.numpy() == 0, np.isin(lab, (1, 2)))   # torso / neck out of the colour loss
     assert np.array_equal(batch.alpha.numpy() == 1, lab >= 3)
+    torch.testing.assert_close(batch.rgb, torch.from_numpy(np.asarray(data.frames[gf, rows, cols])).float() / 255)
     # one hot error cell on every frame: a share >= error_map_mix of the rays lands in it
     g = tcfg.error_map_size
     sampler.error_maps.fill_(1e-6)
     sampler.error_maps[:, g // 2, g // 2] = 1.0
     batch = sampler.sample("main")
     in_cell = (batch.rows * g // data.size == g // 2) & (batch.cols * g // data.size == g // 2)
-    assert in_cell.mean() >= 0.8 * tcfg.error_map_mix
+    assert in_cell.float().mean() >= 0.8 * tcfg.error_map_mix
+    # the error-map update: the hot cell's EMA moves towards the mean loss of its rays, untouched cells stay
+    f0 = int(batch.global_frame[in_cell][0])
+    before = sampler.error_maps.clone()
+    sampler.update_errors(batch, torch.full((len(batch.rgb),), 0.5))
+    assert float(sampler.error_maps[f0, g // 2, g // 2]) == pytest.approx(0.9 + 0.1 * 0.5)
+    untouched = torch.ones_like(before, dtype=torch.bool)
+    untouched[batch.global_frame, batch.rows * g // data.size, batch.cols * g // data.size] = False
+    assert torch.equal(sampler.error_maps[untouched], before[untouched])
     # lips phase: patches centred on the lips
     batch = sampler.sample("lips")
     assert batch.n_patches >= 1 and batch.patch_start + batch.n_patches * batch.patch_size**2 == len(batch.rgb)
     p = batch.patch_start
-    lab_patch = np.asarray(data.labels[batch.global_frame[p], batch.rows[p:p + batch.patch_size**2],
-                                       batch.cols[p:p + batch.patch_size**2]])
+    sl = slice(p, p + batch.patch_size**2)
+    lab_patch = np.asarray(data.labels[int(batch.global_frame[p]), batch.rows[sl].numpy(), batch.cols[sl].numpy()])
     assert np.isin(lab_patch, (5, 6)).any()
 
 

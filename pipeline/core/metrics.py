@@ -27,6 +27,12 @@ LIP_IDS = np.array(sorted({
     61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
     78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191,
 }))
+# lips, the lower face oval (jaw line) and the chin / lower-cheek points: the landmarks audio drives. Stage 1
+# predicts only these (the rest stay at the subject's mean shape) and the head NeRF's conditioning moves only
+# these by default (stage2.landmark_motion: mouth), so training sees what rendering from audio gives it
+JAW_IDS = (58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,
+           175, 199, 200, 18, 83, 313, 201, 421, 208, 428, 32, 262, 194, 418, 204, 424, 106, 335, 182, 406)
+MOUTH_REGION = np.array(sorted(set(LIP_IDS.tolist()) | set(JAW_IDS)))
 
 
 def _as_float(img: np.ndarray) -> np.ndarray:

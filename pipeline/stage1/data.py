@@ -19,12 +19,8 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Stage1Config
-from pipeline.core.metrics import LIP_IDS, smooth_frames
+from pipeline.core.metrics import MOUTH_REGION, smooth_frames
 
-# Lips, the lower face-oval (jaw line) and the chin/lower-cheek points of the mediapipe mesh.
-JAW_IDS = [58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,
-           175, 199, 200, 18, 83, 313, 201, 421, 208, 428, 32, 262, 194, 418, 204, 424, 106, 335, 182, 406]
-MOUTH_REGION = np.array(sorted(set(LIP_IDS.tolist()) | set(JAW_IDS)))
 
 
 @dataclass

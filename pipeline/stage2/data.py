@@ -37,6 +37,7 @@ from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANO
                                      STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
                                      fixed_list_column)
 from pipeline.core.layout import RELATIVE, SubjectLayout
+from pipeline.core.metrics import MOUTH_REGION
 from pipeline.stage2.nerf.renderer import camera_rays
 
 log = logging.getLogger("pipeline.stage2.data")
@@ -117,7 +118,7 @@ class SubjectData:
     """Everything a training run reads, with per-frame conditioning as tensors on ``device``."""
 
     def __init__(self, root: Path | str, head_radius: float = 1.6, bound: float = 1.0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", landmark_motion: str = "all"):
         root = Path(root)
         self.root = root
         files = SubjectLayout(root)
@@ -157,20 +158,25 @@ class SubjectData:
         self.plate = cv2.resize(plate, (s, s), interpolation=cv2.INTER_AREA) if plate.shape[0] != s else plate
         self.device = torch.device(device)
         self.c2w = torch.from_numpy(self.head_space.c2w(c2w)).to(self.device)
-        self.landmarks = torch.from_numpy(self.head_space.points(lms)).to(self.device)
+        self.landmarks = torch.from_numpy(conditioning_landmarks(self.head_space.points(lms), a, b,
+                                                                 landmark_motion)).to(self.device)
         self.audio = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(self.device)
         self.au45 = torch.from_numpy(np.array(au45, np.float32)).to(self.device)
         self.plate_t = torch.from_numpy(self.plate).to(self.device).float() / 255.0
         self.audio_dim = int(audio.shape[-1])
 
-    def conditioning(self, frame_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(np.asarray(frame_ids), dtype=torch.int64, device=self.device)
+    def _ids(self, a: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(a if torch.is_tensor(a) else np.asarray(a), dtype=torch.int64, device=self.device)
+
+    def conditioning(self, frame_ids: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = self._ids(frame_ids)
         return self.landmarks[idx], self.audio[idx], self.au45[idx]
 
-    def rays(self, frame_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def rays(self, frame_ids: np.ndarray | torch.Tensor, rows: np.ndarray | torch.Tensor,
+             cols: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Head-space origins and unit directions of pixel centres ``(rows, cols)`` of frames ``frame_ids``."""
-        uv = torch.from_numpy(np.stack([cols, rows], -1).astype(np.float32) + 0.5).to(self.device)
-        c2w = self.c2w[torch.as_tensor(np.asarray(frame_ids), dtype=torch.int64, device=self.device)]
+        uv = torch.stack([self._ids(cols), self._ids(rows)], -1).float() + 0.5
+        c2w = self.c2w[self._ids(frame_ids)]
         cam = self.camera
         return camera_rays(c2w, uv, cam.focal, cam.cx, cam.cy)
 
@@ -191,23 +197,54 @@ class SubjectData:
                 "test": [int(self.test_ids[0]), int(self.test_ids[-1]) + 1], "au45_source": self.au45_source}
 
 
-def color_weight(labels: np.ndarray) -> np.ndarray:
+def conditioning_landmarks(lms: np.ndarray, a: int, b: int, motion: str) -> np.ndarray:
+    """The landmarks the field is conditioned on (``stage2.landmark_motion``): ``all`` tracked ones, or with
+    ``mouth`` the tracked mouth/jaw region (``metrics.MOUTH_REGION``) and every other point at its mean over
+    the train frames ``[a, b)``: what stage 1 predicts from audio, so that eyes and brows learnt from tracked
+    motion cannot stay still at render time (blinks then have to come from AU45)."""
+    if motion == "all":
+        return lms
+    if motion != "mouth":
+        raise ValueError(f"landmark_motion {motion!r} is not one of mouth, all")
+    out = np.array(lms, copy=True)
+    still = np.setdiff1d(np.arange(lms.shape[1]), MOUTH_REGION)
+    out[:, still] = lms[a:b, still].mean(0)
+    return out
+
+
+def color_weight(labels: torch.Tensor) -> torch.Tensor:
     """1 where a pixel counts in the head colour loss, 0 on torso and neck (the torso model's job)."""
-    return ((labels != LABEL_TORSO) & (labels != LABEL_NECK)).astype(np.float32)
+    return ((labels != LABEL_TORSO) & (labels != LABEL_NECK)).float()
 
 
-def patch_center(labels: np.ndarray, part: str, rng: np.random.Generator) -> tuple[float, float] | None:
-    """(row, col) centre of the lips (labels 5-6) or of one eye (label 7, left/right at random), None if absent."""
-    if part == "lips":
-        rows, cols = np.nonzero((labels == LABEL_LIPS) | (labels == LABEL_MOUTH))
-    else:
-        rows, cols = np.nonzero(labels == LABEL_EYES)
-        if len(cols):
-            side = cols < np.median(cols) if rng.random() < 0.5 else cols >= np.median(cols)
-            rows, cols = (rows[side], cols[side]) if side.any() else (rows, cols)
-    if not len(rows):
-        return None
-    return float(rows.mean()), float(cols.mean())
+def part_centers(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame the (row, col) centres of the lips (labels 5-6), of the eye pixels (label 7) left and right of
+    their mean column, and of the head (labels 3-7): ``centers [N, 4, 2]`` float32 and ``present [N, 4]`` bool
+    (absent parts: the image centre). From row and column sums of each mask, one frame at a time."""
+    n, s = labels.shape[:2]
+    centers = np.full((n, 4, 2), s / 2, np.float32)
+    present = np.zeros((n, 4), bool)
+    r = np.arange(s, dtype=np.float64)
+
+    def center(mask: np.ndarray) -> tuple[float, float] | None:
+        rows, cols = mask.sum(1), mask.sum(0)
+        total = rows.sum()
+        return None if total == 0 else (float(rows @ r / total), float(cols @ r / total))
+
+    for f in range(n):
+        lab = np.asarray(labels[f])
+        eyes = lab == LABEL_EYES
+        got = [center((lab == LABEL_LIPS) | (lab == LABEL_MOUTH)), None, None, center(lab >= HEAD_MIN_LABEL)]
+        both = center(eyes)
+        if both is not None:
+            split = int(round(both[1]))
+            left, right = eyes.copy(), eyes.copy()
+            left[:, split:], right[:, :split] = False, False
+            got[1], got[2] = center(left) or both, center(right) or both
+        for j, c in enumerate(got):
+            if c is not None:
+                centers[f, j], present[f, j] = c, True
+    return centers, present
 
 
 def describe_inputs() -> str:

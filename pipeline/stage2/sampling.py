@@ -1,19 +1,27 @@
-"""Ray batches for the head NeRF: head-region pixels, error-map importance sampling, lips/eyes patches.
+"""Ray batches for the head NeRF, drawn on the training device: head region, error-map importance, patches.
 
-Per step (:meth:`RaySampler.sample`): ``frames_per_batch`` random train frames; in each, pixels drawn from the
-*region* (head labels 3-7 dilated by ``head_margin`` x image size, so a band of background and torso is
-included). A share ``error_map_mix`` of the draws follows the frame's error map (a ``G x G`` EMA of the
-per-ray loss, AD-NeRF / ER-NeRF style: cells drawn by error x region share, a uniform pixel inside; such a pixel
-may lie just outside the region in a cell the region only touches), the rest is uniform over the region. Every ray carries its target
-colour, the background-plate colour behind it, a colour-loss weight (0 on torso/neck, labels 1-2: the torso
-model's job) and the head-opacity target (1 on labels 3-7).
+Everything lives on the training device (frames, labels, error maps, per-frame tables) and is drawn with one
+``torch.Generator`` on that device, so a step never waits for the host (on a GPU the frame cache is copied
+there once: 1.4 GB for 1779 frames at 512²; on a CPU the tensors view the memory-mapped cache).
 
-During the fine-tuning phases a share ``patch_share`` of the rays are square ``P x P`` patches centred on the
-lips (labels 5-6) or on one eye (label 7), laid out row-major at the end of the batch for the patch losses.
+Per step (:meth:`RaySampler.sample`): ``frames_per_batch`` random train frames, the main rays split evenly
+between them. A frame's rays are drawn by cell of a ``G x G`` grid (``G = error_map_size``): a cell with
+probability ``(1 - error_map_mix) * share + error_map_mix * error x share`` (each term normalised; ``share`` =
+the cell's fraction of *region* pixels, the region being the head labels 3-7 dilated by ``head_margin`` x
+image size, so a band of background and torso is included; ``error`` = the frame's error map, an EMA of the
+per-ray loss, AD-NeRF / ER-NeRF style), then a uniform pixel inside the cell (such a pixel may lie just outside
+the region in a cell the region only touches). Every ray carries its target colour, the background-plate
+colour behind it, a colour-loss weight (0 on torso/neck, labels 1-2: the torso model's job) and the
+head-opacity target (1 on labels 3-7).
+
+During the fine-tuning phases a fixed number of ``P x P`` patches (a share ``patch_share`` of the rays) are
+centred on the lips (labels 5-6) or on one eye (label 7), laid out row-major at the end of the batch for the
+patch losses; a frame without that part gets a patch on its head centre instead.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import cv2
@@ -21,12 +29,12 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Stage2TrainConfig
-from pipeline.stage2.data import HEAD_MIN_LABEL, SubjectData, color_weight, patch_center
+from pipeline.stage2.data import HEAD_MIN_LABEL, SubjectData, color_weight, part_centers
 
 
 @dataclass
 class RayBatch:
-    frames: np.ndarray          # [B] global frame ids of the batch (conditioning rows)
+    frames: torch.Tensor        # [B] global frame ids of the batch (conditioning rows)
     frame: torch.Tensor         # [R] int64 index into ``frames``
     origins: torch.Tensor       # [R, 3]
     dirs: torch.Tensor          # [R, 3]
@@ -34,9 +42,9 @@ class RayBatch:
     background: torch.Tensor    # [R, 3] plate colour
     color_w: torch.Tensor       # [R] colour-loss weight
     alpha: torch.Tensor         # [R] head-opacity target
-    global_frame: np.ndarray    # [R] frame id of each ray (error-map update)
-    rows: np.ndarray            # [R]
-    cols: np.ndarray            # [R]
+    global_frame: torch.Tensor  # [R] frame id of each ray (error-map update)
+    rows: torch.Tensor          # [R]
+    cols: torch.Tensor          # [R]
     patch_start: int            # first patch ray (== R when there are no patches)
     patch_size: int             # P
     n_patches: int
@@ -51,97 +59,97 @@ def phase_at(progress: float, cfg: Stage2TrainConfig) -> str:
     return "main"
 
 
+def _device_view(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A read-only (memory-mapped) array as a tensor: a view on the CPU, one copy on another device."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # "non-writable array": it is never written
+        t = torch.from_numpy(np.asarray(a))
+    return t if device.type == "cpu" else t.to(device)
+
+
 class RaySampler:
-    def __init__(self, data: SubjectData, cfg: Stage2TrainConfig, rng: np.random.Generator,
+    def __init__(self, data: SubjectData, cfg: Stage2TrainConfig, generator: torch.Generator,
                  error_maps: torch.Tensor | None = None):
-        self.data, self.cfg, self.rng = data, cfg, rng
-        g = cfg.error_map_size
-        self.error_maps = error_maps if error_maps is not None else torch.ones(data.n, g, g)
-        self.margin = int(round(cfg.head_margin * data.size))
-        self.patch = max(8, int(round(cfg.patch_size * data.size / 512)))
+        self.data, self.cfg, self.gen = data, cfg, generator
+        dev, g, s = data.device, cfg.error_map_size, data.size
+        self.margin = int(round(cfg.head_margin * s))
+        self.patch = max(8, int(round(cfg.patch_size * s / 512)))
+        self.frames = _device_view(data.frames, dev)
+        self.labels = _device_view(data.labels, dev)
+        self.train_ids = torch.as_tensor(data.train_ids, dtype=torch.int64, device=dev)
+        self.error_maps = error_maps if error_maps is not None else torch.ones(data.n, g, g, device=dev)
+        share = np.stack([cv2.resize(data.region(f, self.margin)[1].astype(np.float32), (g, g),
+                                     interpolation=cv2.INTER_AREA) for f in range(data.n)])
+        empty = share.reshape(data.n, -1).sum(1) == 0
+        share[empty] = 1.0                           # no head on a frame: the whole image
+        self.share = torch.from_numpy(share.reshape(data.n, g * g)).to(dev)
+        self.centers, self.has_part = (torch.from_numpy(a).to(dev) for a in part_centers(data.labels))
+        self.edges = torch.as_tensor((np.arange(g + 1) * s) // g, dtype=torch.int64, device=dev)
+        self._sums: torch.Tensor | None = None       # update_errors' scratch buffers
 
-    def _cells(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        g, s = self.cfg.error_map_size, self.data.size
-        return (rows * g // s) * g + (cols * g // s)
+    def _rand(self, *shape: int) -> torch.Tensor:
+        return torch.rand(shape, generator=self.gen, device=self.data.device)
 
-    def _draw(self, f: int, region: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``k`` pixels of frame ``f``: ``error_map_mix`` of them by the error map (a cell with probability
-        proportional to its error times its share of region pixels, then a uniform pixel in the cell), the rest
-        uniform over the region. Costs O(G² + region) per frame, so it keeps up with a GPU at 512²."""
-        s, g = self.data.size, self.cfg.error_map_size
-        cand = np.flatnonzero(region)
-        if not len(cand):  # no head on this frame: the whole image
-            region, cand = np.ones_like(region), np.arange(region.size)
-        k_err = int(round(self.cfg.error_map_mix * k))
-        pick = cand[self.rng.integers(0, len(cand), size=k - k_err)]
-        rows, cols = np.divmod(pick, s)
-        if k_err:
-            share = cv2.resize(region.astype(np.float32), (g, g), interpolation=cv2.INTER_AREA).reshape(-1)
-            w = self.error_maps[f].reshape(-1).numpy().astype(np.float64) * share
-            w = w / w.sum() if w.sum() > 0 else share / share.sum()
-            cell = self.rng.choice(g * g, size=k_err, p=w)
-            edges = (np.arange(g + 1) * s) // g
-            ci, cj = np.divmod(cell, g)
-            r = edges[ci] + (self.rng.random(k_err) * (edges[ci + 1] - edges[ci])).astype(np.int64)
-            c = edges[cj] + (self.rng.random(k_err) * (edges[cj + 1] - edges[cj])).astype(np.int64)
-            rows, cols = np.concatenate([r, rows]), np.concatenate([c, cols])
-        return rows, cols
+    def _draw(self, frames: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` rays split evenly over ``frames [B]``: (index into frames, rows, cols), each ``[n]``."""
+        b, g, mix = frames.shape[0], self.cfg.error_map_size, self.cfg.error_map_mix
+        share = self.share.index_select(0, frames)                                  # [B, G²]
+        err = self.error_maps.reshape(-1, g * g).index_select(0, frames) * share
+        p = (1 - mix) * share / share.sum(1, keepdim=True) + mix * err / err.sum(1, keepdim=True).clamp_min(1e-30)
+        per = -(-n // b)
+        cell = torch.multinomial(p, per, replacement=True, generator=self.gen).reshape(-1)[:n]
+        fb = torch.arange(b, device=frames.device).repeat_interleave(per)[:n]
+        ci, cj = cell // g, cell % g
+        rows = self.edges[ci] + (self._rand(n) * (self.edges[ci + 1] - self.edges[ci])).long()
+        cols = self.edges[cj] + (self._rand(n) * (self.edges[cj + 1] - self.edges[cj])).long()
+        return fb, rows, cols
 
-    def _patch(self, labels: np.ndarray, part: str) -> tuple[np.ndarray, np.ndarray] | None:
-        c = patch_center(labels, part, self.rng)
-        if c is None:
-            return None
-        p, s = self.patch, self.data.size
-        jitter = self.rng.integers(-p // 4, p // 4 + 1, size=2)
-        r0 = int(np.clip(round(c[0]) - p // 2 + jitter[0], 0, s - p))
-        c0 = int(np.clip(round(c[1]) - p // 2 + jitter[1], 0, s - p))
-        rr, cc = np.meshgrid(np.arange(r0, r0 + p), np.arange(c0, c0 + p), indexing="ij")
-        return rr.reshape(-1), cc.reshape(-1)
+    def _patches(self, frames: torch.Tensor, part: str, count: int) -> tuple[torch.Tensor, ...]:
+        """``count`` patches, the j-th on frame ``j mod B``: (index into frames, rows, cols), ``[count P²]``."""
+        p, s, dev = self.patch, self.data.size, frames.device
+        fb = torch.arange(count, device=dev) % frames.shape[0]
+        f = frames[fb]
+        which = (torch.zeros(count, dtype=torch.int64, device=dev) if part == "lips"
+                 else 1 + (self._rand(count) < 0.5).long())                         # 1, 2: one eye or the other
+        ok = self.has_part[f, which]
+        center = torch.where(ok[:, None], self.centers[f, which], self.centers[f, 3])   # 3: the head's centre
+        jitter = ((self._rand(count, 2) - 0.5) * (p // 2)).round()
+        start = (center.round() - p // 2 + jitter).clamp(0, s - p).long()         # [count, 2] (row, col)
+        rr, cc = torch.meshgrid(torch.arange(p, device=dev), torch.arange(p, device=dev), indexing="ij")
+        rows = (start[:, :1] + rr.reshape(1, -1)).reshape(-1)
+        cols = (start[:, 1:] + cc.reshape(1, -1)).reshape(-1)
+        return fb.repeat_interleave(p * p), rows, cols
 
     def sample(self, phase: str = "main") -> RayBatch:
         cfg, data = self.cfg, self.data
-        frames = self.rng.choice(data.train_ids, size=min(cfg.frames_per_batch, len(data.train_ids)), replace=False)
-        regions = [data.region(int(f), self.margin) for f in frames]
-        patches: list[tuple[int, np.ndarray, np.ndarray]] = []
-        if phase != "main":
-            n_patch = max(1, int(round(cfg.patch_share * cfg.rays_per_batch / self.patch**2)))
-            for j in range(n_patch):
-                b = j % len(frames)
-                got = self._patch(regions[b][0], phase)
-                if got is not None:
-                    patches.append((b, *got))
-        n_main = max(len(frames), cfg.rays_per_batch - sum(len(p[1]) for p in patches))
-        per = np.full(len(frames), n_main // len(frames))
-        per[: n_main % len(frames)] += 1
-        fb, rows, cols = [], [], []
-        for b, (f, (_, region)) in enumerate(zip(frames, regions)):
-            r, c = self._draw(int(f), region, int(per[b]))
-            fb.append(np.full(len(r), b)), rows.append(r), cols.append(c)
-        patch_start = int(sum(per))
-        for b, r, c in patches:
-            fb.append(np.full(len(r), b)), rows.append(r), cols.append(c)
-        fb_a, rows_a, cols_a = np.concatenate(fb), np.concatenate(rows), np.concatenate(cols)
-        gf = frames[fb_a]
-        lab = np.asarray(data.labels[gf, rows_a, cols_a]) if len(frames) else np.zeros(0, np.uint8)
-        rgb = np.asarray(data.frames[gf, rows_a, cols_a], np.float32) / 255.0
-        dev = data.device
-        origins, dirs = data.rays(gf, rows_a, cols_a)
+        b = min(cfg.frames_per_batch, len(data.train_ids))
+        frames = self.train_ids[torch.randperm(len(data.train_ids), generator=self.gen, device=data.device)[:b]]
+        n_patch = 0 if phase == "main" else max(1, int(round(cfg.patch_share * cfg.rays_per_batch / self.patch**2)))
+        n_main = max(b, cfg.rays_per_batch - n_patch * self.patch**2)
+        fb, rows, cols = self._draw(frames, n_main)
+        if n_patch:
+            parts = self._patches(frames, phase, n_patch)
+            fb, rows, cols = (torch.cat([x, y]) for x, y in zip((fb, rows, cols), parts))
+        gf = frames[fb]
+        lab = self.labels[gf, rows, cols]
+        origins, dirs = data.rays(gf, rows, cols)
         return RayBatch(
-            frames=frames, frame=torch.from_numpy(fb_a).to(dev), origins=origins, dirs=dirs,
-            rgb=torch.from_numpy(rgb).to(dev), background=data.plate_t[torch.from_numpy(rows_a).to(dev),
-                                                                       torch.from_numpy(cols_a).to(dev)],
-            color_w=torch.from_numpy(color_weight(lab)).to(dev),
-            alpha=torch.from_numpy((lab >= HEAD_MIN_LABEL).astype(np.float32)).to(dev),
-            global_frame=gf, rows=rows_a, cols=cols_a, patch_start=patch_start, patch_size=self.patch,
-            n_patches=len(patches))
+            frames=frames, frame=fb, origins=origins, dirs=dirs, rgb=self.frames[gf, rows, cols].float() / 255.0,
+            background=data.plate_t[rows, cols], color_w=color_weight(lab),
+            alpha=(lab >= HEAD_MIN_LABEL).float(), global_frame=gf, rows=rows, cols=cols, patch_start=n_main,
+            patch_size=self.patch, n_patches=n_patch)
 
     def update_errors(self, batch: RayBatch, per_ray: torch.Tensor) -> None:
-        """EMA of the per-ray loss into each ray's error-map cell (several rays of a cell: their mean)."""
-        g = self.cfg.error_map_size
-        flat = torch.from_numpy(batch.global_frame * g * g + self._cells(batch.rows, batch.cols))
-        val = per_ray.detach().float().cpu()
-        cells, inv = torch.unique(flat, return_inverse=True)
-        mean = torch.zeros(len(cells)).index_add_(0, inv, val) / torch.bincount(inv, minlength=len(cells)).float()
+        """EMA of the per-ray loss into each ray's error-map cell (several rays of a cell: their mean). O(rays):
+        per-cell sums go through two scratch buffers that are cleared again at the touched cells only."""
+        g, s, a = self.cfg.error_map_size, self.data.size, self.cfg.error_map_ema
+        flat = batch.global_frame * (g * g) + (batch.rows * g // s) * g + batch.cols * g // s
         em = self.error_maps.view(-1)
-        a = self.cfg.error_map_ema
-        em[cells] = (1 - a) * em[cells] + a * mean
+        if self._sums is None or self._sums.shape != (2, em.numel()):
+            self._sums = torch.zeros(2, em.numel(), device=em.device)
+        total, count = self._sums[0], self._sums[1]
+        total.index_add_(0, flat, per_ray.detach().float())
+        count.index_add_(0, flat, torch.ones_like(per_ray, dtype=torch.float32))
+        em[flat] = (1 - a) * em[flat] + a * total[flat] / count[flat]   # duplicates write the same value
+        total[flat] = 0.0
+        count[flat] = 0.0

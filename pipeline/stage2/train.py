@@ -55,6 +55,37 @@ RUN_LENGTH_KEYS = ("steps", "max_minutes", "checkpoint_every", "log_every", "eva
 CURVE_KEYS = ("step", "loss", "psnr", "seconds", "samples_per_ray")  # one train-curve point
 
 
+class TrainBar:
+    """The training progress bar. With a wall-clock budget (``max_minutes``) it counts trained seconds out of
+    the budget, ``train_head (7 min budget):  43%|###  | 181/420 s [03:01<03:59] step 6012, 28.1 dB``; otherwise
+    steps out of ``steps``."""
+
+    def __init__(self, tcfg: Stage2TrainConfig, step: int, seconds: float):
+        self.budget = tcfg.max_minutes * 60.0
+        if self.budget:
+            self.bar = progress(total=int(round(self.budget)), initial=min(int(seconds), int(round(self.budget))),
+                                desc=f"train_head ({tcfg.max_minutes:g} min budget)", unit="s", mininterval=5)
+        else:
+            self.bar = progress(total=tcfg.steps, initial=step, desc="train_head", unit="step", mininterval=5)
+        self.shown, self.step, self.psnr = int(seconds), step, None
+
+    def advance(self, step: int, seconds: float) -> None:
+        self.step = step
+        if not self.budget:
+            self.bar.update(1)
+        elif int(seconds) > self.shown and self.shown < int(round(self.budget)):
+            new = min(int(seconds), int(round(self.budget)))
+            self.bar.update(new - self.shown)
+            self.shown = new
+
+    def note(self, psnr: float) -> None:
+        if hasattr(self.bar, "set_postfix_str"):
+            self.bar.set_postfix_str(f"step {self.step}, train {psnr:.1f} dB", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class TrainingInterrupted(RuntimeError):
     """SIGTERM during training: a checkpoint was written; re-running resumes."""
 
@@ -89,16 +120,21 @@ def build(data: SubjectData, mcfg: Stage2ModelConfig, device: torch.device):
     field = LandmarkField(mcfg, audio_in_dim=data.audio_dim).to(device)
     occ = OccupancyGrid(field.aabb, mcfg.occupancy_resolution, mcfg.occupancy_decay, mcfg.occupancy_threshold,
                         warmup_updates=2).to(device)
-    renderer = VolumeRenderer(field.aabb, mcfg.num_samples, occ, mcfg.early_stop_eps).to(device)
+    # field queries of up to 2^20 samples a call: a training batch's autograd graph holds every chunk anyway
+    renderer = VolumeRenderer(field.aabb, mcfg.num_samples, occ, mcfg.early_stop_eps, chunk=1 << 20,
+                              samples_per_ray=mcfg.samples_per_ray).to(device)
     return field, occ, renderer
 
 
-def optimizer(field: LandmarkField, tcfg: Stage2TrainConfig) -> torch.optim.Adam:
+def optimizer(field: LandmarkField, tcfg: Stage2TrainConfig, codes: torch.Tensor | None = None) -> torch.optim.Adam:
+    """Adam: hash tables (and the per-frame appearance codes, tables too) at ``lr``, networks at ``lr_net``."""
     grid = list(field.encoding.parameters())
     ids = {id(p) for p in grid}
     rest = [p for p in field.parameters() if id(p) not in ids]
-    return torch.optim.Adam([{"params": grid, "lr": tcfg.lr}, {"params": rest, "lr": tcfg.lr_net}],
-                            betas=(0.9, 0.99), eps=1e-15)
+    groups = [{"params": grid, "lr": tcfg.lr}, {"params": rest, "lr": tcfg.lr_net}]
+    if codes is not None:
+        groups.append({"params": [codes], "lr": tcfg.lr})
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
 def setup_torch(tcfg: Stage2TrainConfig, device: torch.device) -> None:
@@ -118,12 +154,17 @@ class Trainer:
         self.data, self.mcfg, self.tcfg, self.outdir, self.device = data, mcfg, tcfg, outdir, device
         self.field, self.occ, self.renderer = build(data, mcfg, device)
         self.render_field = AutocastField(self.field, device.type) if tcfg.amp and device.type == "cuda" else self.field
-        self.opt = optimizer(self.field, tcfg)
+        # per-frame appearance codes (ER-NeRF's individual codes): the trainer's, not the head's; a batch uses
+        # them centred on the train frames' mean, so the zeros a render passes are the mean appearance
+        self.codes = (torch.nn.Parameter(torch.zeros(data.n, mcfg.appearance_dim, device=device))
+                      if mcfg.appearance_dim else None)
+        self.opt = optimizer(self.field, tcfg, self.codes)
         self.progress = 0.0
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: tcfg.lr_final_factor ** self.progress)
         self.rng = np.random.default_rng(tcfg.seed)
-        self.gen = torch.Generator().manual_seed(tcfg.seed)
-        self.sampler = RaySampler(data, tcfg, self.rng)
+        # one generator on the training device draws rays, marching jitter and occupancy cells (no host sync)
+        self.gen = torch.Generator(device=device).manual_seed(tcfg.seed)
+        self.sampler = RaySampler(data, tcfg, self.gen)
         self.step, self.wall_prev, self.curve, self.eval_curve = 0, 0.0, [], []
         self.resumed_from: int | None = None
         self.hash = resume_hash(mcfg, tcfg)
@@ -133,6 +174,7 @@ class Trainer:
     def state(self, complete: bool) -> dict:
         return {"step": self.step, "complete": complete, "config_hash": self.hash,
                 "model": self.field.state_dict(), "optimizer": self.opt.state_dict(),
+                "appearance": self.codes.detach() if self.codes is not None else torch.zeros(0),
                 "scheduler": self.sched.state_dict(), "occupancy": self.occ.state_dict(),
                 "error_maps": self.sampler.error_maps, "wall_seconds": self.wall_prev,
                 "curve": torch.tensor([[c[k] for k in CURVE_KEYS] for c in self.curve],
@@ -150,10 +192,12 @@ class Trainer:
             log.warning("%s is %s: starting afresh", path, why)
             return
         self.field.load_state_dict(st["model"])
+        if self.codes is not None:
+            self.codes.data.copy_(st["appearance"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         self.occ.load_state_dict(st["occupancy"])
-        self.sampler.error_maps = st["error_maps"].cpu().float()
+        self.sampler.error_maps = st["error_maps"].to(self.device, torch.float32)
         self.step, self.wall_prev = int(st["step"]), float(st["wall_seconds"])
         self.curve = [dict(zip(CURVE_KEYS, r)) for r in st["curve"].tolist()]
         self.eval_curve = [dict(zip(("step", "seconds", "psnr_head", "ssim_head"), r)) for r in st["eval_curve"].tolist()]
@@ -164,15 +208,16 @@ class Trainer:
         log.info("resumed from %s at step %d (%.1f s trained before)", path, self.step, self.wall_prev)
 
     # ---------------------------------------------------------------- one step
-    def train_step(self, phase: str, timer=None) -> tuple[float, float, float]:
-        """One optimisation step; returns (loss, colour MSE, samples per ray). ``timer(name)`` (a context
-        manager factory, e.g. bench/profile_stage2_step.py's CUDA-synchronised one) times its parts."""
+    def train_step(self, phase: str, timer=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns (loss, colour MSE, samples per ray) as 0-d tensors on the device, so
+        nothing waits for the GPU unless the caller reads them. ``timer(name)`` (a context manager factory, e.g.
+        bench/profile_stage2_step.py's CUDA-synchronised one) times its parts."""
         tcfg = self.tcfg
         timer = timer or _no_timer
         with timer("sample rays"):
             batch = self.sampler.sample(phase)
         with timer("forward"):
-            ctx = self.field.prepare(*self.data.conditioning(batch.frames))
+            ctx = self.field.prepare(*self.data.conditioning(batch.frames), appearance=self.batch_codes(batch.frames))
             out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame,
                                        batch.background, stratified=True, generator=self.gen)
             loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
@@ -191,14 +236,20 @@ class Trainer:
         with timer("error map"), torch.no_grad():
             w = batch.color_w
             self.sampler.update_errors(batch, per_ray * w)
-            mse = float((((out.rgb - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1))
-        return float(loss.detach()), mse, out.ray_indices.numel() / max(out.rgb.shape[0], 1)
+            mse = (((out.rgb - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1)
+        n = out.ray_indices.numel() if isinstance(out.n_candidates, int) else out.n_candidates
+        return loss.detach(), mse, torch.as_tensor(n, device=mse.device) / max(out.rgb.shape[0], 1)
+
+    def batch_codes(self, frames: torch.Tensor) -> torch.Tensor | None:
+        if self.codes is None:
+            return None
+        return self.codes.index_select(0, frames) - self.codes.index_select(0, self.sampler.train_ids).mean(0)
 
     @torch.no_grad()
-    def update_occupancy(self) -> float:
+    def update_occupancy(self) -> torch.Tensor:
         k = min(self.tcfg.occupancy_frames, len(self.data.train_ids))
-        frames = self.rng.choice(self.data.train_ids, size=k, replace=False)
-        ctx = self.field.prepare(*self.data.conditioning(frames))
+        pick = torch.randperm(len(self.data.train_ids), generator=self.gen, device=self.device)[:k]
+        ctx = self.field.prepare(*self.data.conditioning(self.sampler.train_ids[pick]))
         return self.occ.update(self.field.density_fn(ctx), n_cells=self.occ.n_cells // 4, generator=self.gen)
 
     def evaluate(self, frames: np.ndarray, keep: int = 0):
@@ -211,20 +262,22 @@ class Trainer:
         budget = tcfg.max_minutes * 60.0
         start, step0, eval_sec, wall0, cpu0 = time.time(), self.step, 0.0, self.wall_prev, time.process_time()
         elapsed = lambda: self.wall_prev + time.time() - start - eval_sec  # noqa: E731
-        bar = progress(total=tcfg.steps, initial=self.step, desc="train_head", unit="step", mininterval=5)
+        bar = TrainBar(tcfg, self.step, elapsed())
         with ckpt.StopFlag() as stop:
             while self.step < tcfg.steps and not (budget and elapsed() >= budget):
                 self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)
                 loss, mse, spr = self.train_step(phase_at(self.progress, tcfg))
                 self.step += 1
-                bar.update(1)
+                bar.advance(self.step, elapsed())
                 if self.step % tcfg.occupancy_every == 0:
                     self.update_occupancy()
-                if self.step % tcfg.log_every == 0 or self.step == 1:
-                    self.curve.append({"step": self.step, "loss": loss, "psnr": psnr_from_mse(mse),
+                if self.step % tcfg.log_every == 0 or self.step == 1:   # the only reads of GPU values in the loop
+                    loss, psnr, spr = float(loss), psnr_from_mse(float(mse)), float(spr)
+                    self.curve.append({"step": self.step, "loss": loss, "psnr": psnr,
                                        "seconds": round(elapsed(), 3), "samples_per_ray": round(spr, 2)})
                     log.info("step %d %s loss %.5f psnr %.2f, %.1f samples/ray", self.step,
-                             phase_at(self.progress, tcfg), loss, psnr_from_mse(mse), spr)
+                             phase_at(self.progress, tcfg), loss, psnr, spr)
+                    bar.note(psnr)
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0:
                     t0 = time.time()
                     m, _ = self.evaluate(eval_frames(self.data.test_ids, tcfg.eval_max_frames))
@@ -255,7 +308,7 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
     files = Stage2Files(outdir)
     device = resolve_device(tcfg.device, "stage2.device")
     setup_torch(tcfg, device)
-    data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device)
+    data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device, mcfg.landmark_motion)
     if tcfg.image_size and data.size != tcfg.image_size:
         raise ArtifactError(subject.stage2.frames, f"cached at {data.size} px, stage2.image_size is "
                             f"{tcfg.image_size}: re-run cache_frames")

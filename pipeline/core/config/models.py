@@ -46,17 +46,21 @@ class Stage2ModelConfig:
     audio_dim: int = 32             # audio code after window attention (0 = no audio input)
     audio_window: int = 16          # audio feature steps per frame given to the attention
     use_au45: bool = True           # blink scalar gated into the eye region
+    appearance_dim: int = 0         # per-frame appearance code into the colour net (ER-NeRF: 4); zero at render
+    landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
+                                    # as stage 1 predicts them; blinks then come from AU45); "all": every tracked one
     # ray marching
     num_samples: int = 128          # samples per ray before occupancy skipping
     occupancy_resolution: int = 64
     occupancy_decay: float = 0.95
     occupancy_threshold: float = 5.0   # density units (1/length); effective min(this, grid mean)
     early_stop_eps: float = 0.0     # drop samples behind transmittance < eps (0 = off)
+    samples_per_ray: int = 0        # > 0: the first k occupied candidates of each ray, fixed [R, k] (no packing)
 
     def __post_init__(self) -> None:
         choices = {"grid": ("3d", "triplane"), "triplane_reduce": ("concat", "sum"),
                    "backend": ("auto", "torch", "triton", "tcnn"), "density_activation": ("trunc_exp", "softplus"),
-                   "landmark_subset": ("lips_eyes_jaw_nose", "lips_eyes", "lips")}
+                   "landmark_subset": ("lips_eyes_jaw_nose", "lips_eyes", "lips"), "landmark_motion": ("mouth", "all")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"stage2.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
@@ -69,6 +73,8 @@ class Stage2ModelConfig:
             raise ConfigError("stage2.finest_resolution must be >= base_resolution")
         if self.bound <= 0 or self.landmark_sigma <= 0:
             raise ConfigError("stage2.bound and stage2.landmark_sigma must be > 0")
+        if self.samples_per_ray < 0 or self.appearance_dim < 0:
+            raise ConfigError("stage2.samples_per_ray and stage2.appearance_dim must be >= 0")
         if self.audio_dim < 0 or self.audio_window < 1:
             raise ConfigError("stage2.audio_dim must be >= 0 and audio_window >= 1")
 

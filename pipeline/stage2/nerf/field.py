@@ -104,6 +104,39 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+class _GatherColumns(torch.autograd.Function):
+    """``table[:, idx]`` whose backward sums by ``bincount`` (a shared-memory histogram per block on CUDA) instead
+    of ``index_add_``: millions of indices into ~100 columns made index_add_'s atomics contend, 2.3 ms a call
+    on an H200 (BENCHMARKS.md, session 6)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(idx)
+        ctx.n_cols = table.shape[1]
+        return table.index_select(1, idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (idx,) = ctx.saved_tensors
+        g = grad.float()
+        cols = [torch.bincount(idx, weights=g[r], minlength=ctx.n_cols) for r in range(g.shape[0])]
+        return torch.stack(cols).to(grad.dtype), None
+
+
+def gather_columns(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table [D, M]`` at columns ``idx [n]`` -> ``[D, n]`` (differentiable w.r.t. ``table``)."""
+    return _GatherColumns.apply(table, idx) if table.requires_grad else table.index_select(1, idx)
+
+
+def frame_rows(table: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """``table [B, D]`` at rows ``frame [N]`` -> ``[N, D]``. For the few frames of a batch with a gradient, a
+    one-hot product: its backward is a matrix product, where ``index_select``'s (``index_add_``: N atomic adds
+    into B rows) contended."""
+    if table.requires_grad and table.shape[0] <= 64:
+        return F.one_hot(frame, table.shape[0]).to(table.dtype) @ table
+    return table.index_select(0, frame)
+
+
 class AudioAttention(nn.Module):
     """Window of per-step audio features ``[B, W, D]`` -> one code ``[B, out_dim]`` (attention over W)."""
 
@@ -183,7 +216,7 @@ class GaussianLandmarkEncoding(nn.Module):
         parts = [z]
         for f in range(self.n_freqs):
             parts += [torch.sin((2.0**f) * math.pi * z), torch.cos((2.0**f) * math.pi * z)]
-        parts.append(self.embed.weight.T.to(x.dtype).index_select(1, idx.reshape(-1)))   # [E, N k]
+        parts.append(gather_columns(self.embed.weight.T.to(x.dtype), idx.reshape(-1)))   # [E, N k]
         h = F.relu(torch.addmm(self.lin.bias[:, None], self.lin.weight, torch.cat(parts)))  # [C, N k]
         out = (h.view(-1, n, self.k) * w).sum(-1)                   # [C, N]
         return torch.cat([out.T, w.sum(1, keepdim=True)], dim=-1)
@@ -196,6 +229,7 @@ class FieldContext:
     landmarks: torch.Tensor | None  # [B, M, 3] the field's landmark subset, head space
     audio: torch.Tensor | None      # [B, audio_dim] after attention
     au45: torch.Tensor | None       # [B] in [0, 1] (au45_r / 5)
+    appearance: torch.Tensor | None = None  # [B, appearance_dim] per-frame appearance code (None: zeros)
 
     @property
     def n_frames(self) -> int:
@@ -240,12 +274,14 @@ class LandmarkField(nn.Module):
             self.eye_gate = nn.Linear(enc_dim, 1)
             in_dim += 1
         self.sigma_net = mlp(in_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim, cfg.num_layers)
-        color_in = cfg.geo_feat_dim + (9 if cfg.view_dependent else 0)
+        color_in = cfg.geo_feat_dim + (9 if cfg.view_dependent else 0) + cfg.appearance_dim
         self.color_net = mlp(color_in, cfg.hidden_dim_color, 3, cfg.num_layers_color)
 
     def prepare(self, landmarks: torch.Tensor | None = None, audio: torch.Tensor | None = None,
-                au45: torch.Tensor | None = None) -> FieldContext:
-        """Per-frame conditioning (module docstring); call once per batch, inside autograd if training."""
+                au45: torch.Tensor | None = None, appearance: torch.Tensor | None = None) -> FieldContext:
+        """Per-frame conditioning (module docstring); call once per batch, inside autograd if training.
+        ``appearance [B, appearance_dim]``: the training frames' appearance codes; None (rendering) = zeros,
+        the mean appearance when the trainer keeps the codes centred."""
         lm = aud = eye = None
         if self.landmark_enc is not None:
             if landmarks is None or landmarks.ndim != 3 or landmarks.shape[-1] != 3:
@@ -266,10 +302,13 @@ class LandmarkField(nn.Module):
             if au45 is None:
                 raise ValueError("this field uses AU45: pass au45 [B]")
             eye = (au45.to(self.aabb.device, torch.float32) / 5.0).reshape(-1)
-        sizes = {int(t.shape[0]) for t in (lm, aud, eye) if t is not None}
+        sizes = {int(t.shape[0]) for t in (lm, aud, eye, appearance) if t is not None}
         if len(sizes) > 1:
             raise ValueError(f"conditioning tensors disagree on the number of frames: {sorted(sizes)}")
-        return FieldContext(lm, aud, eye)
+        if appearance is not None and appearance.shape[-1] != self.cfg.appearance_dim:
+            raise ValueError(f"appearance codes have {appearance.shape[-1]} values; stage2.appearance_dim is "
+                             f"{self.cfg.appearance_dim}")
+        return FieldContext(lm, aud, eye, appearance)
 
     def _sigma_geo(self, x: torch.Tensor, frame: torch.Tensor, ctx: FieldContext) -> tuple[torch.Tensor, torch.Tensor]:
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
@@ -278,9 +317,9 @@ class LandmarkField(nn.Module):
         if self.landmark_enc is not None:
             parts.append(self.landmark_enc(x, frame, ctx.landmarks))
         if self.audio_att is not None:
-            # index_select, not ctx.audio[frame]: advanced indexing's backward (a sort over N samples that all
-            # point at a handful of frames) took 30 ms a step at 4096 x 128 samples on an H200; this is atomics
-            parts.append(torch.sigmoid(self.audio_gate(enc)) * ctx.audio.index_select(0, frame))
+            # frame_rows, not ctx.audio[frame]: advanced indexing's backward (a sort over N samples that all point
+            # at a handful of frames) took 30 ms a step at 4096 x 128 samples on an H200, index_select's atomics 2 ms
+            parts.append(torch.sigmoid(self.audio_gate(enc)) * frame_rows(ctx.audio, frame))
         if self.cfg.use_au45:
             parts.append(torch.sigmoid(self.eye_gate(enc)) * ctx.au45.index_select(0, frame)[:, None])
         h = self.sigma_net(torch.cat(parts, dim=-1))
@@ -294,7 +333,12 @@ class LandmarkField(nn.Module):
     def forward(self, x: torch.Tensor, d: torch.Tensor, frame: torch.Tensor,
                 ctx: FieldContext) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, geo = self._sigma_geo(x, frame, ctx)
-        c_in = torch.cat([geo, sh_degree2(d)], dim=-1) if self.cfg.view_dependent else geo
+        parts = [geo] + ([sh_degree2(d)] if self.cfg.view_dependent else [])
+        if self.cfg.appearance_dim:
+            code = ctx.appearance
+            parts.append(geo.new_zeros(x.shape[0], self.cfg.appearance_dim) if code is None
+                         else frame_rows(code, frame).to(geo.dtype))
+        c_in = torch.cat(parts, dim=-1) if len(parts) > 1 else geo
         return sigma, torch.sigmoid(self.color_net(c_in))
 
     def density_fn(self, ctx: FieldContext, frames: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -29,6 +29,13 @@ from torch import nn
 DensityFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) numbers on ``device``, drawn on the generator's device (a CPU generator: moved over)."""
+    if generator is not None and generator.device.type != torch.device(device).type:
+        return torch.rand(shape, generator=generator, device=generator.device).to(device)
+    return torch.rand(shape, generator=generator, device=device)
+
+
 class OccupancyGrid(nn.Module):
     def __init__(self, aabb: torch.Tensor, resolution: int = 64, decay: float = 0.95,
                  threshold: float = 0.01, warmup_updates: int = 16):
@@ -71,7 +78,7 @@ class OccupancyGrid(nn.Module):
         r = self.resolution
         ijk = torch.stack([cells % r, (cells // r) % r, cells // (r * r)], dim=-1).to(self.aabb.dtype)
         if jitter:
-            off = torch.rand(ijk.shape, generator=generator, device="cpu").to(ijk.device)
+            off = _rand(ijk.shape, generator, ijk.device)
         else:
             off = torch.full_like(ijk, 0.5)
         return self.aabb[0] + (ijk + off) / r * (self.aabb[1] - self.aabb[0])
@@ -84,26 +91,26 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn: DensityFn, n_cells: int | None = None, chunk: int = 1 << 18,
-               generator: torch.Generator | None = None) -> float:
-        """One EMA update (see the module docstring); returns the occupied fraction."""
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """One EMA update (see the module docstring); returns the occupied fraction (a 0-d tensor on the grid's
+        device: reading it is the caller's choice, nothing here waits for the GPU)."""
         dev = self.density.device
         if n_cells is None or n_cells >= self.n_cells or int(self.n_updates) < self.warmup_updates:
             cells = torch.arange(self.n_cells, device=dev)
         else:
             half = max(n_cells // 2, 1)
-            uniform = torch.randint(self.n_cells, (half,), generator=generator).to(dev)
-            occ = self.binary.nonzero().squeeze(1)
-            if occ.numel():
-                pick = torch.randint(occ.numel(), (half,), generator=generator).to(dev)
-                cells = torch.cat([uniform, occ[pick]])
-            else:
-                cells = uniform
+            uniform = (_rand((half,), generator, dev) * self.n_cells).long().clamp_max(self.n_cells - 1)
+            # occupied cells without a host sync: the k-th occupied cell for uniform k, via the cumulative count
+            counts = torch.cumsum(self.binary.to(torch.int64), 0)
+            k = (_rand((half,), generator, dev) * counts[-1]).long()
+            picked = torch.searchsorted(counts, k, right=True).clamp_max(self.n_cells - 1)
+            cells = torch.cat([uniform, torch.where(counts[-1] > 0, picked, uniform)])
         self.density.mul_(self.decay)
         for start in range(0, cells.numel(), chunk):
             c = cells[start:start + chunk]
             sigma = density_fn(self.cell_points(c, generator=generator)).reshape(-1).to(self.density.dtype)
             self.density.scatter_reduce_(0, c, sigma.clamp_min(0), reduce="amax")
-        thresh = min(float(self.density.mean()), self.threshold)
+        thresh = self.density.mean().clamp_max(self.threshold)
         self.binary.copy_(self.density > thresh)
         self.n_updates += 1
-        return float(self.binary.float().mean())
+        return self.binary.float().mean()

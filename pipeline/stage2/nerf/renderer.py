@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from pipeline.stage2.nerf.marching import composite_dense, first_occupied
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 
 
@@ -145,12 +146,13 @@ class RenderOutput:
     ray_indices: torch.Tensor   # [N]
     t: torch.Tensor             # [N] sample depth along the ray
     delta: torch.Tensor         # [N] bin length
-    n_candidates: int           # samples before occupancy skipping / early stop
+    n_candidates: int | torch.Tensor  # samples before early stop (dense path: occupied slots, a tensor: no sync)
 
 
 class VolumeRenderer(nn.Module):
     def __init__(self, aabb: torch.Tensor, num_samples: int = 128, occupancy: OccupancyGrid | None = None,
-                 early_stop_eps: float = 0.0, min_near: float = 0.0, chunk: int = 1 << 18, march_window: int = 8):
+                 early_stop_eps: float = 0.0, min_near: float = 0.0, chunk: int = 1 << 18, march_window: int = 8,
+                 samples_per_ray: int = 0):
         super().__init__()
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
         self.num_samples = int(num_samples)
@@ -159,10 +161,12 @@ class VolumeRenderer(nn.Module):
         self.min_near = float(min_near)
         self.chunk = int(chunk)
         self.march_window = int(march_window)
+        self.samples_per_ray = int(samples_per_ray)   # > 0: the dense near-surface path (module marching)
 
-    def sample(self, origins: torch.Tensor, dirs: torch.Tensor, stratified: bool = False,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-        """Packed candidate samples: ``ray_indices, t, delta, positions``, after occupancy skipping."""
+    def candidates(self, origins: torch.Tensor, dirs: torch.Tensor, stratified: bool = False,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """All ``num_samples`` candidates of every ray before packing: ``t, delta, keep [R, S]`` (``keep``: the
+        ray hits the box and the occupancy grid marks the sample's cell occupied) and ``far [R]``."""
         near, far, hit = intersect_aabb(origins, dirs, self.aabb)
         near = near.clamp_min(self.min_near)
         hit = hit & (far > near)
@@ -172,7 +176,10 @@ class VolumeRenderer(nn.Module):
         t_lo = near[:, None] + span * edges[:-1]
         delta = span * (edges[1:] - edges[:-1])
         if stratified:
-            u = torch.rand((t_lo.shape[0], 1), generator=generator, device="cpu").to(t_lo)
+            if generator is not None and generator.device.type != origins.device.type:
+                u = torch.rand((t_lo.shape[0], 1), generator=generator, device="cpu").to(t_lo)
+            else:
+                u = torch.rand((t_lo.shape[0], 1), generator=generator, device=t_lo.device, dtype=t_lo.dtype)
         else:
             u = torch.full_like(t_lo, 0.5)
         t = t_lo + u * delta
@@ -180,6 +187,12 @@ class VolumeRenderer(nn.Module):
         if self.occupancy is not None:
             pos_all = origins[:, None, :] + t[..., None] * dirs[:, None, :]
             keep = keep & self.occupancy.occupied(pos_all.reshape(-1, 3)).reshape(t.shape)
+        return t, delta, keep, torch.maximum(far, near)
+
+    def sample(self, origins: torch.Tensor, dirs: torch.Tensor, stratified: bool = False,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """Packed candidate samples: ``ray_indices, t, delta, positions``, after occupancy skipping."""
+        t, delta, keep, _ = self.candidates(origins, dirs, stratified, generator)
         ray_idx, samp_idx = keep.nonzero(as_tuple=True)
         t_p, d_p = t[ray_idx, samp_idx], delta[ray_idx, samp_idx]
         pos = origins[ray_idx] + t_p[:, None] * dirs[ray_idx]
@@ -189,6 +202,8 @@ class VolumeRenderer(nn.Module):
                frame: torch.Tensor, background: torch.Tensor, stratified: bool = False,
                generator: torch.Generator | None = None) -> RenderOutput:
         """Render R rays (``origins, dirs [R, 3]``, ``frame [R]`` int64, ``background [R, 3]`` or ``[3]``)."""
+        if self.samples_per_ray > 0:
+            return self._render_dense(field, ctx, origins, dirs, frame, background, stratified, generator)
         n_rays = origins.shape[0]
         ray_idx, t, delta, pos = self.sample(origins, dirs, stratified, generator)
         n_candidates = int(ray_idx.numel())
@@ -200,6 +215,35 @@ class VolumeRenderer(nn.Module):
         bg = background.to(comp.rgb).expand(n_rays, 3)
         out_rgb = comp.rgb + (1.0 - comp.opacity)[:, None] * bg
         return RenderOutput(out_rgb, comp.opacity, comp.depth, comp.weights, ray_idx, t, delta, n_candidates)
+
+    def _render_dense(self, field: RadianceField, ctx: Any, origins: torch.Tensor, dirs: torch.Tensor,
+                      frame: torch.Tensor, background: torch.Tensor, stratified: bool,
+                      generator: torch.Generator | None) -> RenderOutput:
+        """The first ``samples_per_ray`` occupied candidates of every ray (module ``marching``). With gradients
+        (training) every ray is evaluated, so nothing waits for the host; without (rendering) only the rays with
+        a sample, found with one synchronisation."""
+        k, n_rays = self.samples_per_ray, origins.shape[0]
+        t, delta, keep, far = self.candidates(origins, dirs, stratified, generator)
+        t_k, d_k, n = first_occupied(t, delta, keep, far, k)
+        rows = None if torch.is_grad_enabled() else (n > 0).nonzero().squeeze(1)
+        o, d, fr = (origins, dirs, frame) if rows is None else (origins[rows], dirs[rows], frame[rows])
+        if rows is not None:
+            t_k, d_k = t_k[rows], d_k[rows]
+        m = o.shape[0]
+        pos = (o[:, None, :] + t_k[..., None] * d[:, None, :]).reshape(-1, 3)
+        sigma, rgb = self._query(field, ctx, pos, d[:, None, :].expand(m, k, 3).reshape(-1, 3),
+                                 fr[:, None].expand(m, k).reshape(-1))
+        comp = composite_dense(sigma.view(m, k), rgb.view(m, k, 3), t_k, d_k)
+        ray_idx = torch.arange(m, device=o.device)
+        col, opacity, depth = comp.rgb, comp.opacity, comp.depth
+        if rows is not None:
+            ray_idx = rows
+            col = col.new_zeros(n_rays, 3).index_copy_(0, rows, col)
+            opacity = opacity.new_zeros(n_rays).index_copy_(0, rows, opacity)
+            depth = depth.new_zeros(n_rays).index_copy_(0, rows, depth)
+        bg = background.to(col).expand(n_rays, 3)
+        return RenderOutput(col + (1.0 - opacity)[:, None] * bg, opacity, depth, comp.weights.reshape(-1),
+                            ray_idx.repeat_interleave(k), t_k.reshape(-1), d_k.reshape(-1), n.sum())
 
     def _query(self, field: RadianceField, ctx: Any, pos: torch.Tensor, d_s: torch.Tensor | None,
                frame_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
