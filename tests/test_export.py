@@ -189,8 +189,8 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
     n, dim = 30, 5
     rng = np.random.default_rng(0)
     subject = tmp_path / "s"
-    (subject / "ingest").mkdir(parents=True)
-    media.write_wav(subject / "ingest/audio.wav", rng.uniform(-0.1, 0.1, 16000 * 2).astype(np.float32), 16000)
+    (subject / "sync").mkdir(parents=True)
+    media.write_wav(subject / "sync/audio.wav", rng.uniform(-0.1, 0.1, 16000 * 2).astype(np.float32), 16000)
     enc = rng.normal(size=(n + 2, 2, hidden)).astype(np.float32)
     AUDIO_FEATURES.write(subject / "audio/self.npz", {
         "features": rng.normal(size=(n + 2, 16, dim)), "frame_idx": np.arange(n + 2), "columns": np.array(["a"] * dim),
