@@ -65,7 +65,7 @@ def visual_signals(video: Path, size: int, landmarks: Path, n_frames: int, fps: 
     frames = (f for chunk in media.iter_frames(video, size, size, fps=fps) for f in chunk)
     for i, frame in enumerate(progress(frames, total=n_frames, desc="sync", unit="frame", mininterval=5), start=1):
         if i > n_frames:
-            raise SyncError(video, f"more than the {n_frames} frames of ingest/meta.json")
+            raise SyncError(video, f"more than the {n_frames} frames the ingest has")
         dark[i - 1] = mouth_darkness(frame, pts[i - 1])
     if i != n_frames:
         raise SyncError(video, f"{i} frames decoded, ingest has {n_frames}")
