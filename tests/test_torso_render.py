@@ -212,6 +212,7 @@ def test_render_rules_plan_the_whole_chain(tmp_path):
                            "results/alice/drive/hello_de.mp4"], capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    for rule in ("train_torso", "train_head", "train_audio2lmk", "predict_landmarks", "render_video", "drive_video"):
+    for rule in ("measure_av_sync", "train_torso", "train_head", "train_audio2lmk", "predict_landmarks", "render_video",
+                 "drive_video"):
         assert rule in out, rule
     assert "results/alice/stage1/pred/hello_de.parquet" in out
