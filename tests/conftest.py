@@ -149,14 +149,27 @@ class Processed:
 
         return self._once("tracking", clip, build)
 
+    def sync(self, clip: str) -> dict:
+        """measure_av_sync on the clip's audio, crop and landmarks -> <dir>/sync/; returns sync.json."""
+        from pipeline.audio import sync
+
+        def build():
+            self.landmarks(clip)  # also runs ingest and crop
+            d = self.dir(clip)
+            return sync.run(d / "ingest" / "audio.wav", d / "ingest" / "meta.json", d / "crop" / "video.mp4",
+                            d / "crop" / "crop.json", d / "landmarks" / "landmarks.parquet", d / "sync")
+
+        return self._once("sync", clip, build)
+
     def audio(self, clip: str) -> dict:
-        """extract_audio_features on the clip's own audio -> <dir>/audio/self.{npz,parquet}."""
+        """extract_audio_features on the clip's own audio as the workflow feeds it (sync/audio.wav, aligned to the
+        video) -> <dir>/audio/self.{npz,parquet}."""
         from pipeline.audio import features as audio_features
 
         def build():
-            self.ingest(clip)
+            self.sync(clip)
             d = self.dir(clip)
-            return audio_features.run(d / "ingest" / "audio.wav", d / "audio" / "self.npz", d / "audio" / "self.parquet")
+            return audio_features.run(d / "sync" / "audio.wav", d / "audio" / "self.npz", d / "audio" / "self.parquet")
 
         return self._once("audio", clip, build)
 

@@ -167,6 +167,6 @@ def test_rule_through_snakemake(tmp_path):
     proc = subprocess.run([*cmd, "-n", "results/demo/audio/self.npz", *tiny], capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
-    for rule in ("demo_video", "ingest_video", "extract_audio_features"):
+    for rule in ("demo_video", "ingest_video", "measure_av_sync", "extract_audio_features"):
         assert rule in out, out[-2000:]
-    assert "results/demo/ingest/audio.wav" in out
+    assert "results/demo/sync/audio.wav" in out    # the subject's own features read the aligned audio

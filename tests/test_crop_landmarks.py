@@ -59,6 +59,7 @@ def test_landmarks_on_every_frame(processed, clip):
     assert (processed.dir(clip) / "landmarks" / "contact_sheet.png").stat().st_size > 10_000
 
 
+# (The lip-audio criteria that replaced this one after correction, issue #22: tests/test_sync.py.)
 # Best Pearson (lag within +-2 frames) of the inner-lip opening with the raw 25 fps RMS envelope, as
 # measured on 2026-11-21 at 256 px: cnn 0.28, macron 0.20, german 0.20, trump 0.15 (each peaking at lag 0/+1).
 # Two clips are at chance level with this crude measure, for reasons of the footage:

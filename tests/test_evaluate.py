@@ -30,7 +30,9 @@ from pipeline.core.metrics import (band_energies, band_envelope, jaw_drop, mouth
 CLIP = "talk_sadtalker_katiehill_en"   # 8 s: 18 test frames at 256 px (the shared cache's crop size)
 SYNC_CLIP = "talk_dfrf_cnn_en"         # 71 s of studio speech: the clearest lip-audio relation of the set
 SR, FPS = 16000, 25
-# Clips whose own audio is not in sync with their mouth: the offset test is expected to fail there (strict xfail).
+# Clips whose own (ingested, uncorrected) audio is not in sync with their mouth: the offset test is expected to fail
+# there (strict xfail). The pipeline corrects such offsets before training (rule measure_av_sync): tests/test_sync.py
+# checks the detection, the correction and the mouth-audio criteria after it (issue #22 replaced #3, #6, #12).
 # katiehill: every signal that rises above chance there peaks at +3 (the dark mouth alone with the old 1-D
 # detector: reliable +3, r 0.34 vs chance 0.30; the jaw vs the 7 bands: reliable +3; both, this detector: +3, r 0.37
 # vs 0.35, windows disagree), and a ridge map from the log-mel spectrum to the mouth fitted on the five other clips

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 CLIP = "talk_mimictalk_trump_en"
 HEAD, NECK, TORSO, BG = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)  # cv2 (B, G, R), as process.py
@@ -132,6 +133,8 @@ def test_export_folder_reads_as_ernerf(subject, exported):
 
     # audio: 16 kHz, N frames long; windowed features one per frame
     assert d["sr"] == 16000 and abs(len(d["wav"]) - n * 640) <= 1
+    aligned, _ = sf.read(str(subject / "sync/audio.wav"))  # the audio measure_av_sync aligned to the video
+    assert np.abs(d["wav"] - aligned[:len(d["wav"])]).max() < 1e-4
     assert d["aud"].ndim == 3 and d["aud"].shape[:2] == (n, 16) and np.isfinite(d["aud"]).all()
 
     # the 68-pt mouth opening follows mediapipe's (inner lips 61-67, 62-66, 63-65 over the nose-chin height)
@@ -160,7 +163,7 @@ def test_export_subset_and_refusal(subject, tmp_path):
 
     # a subject whose meta disagrees with the tracking is refused, naming the file; nothing written
     bad = tmp_path / "bad"
-    for part in ("ingest", "crop", "landmarks", "tracking", "parsing", "audio", "aus"):
+    for part in ("ingest", "crop", "landmarks", "tracking", "parsing", "sync", "audio", "aus"):
         (bad / part).symlink_to(subject / part) if part != "ingest" else shutil.copytree(subject / part, bad / part)
     meta = json.loads((bad / "ingest/meta.json").read_text())
     meta["n_frames"] += 5
@@ -189,8 +192,8 @@ def test_export_audio_arrays(tmp_path, name, hidden, target):
     n, dim = 30, 5
     rng = np.random.default_rng(0)
     subject = tmp_path / "s"
-    (subject / "ingest").mkdir(parents=True)
-    media.write_wav(subject / "ingest/audio.wav", rng.uniform(-0.1, 0.1, 16000 * 2).astype(np.float32), 16000)
+    (subject / "sync").mkdir(parents=True)
+    media.write_wav(subject / "sync/audio.wav", rng.uniform(-0.1, 0.1, 16000 * 2).astype(np.float32), 16000)
     enc = rng.normal(size=(n + 2, 2, hidden)).astype(np.float32)
     AUDIO_FEATURES.write(subject / "audio/self.npz", {
         "features": rng.normal(size=(n + 2, 16, dim)), "frame_idx": np.arange(n + 2), "columns": np.array(["a"] * dim),

@@ -129,7 +129,9 @@ def test_param_change_reruns_that_stage_and_descendants_only(demo_built):
     overlay = demo_built / "overlay.yaml"
     overlay.write_text("landmarks:\n  max_gap: 4\n")
     proc = _run(demo_built, [f"results/demo/{t}" for t in PREPROCESS], "-n", overlay=overlay)
-    assert planned_jobs(proc.stdout + proc.stderr) == {"detect_landmarks": 1}
+    # the lip-audio sync reads the landmarks, and the own-audio features read the sync's aligned audio
+    assert planned_jobs(proc.stdout + proc.stderr) == {"detect_landmarks": 1, "measure_av_sync": 1,
+                                                       "extract_audio_features": 1}
     overlay.write_text("audio:\n  n_mels: 64\n")
     proc = _run(demo_built, [f"results/demo/{t}" for t in PREPROCESS], "-n", overlay=overlay)
     assert planned_jobs(proc.stdout + proc.stderr) == {"extract_audio_features": 1}
@@ -146,7 +148,8 @@ def test_code_change_reruns_that_stage_and_descendants_only(demo_built):
     finally:
         module.write_bytes(original)
         os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert planned_jobs(proc.stdout + proc.stderr) == {"crop_faces": 1, "detect_landmarks": 1}
+    assert planned_jobs(proc.stdout + proc.stderr) == {"crop_faces": 1, "detect_landmarks": 1, "measure_av_sync": 1,
+                                                       "extract_audio_features": 1}
 
 
 def test_resume_after_kill_keeps_finished_work(tmp_path):

@@ -38,11 +38,12 @@ def subject(processed, tmp_path_factory) -> Path:
 
     processed.parsing(CLIP)
     processed.aus(CLIP)  # also tracking
+    processed.sync(CLIP)
     src = processed.dir(CLIP)
     root = tmp_path_factory.mktemp("render") / CLIP
-    for part in ("ingest", "crop", "tracking", "parsing", "aus"):
+    for part in ("ingest", "crop", "tracking", "parsing", "aus", "sync"):
         shutil.copytree(src / part, root / part)
-    audio_features.run(root / "ingest/audio.wav", root / "audio/self.npz", root / "audio/self.parquet")
+    audio_features.run(root / "sync/audio.wav", root / "audio/self.npz", root / "audio/self.parquet")
     train.run(root / "audio/self.npz", root / "tracking/canonical.npz", root / "tracking/transforms.json",
               root / "stage1", Stage1Config(steps=20, d_model=32, eval_every=10, threads=1))
     for w in WAVS:
@@ -165,7 +166,7 @@ def test_frames_npz_then_mux(subject, head, tmp_path):
 
     npz = tmp_path / "video.frames.npz"
     stats = render.run_video(subject, npz, RenderConfig(**FAST, compositing="hard"), head=head)
-    n = render.mux(npz, subject / "ingest/audio.wav", tmp_path / "video.mp4")
+    n = render.mux(npz, subject / "sync/audio.wav", tmp_path / "video.mp4")
     assert n == stats["n_frames"] == media.probe(tmp_path / "video.mp4").video.n_frames
 
 
@@ -211,6 +212,7 @@ def test_render_rules_plan_the_whole_chain(tmp_path):
                            "results/alice/drive/hello_de.mp4"], capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    for rule in ("train_torso", "train_head", "train_audio2lmk", "predict_landmarks", "render_video", "drive_video"):
+    for rule in ("measure_av_sync", "train_torso", "train_head", "train_audio2lmk", "predict_landmarks", "render_video",
+                 "drive_video"):
         assert rule in out, rule
     assert "results/alice/stage1/pred/hello_de.parquet" in out

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import REPO
 from pipeline.core import media
+from pipeline.core.artifacts import SYNC_OFFSET
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
@@ -78,8 +79,12 @@ def test_demo_end_to_end(demo):
     meta = json.loads((demo / "results/demo/ingest/meta.json").read_text())
     assert meta["n_frames"] == 300 and meta["fps"] == 25
     t0, t1 = meta["split"]["test"]
-    for rule in ("ingest_video", "train_head", "render_video"):
+    for rule in ("ingest_video", "measure_av_sync", "train_head", "render_video"):
         assert (demo / f"logs/{rule}/demo.log").is_file() and (demo / f"benchmarks/{rule}/demo.tsv").is_file()
+    # the lip-audio sync ran before the features: its decision logged once, its audio as long as the ingested one
+    sync = SYNC_OFFSET.read(demo / "results/demo/sync/sync.json")
+    assert (demo / "logs/measure_av_sync/demo.log").read_text().count(sync["decision"]) == 1
+    assert len(media.read_audio(demo / "results/demo/sync/audio.wav")) == meta["n_frames"] * 640
 
     video = demo / "results/demo/video.mp4"
     info = media.probe(video)

@@ -1,8 +1,8 @@
 """Rule ``extract_audio_features``: any speech file -> per-video-frame audio features.
 
-One module serves the subject's own audio (``ingest/audio.wav``) and any driving clip
-(``data/audio/<clip>.wav``); both become ``audio/<clip>.npz`` + ``audio/<clip>.parquet``
-(:data:`pipeline.core.artifacts.AUDIO_FEATURES`, :data:`pipeline.core.artifacts.AUDIO_FRAMES`).
+One module serves the subject's own audio (``sync/audio.wav``: ``ingest/audio.wav`` aligned to the video by rule
+``measure_av_sync``) and any driving clip (``data/audio/<clip>.wav``); both become ``audio/<clip>.npz`` +
+``audio/<clip>.parquet`` (:data:`pipeline.core.artifacts.AUDIO_FEATURES`, :data:`pipeline.core.artifacts.AUDIO_FRAMES`).
 
 Everything is computed on one 50 Hz grid (feature frame ``j`` is centred at ``t = j / 50`` s,
 ``1 + n_samples // 320`` frames at 16 kHz):

@@ -117,6 +117,15 @@ class AudioFiles(Folder):
         return self.path / f"{clip}.parquet"   # AUDIO_FRAMES
 
 
+class SyncFiles(Folder):
+    """``sync/`` (rule measure_av_sync): the lip-audio offset and the subject's audio aligned to the video."""
+
+    NAME = "sync"
+    offset = _file("sync.json")          # SYNC_OFFSET: measured offset, reliability, applied correction
+    audio = _file("audio.wav")           # ingest/audio.wav shifted by the applied correction (same length): the
+                                         # audio every later stage reads (features, render's mux, export)
+
+
 class Stage1Files(Folder):
     """``stage1/`` (rules train_audio2lmk, predict_landmarks; also the shared pre-trained model's folder)."""
 
@@ -180,8 +189,8 @@ def render_stats(video: Path | str) -> Path:
     return Path(video).with_suffix(".json")
 
 
-STAGE_FOLDERS = (IngestFiles, CropFiles, LandmarksFiles, TrackingFiles, ParsingFiles, AusFiles, AudioFiles, Stage1Files,
-                 Stage2Files, TorsoFiles, EvalFiles, ExportFiles)
+STAGE_FOLDERS = (IngestFiles, CropFiles, LandmarksFiles, TrackingFiles, ParsingFiles, AusFiles, SyncFiles, AudioFiles,
+                 Stage1Files, Stage2Files, TorsoFiles, EvalFiles, ExportFiles)
 
 
 class SubjectLayout:
@@ -195,6 +204,7 @@ class SubjectLayout:
     tracking: TrackingFiles
     parsing: ParsingFiles
     aus: AusFiles
+    sync: SyncFiles
     audio: AudioFiles
     stage1: Stage1Files
     stage2: Stage2Files

@@ -179,9 +179,9 @@ def write_audio(out: Path, files: SubjectLayout, n: int, fps: int) -> list[str]:
     """aud.wav (16 kHz, trimmed to n frames), aud_ours.npy and the encoder array where there is one."""
     import soundfile as sf
 
-    samples, sr = sf.read(str(files.ingest.audio), dtype="float32", always_2d=True)
+    samples, sr = sf.read(str(files.sync.audio), dtype="float32", always_2d=True)  # aligned to the video
     if sr != 16000:
-        raise ExportError(files.ingest.audio, f"sample rate {sr}, expected 16000")
+        raise ExportError(files.sync.audio, f"sample rate {sr}, expected 16000")
     media.write_wav(out / "aud.wav", samples[: int(round(n / fps * sr)), 0], sr)
     feats = AUDIO_FEATURES.read(files.audio.features())
     if len(feats["features"]) < n:

@@ -3,7 +3,8 @@
 * ``video`` (results/<s>/video.mp4): the test split re-synthesised from its own audio: stage-1 landmarks
   predicted from the audio (``stage1/pred/self.parquet``) condition the stage-2 head, rendered with the
   tracked poses of the test frames; AU45 is the tracked one; the torso model gets the same poses; layers
-  composited over the background plate; muxed with the test-split slice of ``ingest/audio.wav``.
+  composited over the background plate; muxed with the test-split slice of ``sync/audio.wav`` (the subject's
+  audio aligned to the video by rule measure_av_sync, the same audio stage 1 and stage 2 learned from).
 * ``drive`` (results/<s>/drive/<clip>.mp4): any ``data/audio/<clip>.wav``. Landmarks from
   ``stage1/pred/<clip>.parquet``; poses replayed from the track, mirror-looped over the train frames and
   smoothed (pipeline.render.motion); blinks sampled from the subject's AU45 statistics; length = the audio's,
@@ -265,7 +266,7 @@ def run_video(subject_dir: Path | str, out: Path | str, cfg: RenderConfig = Rend
     root = Path(subject_dir)
     scene = load_scene(root)
     drive, t0, _ = test_drive(root, scene)
-    return _render(root, drive, scene, Path(out), SubjectLayout(root).ingest.audio, t0 / FPS, cfg, head)
+    return _render(root, drive, scene, Path(out), SubjectLayout(root).sync.audio, t0 / FPS, cfg, head)
 
 
 def run_drive(subject_dir: Path | str, clip: str, wav: Path | str, out: Path | str,

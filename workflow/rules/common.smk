@@ -109,9 +109,10 @@ def audio_features_targets(subject):
 
 
 def audio_source(wildcards):
-    """Input of extract_audio_features: ingest/audio.wav for 'self', else data/audio/<clip>.wav."""
+    """Input of extract_audio_features: sync/audio.wav (the subject's audio aligned to its video by
+    measure_av_sync) for 'self', else data/audio/<clip>.wav."""
     if wildcards.clip == SELF_AUDIO:
-        return str(RESULTS.subject(wildcards.subject).ingest.audio)
+        return str(RESULTS.subject(wildcards.subject).sync.audio)
     return f"{config['data_dir']}/audio/{wildcards.clip}.wav"
 
 

@@ -11,7 +11,7 @@ rule export_ernerf:
     input:
         video=S.crop.video,
         meta=S.ingest.meta,
-        wav=S.ingest.audio,
+        wav=S.sync.audio,
         landmarks=S.landmarks.table,
         transforms=S.tracking.transforms,
         face_model=S.tracking.face_model,

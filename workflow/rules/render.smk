@@ -28,7 +28,7 @@ rule render_video:
         **RENDER_SUBJECT_INPUTS,
         pred=S.stage1.pred(),
         features=S.audio.features(),
-        audio=S.ingest.audio,
+        audio=S.sync.audio,
         code=RENDER_CODE,
     output:
         video=S.video,

@@ -222,6 +222,33 @@ AUS_STATS = JsonSpec(
     },
 )
 
+# --- lip-audio sync (rule measure_av_sync, pipeline/audio/sync.py) ---------------------------------------
+# sync/audio.wav: 16 kHz mono PCM s16 of exactly ingest/audio.wav's length; sample s = ingest sample
+# s + shift_frames * 640 (zeros where that falls outside the clip). Every later reader of the subject's audio
+# (audio features "self", the render's mux, the ER-NeRF export) reads this file.
+SYNC_OFFSET = JsonSpec(
+    str(R.sync.offset),
+    required={
+        "audio": str,                    # the ingested audio measured (ingest/audio.wav)
+        "fps": int, "n_frames": int,
+        "offset_frames": (int, type(None)),  # measured: > 0 audio trails the video (comes late); None: not reliable
+        "best_lag": (int, type(None)),   # the detector's peak lag even when not reliable (None: nothing measured)
+        "peak_r": (int, float, type(None)),  # held-out canonical correlation at the peak
+        "chance_r": (int, float, type(None)),  # 95th percentile of shifted-audio peaks (the chance level)
+        "agreement": (int, float, type(None)),  # share of windows whose own peak is within 1 frame of the global one
+        "reliable": bool,
+        "reason": str,                   # why not reliable ("" when reliable)
+        "mode": str,                     # sync.correct: "auto" | "off" | "explicit" (sync.offset_frames set)
+        "shift_frames": int,             # correction applied to sync/audio.wav: the audio moved earlier by this
+                                         # many frames (= offset_frames when corrected; 0 = none)
+        "corrected": bool,               # shift_frames != 0
+        "decision": str,                 # the one log line: what was found and what was done
+        "detector": dict,                # sync_offset's full result on the ingested audio (curve, windows, ...)
+        "after": (dict, type(None)),     # the same detector on sync/audio.wav (None: nothing was measurable)
+        "config": dict,
+    },
+)
+
 # --- audio features (audio/<clip>.npz + audio/<clip>.parquet; <clip> = "self" for the subject's own audio)
 AUDIO_FEATURES = ArraySpec(
     str(R.audio.features("<clip>")),

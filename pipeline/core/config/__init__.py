@@ -13,8 +13,10 @@ from pipeline.core.config.base import ConfigError, from_mapping
 from pipeline.core.config.models import (EvaluateConfig, ExportConfig, RenderConfig, Stage2ModelConfig, Stage2TrainConfig,
                                          TorsoConfig, stage2_configs)
 from pipeline.core.config.preprocess import (X264_PRESETS, ActionUnitsConfig, AudioConfig, CropConfig, IngestConfig,
-                                             LandmarksConfig, ParsingConfig, Stage1Config, TrackingConfig)
+                                             LandmarksConfig, ParsingConfig, Stage1Config, SyncConfig,
+                                             TrackingConfig)
 
 __all__ = ["ConfigError", "from_mapping", "EvaluateConfig", "ExportConfig", "RenderConfig", "Stage2ModelConfig",
            "Stage2TrainConfig", "TorsoConfig", "stage2_configs", "X264_PRESETS", "ActionUnitsConfig", "AudioConfig",
-           "CropConfig", "IngestConfig", "LandmarksConfig", "ParsingConfig", "Stage1Config", "TrackingConfig"]
+           "CropConfig", "IngestConfig", "LandmarksConfig", "ParsingConfig", "Stage1Config", "SyncConfig",
+           "TrackingConfig"]

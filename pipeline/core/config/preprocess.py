@@ -1,4 +1,5 @@
-"""Configs of the preprocessing stages and stage 1: ingest, crop, landmarks, parsing, audio, tracking, AUs.
+"""Configs of the preprocessing stages and stage 1: ingest, crop, landmarks, parsing, audio, lip-audio sync,
+tracking, AUs.
 
 One frozen dataclass per stage, filled from its section of config.yaml by
 :func:`~pipeline.core.config.base.from_mapping`.
@@ -132,6 +133,45 @@ class AudioConfig:
             raise ConfigError("audio: need 0 < fmin_hz < fmax_hz <= 8000 and n_mels >= 1")
         if not 0 < self.pitch_floor_hz < self.pitch_ceiling_hz or self.max_formant_hz <= 1000 or self.chunk_sec <= 0:
             raise ConfigError("audio: need 0 < pitch_floor_hz < pitch_ceiling_hz, max_formant_hz > 1000, chunk_sec > 0")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """measure_av_sync (pipeline/audio/sync.py; the detector: pipeline.core.metrics.sync_offset)."""
+
+    correct: str = "auto"           # "auto": shift the audio by a reliable offset of 1..max_frames | "off": report
+    max_frames: int = 8             # largest |offset| corrected automatically (larger: warning, no correction)
+    offset_frames: int | None = None  # explicit correction (> 0: audio trails the video); wins over the detector
+    band_lo_hz: float = 300.0       # speech band whose energy picks the frames compared
+    band_hi_hz: float = 3000.0
+    max_lag: int = 12               # lags searched either side, frames
+    highpass_frames: int = 13       # running mean removed from every signal, frames
+    smooth_sigma: float = 0.0       # temporal Gaussian on every signal, frames
+    window: int = 100               # frames per window of the agreement check
+    min_frames: int = 100           # fewer speech frames: not measurable
+    min_r: float = 0.15             # weaker peak correlation: not measurable
+    min_agreement: float = 0.5      # share of windows agreeing (+-1 frame) with the global peak
+    silence_dbfs: float = -60.0     # an audio track whose peak is below this is silent: nothing to measure
+
+    def __post_init__(self) -> None:
+        if self.correct not in ("auto", "off"):
+            raise ConfigError(f"sync.correct: {self.correct!r} is not one of ['auto', 'off']")
+        if not 1 <= self.max_frames <= self.max_lag:
+            raise ConfigError(f"sync: need 1 <= max_frames <= max_lag, got {self.max_frames}, {self.max_lag}")
+        if self.offset_frames is not None and (isinstance(self.offset_frames, bool)
+                                               or not isinstance(self.offset_frames, int)):
+            raise ConfigError(f"sync.offset_frames: an integer number of frames or null, got {self.offset_frames!r}")
+        if not 0 < self.band_lo_hz < self.band_hi_hz <= 8000:
+            raise ConfigError("sync: need 0 < band_lo_hz < band_hi_hz <= 8000 (16 kHz audio)")
+        if self.highpass_frames < 3 or self.smooth_sigma < 0 or self.window < 2 * self.max_lag + 3:
+            raise ConfigError("sync: need highpass_frames >= 3, smooth_sigma >= 0, window > 2 * max_lag + 2")
+        if self.min_frames < 1 or not -1 <= self.min_r <= 1 or not 0 <= self.min_agreement <= 1:
+            raise ConfigError("sync: need min_frames >= 1, min_r in [-1, 1], min_agreement in [0, 1]")
+
+    def detector(self) -> dict:
+        """Keyword arguments of :func:`pipeline.core.metrics.sync_offset`."""
+        return dict(max_lag=self.max_lag, highpass=self.highpass_frames, sigma=self.smooth_sigma, window=self.window,
+                    min_frames=self.min_frames, min_r=self.min_r, min_agreement=self.min_agreement)
 
 
 @dataclass(frozen=True)
