@@ -108,15 +108,19 @@ def base(portrait, work) -> SubjectLayout:
 
 # ----------------------------------------------------------------------------- 1. rotation
 
-@pytest.mark.parametrize("rotation", [90, 270])
+STORED = {90: "transpose=clock", 180: "hflip,vflip", 270: "transpose=cclock"}  # the tag's rotation undone
+
+
+@pytest.mark.parametrize("rotation", [90, 270, 180])
 def test_phone_rotation_tag_is_applied(base, portrait, work, rotation):
-    """Pixels stored sideways (landscape 512x384) with a display-matrix tag that turns them upright."""
-    sideways, src = work / f"sideways{rotation}.mp4", work / f"rot{rotation}.mp4"
-    ffmpeg("-i", str(portrait), "-vf", "transpose=clock" if rotation == 90 else "transpose=cclock",
-           "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", "-c:a", "copy", str(sideways))
-    ffmpeg("-display_rotation:v:0", str(rotation), "-i", str(sideways), "-c", "copy", str(src))  # re-mux, tag only
+    """Pixels stored sideways (landscape 512x384) or upside down, with a display-matrix tag that turns them upright."""
+    stored, src = work / f"stored{rotation}.mp4", work / f"rot{rotation}.mp4"
+    ffmpeg("-i", str(portrait), "-vf", STORED[rotation], "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12",
+           "-c:a", "copy", str(stored))
+    ffmpeg("-display_rotation:v:0", str(rotation), "-i", str(stored), "-c", "copy", str(src))  # re-mux, tag only
     info = media.probe(src).video
-    assert (info.width, info.height, info.rotation) == (PORTRAIT[1], PORTRAIT[0], rotation)
+    assert info.rotation == rotation and info.display_size == PORTRAIT
+    assert (info.width, info.height) == (PORTRAIT if rotation == 180 else PORTRAIT[::-1])
 
     s = through(src, work / f"rot{rotation}")
     meta = assert_handled(src, s)
@@ -164,25 +168,31 @@ def test_variable_frame_rate_becomes_25_fps_in_sync(base, portrait, work):
 # ----------------------------------------------------------------------------- 3. 4K at 60 fps
 
 RSS_BOUND_MB = 1500  # a whole-clip decode of this 4-s excerpt would hold 240 x 12.4 MB = 3 GB
+MEASURED = """
+import json, resource, sys
+from pipeline.core.config import CropConfig, LandmarksConfig
+from pipeline.core.layout import SubjectLayout
+from pipeline.preprocess import crop, ingest, landmarks
+s = SubjectLayout(sys.argv[2])
+ingest.run(sys.argv[1], s.ingest.path)
+crop.run(s.ingest.video, s.ingest.meta, s.crop.path, CropConfig(size=int(sys.argv[3])))
+landmarks.run(s.crop.video, s.crop.meta, s.ingest.meta, s.landmarks.path, LandmarksConfig(workers=1))
+print(json.dumps([resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))
+"""
 
 
 def test_4k_60fps_is_scaled_and_streamed(base, portrait, work):
-    """The excerpt upscaled to a 2160x3840 portrait at 60 fps: ingest scales it to 1080x1920 (ingest.max_side) in
-    bounded memory (peak RSS of the ingest process and of any ffmpeg it runs)."""
+    """The excerpt upscaled to a 2160x3840 portrait at 60 fps: ingest scales it to 1080x1920 (ingest.max_side);
+    ingest, crop and landmarks run in bounded memory (peak RSS of the Python process and of any ffmpeg it runs)."""
     src = work / "uhd60.mp4"
     ffmpeg("-i", str(portrait), "-vf", "scale=2160:2880:flags=bicubic,pad=2160:3840:0:480,fps=60",
            "-c:v", "libx264", "-preset", "ultrafast", "-crf", "23", "-c:a", "copy", str(src))
     assert media.probe(src).video.fps == pytest.approx(60)
     s = SubjectLayout(work / "uhd60")
-    script = ("import json, resource, sys; from pipeline.preprocess import ingest; ingest.run(sys.argv[1], sys.argv[2]); "
-              "print(json.dumps([resource.getrusage(w).ru_maxrss for w in "
-              "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))")
-    proc = subprocess.run([sys.executable, "-c", script, str(src), str(s.ingest.path)], capture_output=True, text=True,
-                          cwd=REPO, check=True)
+    proc = subprocess.run([sys.executable, "-c", MEASURED, str(src), str(s.root), str(SIZE)], capture_output=True,
+                          text=True, cwd=REPO, check=True)
     python_mb, ffmpeg_mb = (kb / 1024 for kb in json.loads(proc.stdout.strip().splitlines()[-1]))
     assert python_mb < RSS_BOUND_MB and ffmpeg_mb < RSS_BOUND_MB, (python_mb, ffmpeg_mb)
-    crop.run(s.ingest.video, s.ingest.meta, s.crop.path, CropConfig(size=SIZE))
-    landmarks.run(s.crop.video, s.crop.meta, s.ingest.meta, s.landmarks.path, LandmarksConfig(workers=1))
     meta = assert_handled(src, s, size=(1080, 1920))
     assert meta["source_size"] == [2160, 3840] and meta["source_fps"] == pytest.approx(60)
 
@@ -284,3 +294,21 @@ def test_sample_sheet_refusals_name_the_line(tmp_path, rows, reason):
     assert str(err.value).startswith(f"{sheet}: {reason}"), str(err.value)
     sheet.write_text("subject\tvideo\tnotes\n# the real one\nann\ta.mp4\t\n")
     assert read_sample_sheet(sheet, tmp_path) == {"ann": "a.mp4"}
+
+
+def test_speech_level_is_the_band_power_in_bounded_memory():
+    """A 1 kHz sine of amplitude 0.1 is -23 dBFS (power 0.005); 60 Hz hum is outside the band. Ten minutes of it
+    are measured in a few MB (one FFT of the whole track took 1.5 GB)."""
+    import tracemalloc
+
+    sr = 16000
+    t = np.arange(600 * sr, dtype=np.float32) / sr
+    speech = (0.1 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    hum = (0.5 * np.sin(2 * np.pi * 60 * t)).astype(np.float32)
+    tracemalloc.start()
+    level = ingest.speech_level_db(speech, sr)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert level == pytest.approx(10 * np.log10(0.005), abs=0.2) and peak_mb < 32, (level, peak_mb)
+    assert ingest.speech_level_db(hum, sr) < level - 30
+    assert ingest.speech_level_db(np.zeros(sr, np.float32), sr) == -150.0
