@@ -8,7 +8,8 @@ committed): ``cnn71`` (talk_dfrf_cnn_en as it is, 71 s), ``long10`` (the same cl
 ``snakemake results/<s>/landmarks/landmarks.parquet --configfile configs/tiny.yaml`` on them. Reported per rule and
 subject: wall time and max RSS from Snakemake's ``benchmarks/<rule>/<s>.tsv`` (its sampler looks every 0.5 s for
 15 s, then every 30 s) and the peak of this script's own sampler (the job's whole process tree, every 0.2 s).
-The TSVs and a JSON summary go to bench/results/inputs/; BENCHMARKS.md records the figures.
+The TSVs (bench/results/inputs/snakemake_tsv/<rule>/<s>.tsv) and a JSON summary (inputs.json) are kept;
+BENCHMARKS.md records the figures.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def main() -> None:
             tsv = workdir / "benchmarks" / rule / f"{s}.tsv"
             with open(tsv, newline="") as f:
                 rec = next(csv.DictReader(f, delimiter="\t"))
-            dest = OUT / "benchmarks" / rule / f"{s}.tsv"
+            dest = OUT / "snakemake_tsv" / rule / f"{s}.tsv"
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(tsv, dest)
             rows.append({"subject": s, "rule": rule, "source": f"{info.video.width}x{info.video.height} "

@@ -195,6 +195,10 @@ def test_4k_60fps_is_scaled_and_streamed(base, portrait, work):
     assert python_mb < RSS_BOUND_MB and ffmpeg_mb < RSS_BOUND_MB, (python_mb, ffmpeg_mb)
     meta = assert_handled(src, s, size=(1080, 1920))
     assert meta["source_size"] == [2160, 3840] and meta["source_fps"] == pytest.approx(60)
+    # the same window as the plain excerpt's, in the scaled frame (x 1080/384, the 480-px top pad now 240 px)
+    f, (x, y, side) = 1080 / PORTRAIT[0], CROP_META.read(base.crop.meta)["window"]
+    win = CROP_META.read(s.crop.meta)["window"]
+    assert np.abs(np.subtract(win, [x * f, y * f + 240, side * f])).max() <= 0.03 * side * f, win
 
 
 # ----------------------------------------------------------------------------- 4. 10-bit, HDR
