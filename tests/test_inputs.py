@@ -302,7 +302,7 @@ def test_sample_sheet_refusals_name_the_line(tmp_path, rows, reason):
 
 def test_speech_level_is_the_band_power_in_bounded_memory():
     """A 1 kHz sine of amplitude 0.1 is -23 dBFS (power 0.005); 60 Hz hum is outside the band. Ten minutes of it
-    are measured in a few MB (one FFT of the whole track took 1.5 GB)."""
+    are measured in a few MB (one FFT of the whole track took the ingest process to 1.6 GB)."""
     import tracemalloc
 
     sr = 16000
