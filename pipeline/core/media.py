@@ -46,15 +46,26 @@ def run_ffmpeg(args: list[str], path_for_errors: Path | str, *, stdin: bytes | N
 
 # ----------------------------------------------------------------------------- probing
 
+HDR_TRANSFERS = {16: "PQ (SMPTE ST 2084)", 18: "HLG (ARIB STD-B67)"}  # AVColorTransferCharacteristic values
+
+
 @dataclass(frozen=True)
 class VideoStream:
     codec: str
-    width: int
+    width: int             # as stored (before the display rotation)
     height: int
     fps: float
     n_frames: int          # counted from the stream header or estimated from duration × fps
     start_sec: float
     duration_sec: float
+    rotation: int = 0      # display rotation, degrees counter-clockwise, 0/90/180/270 (phone videos: 90 or 270)
+    pix_fmt: str = ""      # decoded pixel format, e.g. yuv420p, yuv420p10le
+    color_trc: int = 0     # transfer characteristic (AVColorTransferCharacteristic; 16 PQ, 18 HLG)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as shown, i.e. after the rotation ffmpeg applies when decoding."""
+        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
 
 
 @dataclass(frozen=True)
@@ -64,14 +75,16 @@ class AudioStream:
     channels: int
     start_sec: float
     duration_sec: float
+    index: int = 0         # among the file's audio streams (ffmpeg's ``0:a:<index>``)
 
 
 @dataclass(frozen=True)
 class MediaInfo:
     path: Path
     video: VideoStream | None
-    audio: AudioStream | None
+    audio: AudioStream | None   # the first audio stream
     duration_sec: float
+    audio_streams: tuple[AudioStream, ...] = ()
 
 
 def _seconds(value, time_base) -> float:
@@ -80,8 +93,23 @@ def _seconds(value, time_base) -> float:
     return float(value * Fraction(time_base))
 
 
+def _first_frame(container, stream):
+    """The first decodable frame of ``stream`` (rotation and colour tags live there), or None."""
+    import av
+
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.FFmpegError:  # a damaged file: ingest's decode check names it
+        return None
+    return None
+
+
 def probe(path: Path | str) -> MediaInfo:
-    """Describe the first video and audio stream of ``path``; MediaError if it cannot be opened."""
+    """Describe the first video stream and every audio stream of ``path``; MediaError if it cannot be opened.
+
+    Decodes the first video frame for what only frames carry in PyAV: the display rotation (the
+    display-matrix tag of phone videos) and the colour transfer (HDR)."""
     import av
 
     path = Path(path)
@@ -89,36 +117,40 @@ def probe(path: Path | str) -> MediaInfo:
         raise MediaError(path, "file not found")
     try:
         with av.open(str(path)) as container:
-            video = audio = None
+            video = None
             container_dur = (container.duration or 0) / 1_000_000
-            if container.streams.video:
-                s = container.streams.video[0]
+            videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+            if videos:
+                s = videos[0]
                 rate = s.average_rate or s.guessed_rate or s.base_rate
                 fps = float(rate) if rate else 0.0
                 dur = _seconds(s.duration, s.time_base) or container_dur
                 frames = int(s.frames) if s.frames else int(round(dur * fps))
+                first = _first_frame(container, s)
+                rotation = int(round(first.rotation)) % 360 if first is not None else 0
                 video = VideoStream(
                     codec=s.codec_context.name, width=s.codec_context.width, height=s.codec_context.height,
                     fps=fps, n_frames=frames, start_sec=_seconds(s.start_time, s.time_base), duration_sec=dur,
+                    rotation=rotation, pix_fmt=first.format.name if first is not None else "",
+                    color_trc=int(first.color_trc or 0) if first is not None else 0,
                 )
-            if container.streams.audio:
-                s = container.streams.audio[0]
-                audio = AudioStream(
-                    codec=s.codec_context.name, sample_rate=int(s.codec_context.sample_rate or 0),
-                    channels=int(s.codec_context.channels or 0), start_sec=_seconds(s.start_time, s.time_base),
-                    duration_sec=_seconds(s.duration, s.time_base) or container_dur,
-                )
+            audios = tuple(AudioStream(
+                codec=s.codec_context.name, sample_rate=int(s.codec_context.sample_rate or 0),
+                channels=int(s.codec_context.channels or 0), start_sec=_seconds(s.start_time, s.time_base),
+                duration_sec=_seconds(s.duration, s.time_base) or container_dur, index=i,
+            ) for i, s in enumerate(container.streams.audio))
     except av.FFmpegError as exc:  # InvalidDataError, etc.
         raise MediaError(path, f"not a readable media file ({exc.strerror or exc})") from exc
-    return MediaInfo(path=path, video=video, audio=audio, duration_sec=container_dur)
+    return MediaInfo(path=path, video=video, audio=audios[0] if audios else None, duration_sec=container_dur,
+                     audio_streams=audios)
 
 
 # ----------------------------------------------------------------------------- audio
 
-def read_audio(path: Path | str, sample_rate: int = 16000) -> np.ndarray:
-    """Decode the first audio stream to mono float32 in [-1, 1] at ``sample_rate`` (any input format)."""
+def read_audio(path: Path | str, sample_rate: int = 16000, stream: int = 0) -> np.ndarray:
+    """Decode audio stream ``stream`` (0 = the first) to mono float32 in [-1, 1] at ``sample_rate`` (any input format)."""
     raw = run_ffmpeg(
-        ["-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-"],
+        ["-i", str(path), "-map", f"0:a:{int(stream)}", "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "s16le", "-"],
         path,
     )
     return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0

@@ -1,12 +1,10 @@
 # Shared helpers: subjects, where their files lie, per-stage config params, code-change triggers, the python to call.
-import csv
 import json
 import os
 import re
 import sys
 from pathlib import Path
 
-SUBJECT_PATTERN = "[A-Za-z0-9_-]+"
 REPO = Path(workflow.basedir)  # the checkout; results/, logs/ go to the working directory
 # Jobs call `python -m pipeline.<group>.<module>`: make that the interpreter running Snakemake (the
 # project's .venv), also on cluster nodes, where each job re-reads this file.
@@ -19,27 +17,16 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 # Every path under results/ comes from pipeline/core/layout.py, the one place that names a subject's files:
 # S.<stage>.<file> is a pattern with the {subject} wildcard (e.g. S.crop.video = results/{subject}/crop/video.mp4).
 from pipeline.core.layout import SELF_AUDIO, ResultsLayout
+from pipeline.core.samples import SUBJECT_PATTERN, read_sample_sheet
 
 RESULTS = ResultsLayout("results")
 S = RESULTS.subject("{subject}")
 
 
 def _sheet_subjects():
-    """Rows of the optional sample sheet: {subject: video path}."""
+    """Rows of the optional sample sheet (pipeline/core/samples.py): {subject: video path}."""
     sheet = config.get("subjects_tsv") or ""
-    if not sheet:
-        return {}
-    rows = {}
-    with open(sheet, newline="") as f:
-        for i, row in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
-            name = (row.get("subject") or "").strip()
-            if not re.fullmatch(SUBJECT_PATTERN, name):
-                raise ValueError(f"{sheet}: line {i}: subject {name!r} must match {SUBJECT_PATTERN}")
-            video = (row.get("video") or "").strip()
-            if not video:
-                raise ValueError(f"{sheet}: line {i}: column 'video' is empty")
-            rows[name] = video
-    return rows
+    return read_sample_sheet(sheet) if sheet else {}
 
 
 def _folder_subjects():

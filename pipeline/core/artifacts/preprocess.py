@@ -17,7 +17,7 @@ INGEST_META = JsonSpec(
         "source_sha256": str,
         "source_fps": (int, float),
         "source_frames": int,
-        "source_size": list,             # [width, height] of the source video
+        "source_size": list,             # [width, height] of the source video as stored (before its rotation)
         "fps": int,                      # always 25
         "n_frames": int,                 # frames of ingest/video.mp4
         "duration_sec": (int, float),    # n_frames / fps; audio.wav has exactly this length
@@ -27,6 +27,14 @@ INGEST_META = JsonSpec(
         "audio_offset_applied_sec": (int, float),  # >0: that much leading audio dropped; <0: silence prepended
         "audio_padded_end_sec": (int, float),      # silence appended so audio covers the last frame
         "split": dict,                   # {"train": [start, stop), "test": [start, stop)} frame ranges
+    },
+    optional={                           # since issue #24 (phone videos)
+        "source_rotation": int,          # display rotation of the source, degrees CCW (applied: frames are upright)
+        "source_pix_fmt": str,           # e.g. yuv420p10le (converted to 8-bit yuv420p)
+        "source_hdr": str,               # "" or the HDR transfer that was tone-mapped to BT.709
+        "size": list,                    # [width, height] of ingest/video.mp4 (upright, scaled to ingest.max_side)
+        "audio_stream": int,             # the audio stream used (index among the source's audio streams)
+        "audio_stream_levels_db": list,  # speech-band level of every audio stream, dBFS (the choice's basis)
     },
 )
 

@@ -21,6 +21,14 @@ class IngestConfig:
     test_fraction: float = 1 / 11   # last fraction of frames is the test split
     crf: int = 12                   # x264 quality of ingest/video.mp4 (0 = lossless)
     min_decoded_fraction: float = 0.9  # fewer decoded frames than this share of the header's is "truncated"
+    max_side: int = 1920            # larger frames (after rotation) are scaled down to this long side; 0 = keep
+    audio_stream: int = -1          # which audio stream is the speech (0 = first); -1 = the loudest in 300-3400 Hz
+
+    def __post_init__(self) -> None:
+        if self.max_side and (self.max_side < 64 or self.max_side % 2):
+            raise ConfigError(f"ingest.max_side must be 0 or an even number >= 64, got {self.max_side}")
+        if self.audio_stream < -1:
+            raise ConfigError(f"ingest.audio_stream must be -1 (auto) or a stream index >= 0, got {self.audio_stream}")
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
