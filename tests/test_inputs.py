@@ -177,7 +177,10 @@ s = SubjectLayout(sys.argv[2])
 ingest.run(sys.argv[1], s.ingest.path)
 crop.run(s.ingest.video, s.ingest.meta, s.crop.path, CropConfig(size=int(sys.argv[3])))
 landmarks.run(s.crop.video, s.crop.meta, s.ingest.meta, s.landmarks.path, LandmarksConfig(workers=1))
-print(json.dumps([resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]))
+# VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss across exec, so a child of a large pytest process would report
+# pytest's own peak (1.7 GB in the full suite); VmHWM belongs to the address space made at exec
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps([hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))
 """
 
 

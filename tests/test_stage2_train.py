@@ -203,6 +203,35 @@ def test_tiny_training_beats_the_background_plate_by_3db(subject):
     assert strip.shape == (tcfg.strip_frames * tcfg.image_size, 3 * tcfg.image_size, 3)
 
 
+def test_au45_changes_the_eyes_and_nothing_else(subject):
+    """The session's tiny head (landmark_motion: mouth, so blinks can only come from AU45; eye_region: AU45 acts
+    in a Gaussian around each eye): a held-out frame rendered with the eyes open (AU45 0) and closed (the clip's
+    99.5th percentile) differs in the eyes and not in the rest of the head."""
+    import cv2
+
+    from pipeline.core.artifacts import LABEL_EYES
+    from pipeline.render.head import load_head
+    from pipeline.stage2.evaluate import render_frame
+
+    mcfg, tcfg = stage2_configs(profile_section("stage2"))
+    assert mcfg.landmark_motion == "mouth" and mcfg.eye_region > 0
+    data = SubjectData(subject, tcfg.head_radius, mcfg.bound, "cpu", mcfg.landmark_motion)
+    head = load_head(subject / "stage2")
+    f = int(data.test_ids[len(data.test_ids) // 2])
+    lab = np.asarray(data.labels[f])
+    eyes = cv2.dilate((lab == LABEL_EYES).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    rest = (lab >= 3) & ~cv2.dilate(eyes.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert eyes.sum() > 20 and rest.sum() > 1000
+    imgs = []
+    for au in (0.0, float(np.percentile(data.au45.numpy(), 99.5))):
+        data.au45[f] = au
+        imgs.append(render_frame(head.field, head.renderer, data, f, int(round(tcfg.head_margin * data.size))))
+    change = np.abs(imgs[1].astype(np.float64) - imgs[0]).mean(-1)
+    print(f"\nAU45 0 -> closed: mean change {change[eyes].mean():.2f}/255 in the eyes, {change[rest].mean():.3f} elsewhere")
+    # katiehill tiny, seed 0 (2026-12-02): 5.5/255 in the eyes, 0.25 in the rest of the head (eye band excluded)
+    assert change[eyes].mean() > 1.0 and change[rest].mean() < 0.1 * change[eyes].mean()
+
+
 def _train_cmd(subject: Path, outdir: Path, cfg: dict) -> list[str]:
     return [sys.executable, "-m", "pipeline.stage2.train", "--subject-dir", str(subject), "--outdir", str(outdir),
             "--config", json.dumps(cfg)]

@@ -107,9 +107,13 @@ def untrained_head(cfg: Stage2ModelConfig, landmarks_cm: np.ndarray, audio_in_di
         cfg = replace(cfg, audio_dim=0)
     field = LandmarkField(cfg, audio_in_dim=audio_in_dim if cfg.audio_dim > 0 else None)
     occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
-    renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps)
+    renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps,
+                              samples_per_ray=cfg.samples_per_ray)
     space = HeadSpace.from_landmarks(np.asarray(landmarks_cm, np.float64).reshape(-1, 478, 3).mean(0), 1.6, cfg.bound)
     return Head(field, renderer, space, "untrained")
+
+
+LEGACY_MODEL_KEYS = {"eye_region": 0.0, "landmark_motion": "all"}
 
 
 def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Head:
@@ -119,7 +123,9 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
     skipping); without it every sample is evaluated, which gives the same image, only slower."""
     files = Stage2Files(stage2_dir)
     meta = STAGE2_HEAD.read(files.head_meta)
-    cfg = from_mapping(Stage2ModelConfig, meta["model_config"], f"{files.head_meta}: model_config")
+    # heads trained before a key existed behave as without it (e.g. AU45 everywhere, not only around the eyes)
+    cfg = from_mapping(Stage2ModelConfig, {**LEGACY_MODEL_KEYS, **meta["model_config"]},
+                       f"{files.head_meta}: model_config")
     field = LandmarkField(cfg, audio_in_dim=meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
     try:
         field.load_state_dict(torch.load(files.head, map_location="cpu", weights_only=True))
@@ -141,5 +147,6 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
                           float(hs["radius_cm"]), float(hs["bound"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise HeadError(files.head_meta, f"head_space malformed ({exc})") from exc
-    renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps)
+    renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps,
+                              samples_per_ray=cfg.samples_per_ray)
     return Head(field, renderer, space, str(RELATIVE.stage2.head)).to(device)

@@ -46,6 +46,8 @@ class Stage2ModelConfig:
     audio_dim: int = 32             # audio code after window attention (0 = no audio input)
     audio_window: int = 16          # audio feature steps per frame given to the attention
     use_au45: bool = True           # blink scalar gated into the eye region
+    eye_region: float = 0.6         # AU45 weighted by a Gaussian around each eye, sigma = this x the eye's width
+                                    # (0 = everywhere, the learnt gate alone)
     appearance_dim: int = 0         # per-frame appearance code into the colour net (ER-NeRF: 4); zero at render
     landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
                                     # as stage 1 predicts them; blinks then come from AU45); "all": every tracked one
@@ -73,8 +75,8 @@ class Stage2ModelConfig:
             raise ConfigError("stage2.finest_resolution must be >= base_resolution")
         if self.bound <= 0 or self.landmark_sigma <= 0:
             raise ConfigError("stage2.bound and stage2.landmark_sigma must be > 0")
-        if self.samples_per_ray < 0 or self.appearance_dim < 0:
-            raise ConfigError("stage2.samples_per_ray and stage2.appearance_dim must be >= 0")
+        if self.samples_per_ray < 0 or self.appearance_dim < 0 or self.eye_region < 0:
+            raise ConfigError("stage2.samples_per_ray, stage2.appearance_dim and stage2.eye_region must be >= 0")
         if self.audio_dim < 0 or self.audio_window < 1:
             raise ConfigError("stage2.audio_dim must be >= 0 and audio_window >= 1")
 

@@ -63,6 +63,20 @@ LANDMARK_SUBSETS: dict[str, tuple[int, ...]] = {
 }
 
 
+EYE_CORNERS = ((33, 133), (263, 362))   # outer and inner corner of each eye (mediapipe ids)
+
+
+def eye_regions(landmarks: torch.Tensor, width_factor: float) -> torch.Tensor:
+    """``[B, 8]``: per frame, each eye's centre (mean of its contour, ``RIGHT_EYE`` / ``LEFT_EYE``) and a Gaussian
+    sigma of ``width_factor`` x its corner-to-corner width, from full landmarks ``[B, 478, 3]``."""
+    out = []
+    for ids, (a, b) in zip((RIGHT_EYE, LEFT_EYE), EYE_CORNERS):
+        centre = landmarks[:, list(ids)].mean(1)
+        width = (landmarks[:, a] - landmarks[:, b]).norm(dim=-1, keepdim=True)
+        out += [centre, width_factor * width]
+    return torch.cat(out, dim=-1)
+
+
 class _TruncExp(torch.autograd.Function):
     """exp with the gradient's exponent clamped at 15 (Instant-NGP's density activation)."""
 
@@ -230,6 +244,7 @@ class FieldContext:
     audio: torch.Tensor | None      # [B, audio_dim] after attention
     au45: torch.Tensor | None       # [B] in [0, 1] (au45_r / 5)
     appearance: torch.Tensor | None = None  # [B, appearance_dim] per-frame appearance code (None: zeros)
+    eyes: torch.Tensor | None = None        # [B, 8] both eyes' centre (xyz) and Gaussian sigma: AU45's region
 
     @property
     def n_frames(self) -> int:
@@ -298,17 +313,20 @@ class LandmarkField(nn.Module):
                 raise ValueError(f"audio window has {audio.shape[1]} steps; stage2.audio_window is "
                                  f"{self.cfg.audio_window}")
             aud = self.audio_att(audio.to(self.aabb.device, torch.float32))
+        eyes = None
         if self.cfg.use_au45:
             if au45 is None:
                 raise ValueError("this field uses AU45: pass au45 [B]")
             eye = (au45.to(self.aabb.device, torch.float32) / 5.0).reshape(-1)
+            if self.cfg.eye_region > 0 and landmarks is not None and landmarks.shape[1] > max(RIGHT_EYE + LEFT_EYE):
+                eyes = eye_regions(landmarks.to(self.aabb.device, torch.float32), self.cfg.eye_region)
         sizes = {int(t.shape[0]) for t in (lm, aud, eye, appearance) if t is not None}
         if len(sizes) > 1:
             raise ValueError(f"conditioning tensors disagree on the number of frames: {sorted(sizes)}")
         if appearance is not None and appearance.shape[-1] != self.cfg.appearance_dim:
             raise ValueError(f"appearance codes have {appearance.shape[-1]} values; stage2.appearance_dim is "
                              f"{self.cfg.appearance_dim}")
-        return FieldContext(lm, aud, eye, appearance)
+        return FieldContext(lm, aud, eye, appearance, eyes)
 
     def _sigma_geo(self, x: torch.Tensor, frame: torch.Tensor, ctx: FieldContext) -> tuple[torch.Tensor, torch.Tensor]:
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
@@ -321,7 +339,12 @@ class LandmarkField(nn.Module):
             # at a handful of frames) took 30 ms a step at 4096 x 128 samples on an H200, index_select's atomics 2 ms
             parts.append(torch.sigmoid(self.audio_gate(enc)) * frame_rows(ctx.audio, frame))
         if self.cfg.use_au45:
-            parts.append(torch.sigmoid(self.eye_gate(enc)) * ctx.au45.index_select(0, frame)[:, None])
+            blink = ctx.au45.index_select(0, frame)[:, None]
+            if ctx.eyes is not None:     # AU45 reaches only the eyes' neighbourhood (stage2.eye_region)
+                e = ctx.eyes.index_select(0, frame).view(-1, 2, 4)
+                d2 = ((x[:, None, :] - e[..., :3]) ** 2).sum(-1) / (e[..., 3] ** 2)
+                blink = blink * torch.exp(-0.5 * d2).amax(1, keepdim=True)
+            parts.append(torch.sigmoid(self.eye_gate(enc)) * blink)
         h = self.sigma_net(torch.cat(parts, dim=-1))
         raw = h[:, 0]
         sigma = trunc_exp(raw) if self.cfg.density_activation == "trunc_exp" else F.softplus(raw)
