@@ -34,8 +34,9 @@ STAGE2_HEAD = JsonSpec(
     },
 )
 # stage2/checkpoint.pt (torch.load(weights_only=True)): {"step", "model", "optimizer", "scheduler", "occupancy",
-# "error_maps" [N, G, G], "rng_torch", "rng_cuda", "rng_sampler" (torch.Generator state), "rng_numpy" (PCG64
-# state as int64 words), "curve" [K, 5], "wall_seconds", "config_hash"} - written atomically every
+# "appearance" [N, appearance_dim] (empty when 0), "error_maps" [N, G, G], "rng_torch", "rng_cuda", "rng_sampler"
+# (the training device's torch.Generator state), "rng_numpy" (PCG64 state as int64 words), "curve" [K, 5],
+# "eval_curve" [K, 4], "wall_seconds", "config_hash"} - written atomically every
 # stage2.checkpoint_every steps and on SIGTERM; deleted-never (a re-run resumes from it).
 STAGE2_METRICS = JsonSpec(
     str(R.stage2.metrics),
