@@ -250,8 +250,11 @@ def _wait_for(pred, proc, timeout=300.0) -> None:
 
 
 def test_sigterm_then_sigkill_then_resume_equals_an_uninterrupted_run(subject, tmp_path):
+    # one torch thread: bit-identical results are only promised for one thread count, and this test once failed
+    # (of 5 runs, 2026-12-02) with 2 threads on a VM loaded by other training processes
     cfg = {**profile_section("stage2"), "steps": 40, "checkpoint_every": 10, "rays_per_batch": 128,
-           "num_samples": 16, "deterministic": True, "eval_max_frames": 1, "strip_frames": 1, "log_every": 5}
+           "num_samples": 16, "deterministic": True, "eval_max_frames": 1, "strip_frames": 1, "log_every": 5,
+           "threads": 1}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = lambda out: subprocess.run(_train_cmd(subject, out, cfg), cwd=REPO, env=env,  # noqa: E731
                                      capture_output=True, text=True, timeout=600)
