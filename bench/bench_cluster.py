@@ -44,7 +44,10 @@ def _subjects(work: Path, n: int) -> list[str]:
 
 
 def _targets(names: list[str]) -> list[str]:
-    return [*(f"results/{s}/video.mp4" for s in names), "results/benchmark.md"]
+    from pipeline.core.layout import ResultsLayout
+
+    results = ResultsLayout("results")
+    return [*(str(results.subject(s).video) for s in names), str(results.benchmark_md)]
 
 
 def _job_rss(work: Path) -> dict[str, list[float]]:
