@@ -2,6 +2,11 @@
 
 Needs Debian's slurm-wlm and munge (installed by .ci/run). Everything the daemons write lives in
 a temporary folder; clients find the cluster through SLURM_CONF in the returned environment.
+
+The node declares ``gpus`` GPUs as a generic resource (GresTypes=gpu, a gres.conf whose device File is
+/dev/null): a *schedulable token only*. Jobs that ask for ``--gpus=1`` are scheduled and their request is
+visible in ``scontrol show job``, but no device exists, so the job's code finds no CUDA and runs on the CPU.
+Finished jobs stay in slurmctld for ``MinJobAge`` seconds so tests can read their submitted parameters.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/builtin
-NodeName={host} CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+MinJobAge=3600
+GresTypes=gpu
+NodeName={host} CPUs={cpus} RealMemory={mem_mb} Gres=gpu:{gpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -76,7 +83,7 @@ def _ensure_munged() -> None:
 
 
 @contextmanager
-def local_slurm(root: Path, cpus: int | None = None, mem_mb: int = 8000) -> Iterator[dict[str, str]]:
+def local_slurm(root: Path, cpus: int | None = None, mem_mb: int = 8000, gpus: int = 1) -> Iterator[dict[str, str]]:
     """Start a one-node cluster in ``root``; yield the environment for its clients; stop it by PID."""
     root.mkdir(parents=True, exist_ok=True)
     for sub in ("state", "spool"):
@@ -84,7 +91,8 @@ def local_slurm(root: Path, cpus: int | None = None, mem_mb: int = 8000) -> Iter
     host = socket.gethostname()
     conf = root / "slurm.conf"
     conf.write_text(CONF.format(host=host, root=root, ctl_port=_free_port(), d_port=_free_port(),
-                                cpus=cpus or os.cpu_count() or 2, mem_mb=mem_mb))
+                                cpus=cpus or os.cpu_count() or 2, mem_mb=mem_mb, gpus=gpus))
+    (root / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null Count={gpus}\n")
     env = {**os.environ, "SLURM_CONF": str(conf)}
     # The executor's job step strips SLURM_CONF before its inner `srun`, which then reads the
     # default path: point that at this cluster while it runs (a real node has its own file there).
