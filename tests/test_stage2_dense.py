@@ -79,22 +79,20 @@ def test_few_samples_a_ray_render_an_opaque_surface():
     assert err.max() > 0.1 and err[full.opacity > 0.99].max() < 0.1
 
 
+def _same_as_index_select(fast, dim: int, table: torch.Tensor, idx: torch.Tensor, upstream: torch.Tensor) -> None:
+    """``fast(table, idx)`` equals ``table.index_select(dim, idx)``, and so does the table's gradient."""
+    table = table.requires_grad_(True)
+    ref = table.detach().clone().requires_grad_(True)
+    (fast(table, idx) * upstream).sum().backward()
+    (ref.index_select(dim, idx) * upstream).sum().backward()
+    torch.testing.assert_close(fast(table, idx), ref.index_select(dim, idx))
+    torch.testing.assert_close(table.grad, ref.grad, rtol=1e-5, atol=1e-4)
+
+
 def test_gathers_with_matrix_and_histogram_backwards_match_index_select():
     """field.gather_columns (bincount backward) and field.frame_rows (one-hot product) against index_select."""
     gen = torch.Generator().manual_seed(8)
-    table = torch.randn(5, 13, generator=gen, requires_grad=True)
-    idx = torch.randint(0, 13, (4000,), generator=gen)
-    g = torch.randn(5, 4000, generator=gen)
-    (gather_columns(table, idx) * g).sum().backward()
-    ref = table.detach().clone().requires_grad_(True)
-    (ref.index_select(1, idx) * g).sum().backward()
-    torch.testing.assert_close(gather_columns(table, idx), ref.index_select(1, idx))
-    torch.testing.assert_close(table.grad, ref.grad, rtol=1e-5, atol=1e-4)
-    rows = torch.randn(4, 6, generator=gen, requires_grad=True)
-    frame = torch.randint(0, 4, (3000,), generator=gen)
-    h = torch.randn(3000, 6, generator=gen)
-    (frame_rows(rows, frame) * h).sum().backward()
-    ref = rows.detach().clone().requires_grad_(True)
-    (ref.index_select(0, frame) * h).sum().backward()
-    torch.testing.assert_close(frame_rows(rows, frame), ref.index_select(0, frame))
-    torch.testing.assert_close(rows.grad, ref.grad, rtol=1e-5, atol=1e-4)
+    _same_as_index_select(gather_columns, 1, torch.randn(5, 13, generator=gen),
+                          torch.randint(0, 13, (4000,), generator=gen), torch.randn(5, 4000, generator=gen))
+    _same_as_index_select(frame_rows, 0, torch.randn(4, 6, generator=gen),
+                          torch.randint(0, 4, (3000,), generator=gen), torch.randn(3000, 6, generator=gen))

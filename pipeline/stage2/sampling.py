@@ -85,7 +85,7 @@ class RaySampler:
         self.share = torch.from_numpy(share.reshape(data.n, g * g)).to(dev)
         self.centers, self.has_part = (torch.from_numpy(a).to(dev) for a in part_centers(data.labels))
         self.edges = torch.as_tensor((np.arange(g + 1) * s) // g, dtype=torch.int64, device=dev)
-        self._sums: torch.Tensor | None = None       # update_errors' scratch buffers
+        self._sums = torch.zeros(2, data.n * g * g, device=dev)   # update_errors' scratch: per-cell sums, counts
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.gen, device=self.data.device)
@@ -145,8 +145,6 @@ class RaySampler:
         g, s, a = self.cfg.error_map_size, self.data.size, self.cfg.error_map_ema
         flat = batch.global_frame * (g * g) + (batch.rows * g // s) * g + batch.cols * g // s
         em = self.error_maps.view(-1)
-        if self._sums is None or self._sums.shape != (2, em.numel()):
-            self._sums = torch.zeros(2, em.numel(), device=em.device)
         total, count = self._sums[0], self._sums[1]
         total.index_add_(0, flat, per_ray.detach().float())
         count.index_add_(0, flat, torch.ones_like(per_ray, dtype=torch.float32))

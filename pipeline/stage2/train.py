@@ -61,26 +61,25 @@ class TrainBar:
     steps out of ``steps``."""
 
     def __init__(self, tcfg: Stage2TrainConfig, step: int, seconds: float):
-        self.budget = tcfg.max_minutes * 60.0
+        self.budget = int(round(tcfg.max_minutes * 60.0))   # seconds; 0 = no budget
+        self.shown, self.step = min(int(seconds), self.budget), step
         if self.budget:
-            self.bar = progress(total=int(round(self.budget)), initial=min(int(seconds), int(round(self.budget))),
-                                desc=f"train_head ({tcfg.max_minutes:g} min budget)", unit="s", mininterval=5)
+            self.bar = progress(total=self.budget, initial=self.shown, unit="s", mininterval=5,
+                                desc=f"train_head ({tcfg.max_minutes:g} min budget)")
         else:
             self.bar = progress(total=tcfg.steps, initial=step, desc="train_head", unit="step", mininterval=5)
-        self.shown, self.step, self.psnr = int(seconds), step, None
 
     def advance(self, step: int, seconds: float) -> None:
         self.step = step
         if not self.budget:
             self.bar.update(1)
-        elif int(seconds) > self.shown and self.shown < int(round(self.budget)):
-            new = min(int(seconds), int(round(self.budget)))
+        elif min(int(seconds), self.budget) > self.shown:
+            new = min(int(seconds), self.budget)
             self.bar.update(new - self.shown)
             self.shown = new
 
     def note(self, psnr: float) -> None:
-        if hasattr(self.bar, "set_postfix_str"):
-            self.bar.set_postfix_str(f"step {self.step}, train {psnr:.1f} dB", refresh=False)
+        self.bar.set_postfix_str(f"step {self.step}, train {psnr:.1f} dB", refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -29,7 +29,7 @@ from torch import nn
 DensityFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) numbers on ``device``, drawn on the generator's device (a CPU generator: moved over)."""
     if generator is not None and generator.device.type != torch.device(device).type:
         return torch.rand(shape, generator=generator, device=generator.device).to(device)
@@ -78,7 +78,7 @@ class OccupancyGrid(nn.Module):
         r = self.resolution
         ijk = torch.stack([cells % r, (cells // r) % r, cells // (r * r)], dim=-1).to(self.aabb.dtype)
         if jitter:
-            off = _rand(ijk.shape, generator, ijk.device)
+            off = uniform(ijk.shape, generator, ijk.device)
         else:
             off = torch.full_like(ijk, 0.5)
         return self.aabb[0] + (ijk + off) / r * (self.aabb[1] - self.aabb[0])
@@ -99,12 +99,12 @@ class OccupancyGrid(nn.Module):
             cells = torch.arange(self.n_cells, device=dev)
         else:
             half = max(n_cells // 2, 1)
-            uniform = (_rand((half,), generator, dev) * self.n_cells).long().clamp_max(self.n_cells - 1)
+            anywhere = (uniform((half,), generator, dev) * self.n_cells).long().clamp_max(self.n_cells - 1)
             # occupied cells without a host sync: the k-th occupied cell for uniform k, via the cumulative count
             counts = torch.cumsum(self.binary.to(torch.int64), 0)
-            k = (_rand((half,), generator, dev) * counts[-1]).long()
+            k = (uniform((half,), generator, dev) * counts[-1]).long()
             picked = torch.searchsorted(counts, k, right=True).clamp_max(self.n_cells - 1)
-            cells = torch.cat([uniform, torch.where(counts[-1] > 0, picked, uniform)])
+            cells = torch.cat([anywhere, torch.where(counts[-1] > 0, picked, anywhere)])
         self.density.mul_(self.decay)
         for start in range(0, cells.numel(), chunk):
             c = cells[start:start + chunk]

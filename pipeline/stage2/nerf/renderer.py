@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from pipeline.stage2.nerf.marching import composite_dense, first_occupied
-from pipeline.stage2.nerf.occupancy import OccupancyGrid
+from pipeline.stage2.nerf.occupancy import OccupancyGrid, uniform
 
 
 class RadianceField(Protocol):
@@ -176,10 +176,7 @@ class VolumeRenderer(nn.Module):
         t_lo = near[:, None] + span * edges[:-1]
         delta = span * (edges[1:] - edges[:-1])
         if stratified:
-            if generator is not None and generator.device.type != origins.device.type:
-                u = torch.rand((t_lo.shape[0], 1), generator=generator, device="cpu").to(t_lo)
-            else:
-                u = torch.rand((t_lo.shape[0], 1), generator=generator, device=t_lo.device, dtype=t_lo.dtype)
+            u = uniform((t_lo.shape[0], 1), generator, t_lo.device).to(t_lo.dtype)
         else:
             u = torch.full_like(t_lo, 0.5)
         t = t_lo + u * delta
