@@ -11,7 +11,8 @@ frame cache ``stage2/{frames,labels}.npy`` at the crop size (``pipeline.stage2.c
   uncompressed render; head-only rendering speed at the crop size (``--fps-frames`` frames, CUDA-synchronised,
   the render defaults: ``batch_frames`` frames a call), and the head + torso speed recorded by the render (``video.json``);
 * ``error_map.png``: the mean absolute error over the test frames (0 black .. 0.15 yellow), and in
-  ``render_eval.json`` ``regions``: the error per parsing class and in the head's outline band (:func:`score`);
+  ``render_eval.json`` ``regions``: the error and the sharpness (gradient energy, render over truth) per parsing
+  class and in the head's outline band (:func:`score`);
 * ``frames.tar``: the rendered frames as JPEG (quality 95) to rebuild the mp4 and run ``pipeline.evaluate.subject``
   on the CPU machine (``frames_to_npz`` below).
 """
@@ -48,6 +49,7 @@ def score(render: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> dict:
     rows = []
     sse = np.zeros(len(PARSING_LABEL_NAMES) + 2)   # classes, then head edge band, head interior
     count = np.zeros_like(sse)
+    grad = np.zeros((2, len(sse)))                 # gradient energy of the render / of the truth per region
     err_sum = np.zeros(render.shape[1:3])
     ring = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * EDGE_PX + 1, 2 * EDGE_PX + 1))
     for img, ref, lab in zip(render, gt, labels):
@@ -65,15 +67,27 @@ def score(render: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> dict:
         for j, m in ((-2, edge), (-1, head & ~edge)):
             sse[j] += se[m].sum()
             count[j] += m.sum()
+        for k, im in enumerate((img, ref)):
+            g = gradient_energy(im)
+            grad[k, :len(PARSING_LABEL_NAMES)] += np.bincount(lab.ravel(), g.ravel(), len(PARSING_LABEL_NAMES))
+            grad[k, -2:] += (g[edge].sum(), g[head & ~edge].sum())
     mean = {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in rows[0]}
     head_sse = sse[3:len(PARSING_LABEL_NAMES)].sum()
     names = [*PARSING_LABEL_NAMES, f"head_edge_{EDGE_PX}px", "head_interior"]
     regions = {n: {"pixels_per_frame": round(float(c / len(render)), 1),
                    "psnr": round(float(-10 * np.log10(e / c)), 3) if c and e > 0 else None,
                    "share_of_head_sse": round(float(e / head_sse), 4) if n not in ("background", "torso", "neck")
-                   else None}
-               for n, e, c in zip(names, sse, count)}
+                   else None,
+                   "sharpness": round(float(g_r / g_t), 3) if g_t > 0 else None}
+               for n, e, c, g_r, g_t in zip(names, sse, count, grad[0], grad[1])}
     return {"mean": mean, "regions": regions, "per_frame": rows, "error_map": err_sum / len(render)}
+
+
+def gradient_energy(img: np.ndarray) -> np.ndarray:
+    """Squared Sobel gradient magnitude of the grey image (per pixel); the ``sharpness`` of a region in
+    :func:`score` is its sum over the render divided by its sum over the truth (1 = as much fine detail, < 1 blur)."""
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    return cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3) ** 2 + cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3) ** 2
 
 
 def error_png(err: np.ndarray, path: Path, vmax: float = 0.15) -> None:

@@ -29,10 +29,11 @@ EVAL_EVERY=$every PYTHON=$py bash "$repo/bench/gpu_train_head.sh" "$s" "$s/stage
     || { tail -20 "$s/stage2/bench.log"; exit 1; }
 cp "$s/stage2/bench.log" "$s/stage2/metrics.json" "$out/" && tail -12 "$out/bench.log"
 t0=$(date +%s)
+torso_cfg=${TORSO_CONFIG:-'{"device": "cuda"}'}
 "$py" -m pipeline.torso.train --crop-video "$s/crop/video.mp4" --torso "$s/parsing/torso.npz" \
-    --background "$s/parsing/background.png" --tracks "$s/tracking/tracks.parquet" \
-    --transforms "$s/tracking/transforms.json" --outdir "$s/torso" --config '{"steps": 2000, "device": "cuda"}' \
-    >> "$log" 2>&1
+    --labels "$s/parsing/labels.npz" --background "$s/parsing/background.png" --tracks "$s/tracking/tracks.parquet" \
+    --transforms "$s/tracking/transforms.json" --crop-meta "$s/crop/crop.json" --outdir "$s/torso" \
+    --config "$torso_cfg" >> "$log" 2>&1
 echo "torso: $(( $(date +%s) - t0 )) s" | tee -a "$log"
 "$py" -m pipeline.render video --subject-dir "$s" --out "$s/video.npz" --config '{"device": "cuda"}' >> "$log" 2>&1
 "$py" "$repo/bench/gpu_eval_render.py" --subject-dir "$s" --frames "$s/video.npz" --out "$s/eval" \

@@ -68,7 +68,7 @@ def synthesis_parts(head: Head, torso: Torso, scene: Scene, drive: Drive, n: int
         sync()
         parts["head"] += time.perf_counter() - t
         t = time.perf_counter()
-        t_rgb, t_a = torso.predict(drive.poses[sl], size)
+        t_rgb, t_a = torso.predict(drive.poses[sl], size, h_a)
         sync()
         parts["torso"] += time.perf_counter() - t
         t = time.perf_counter()

@@ -121,9 +121,9 @@ def torso(seed: int, processed: Processed, threads: int) -> dict:
     d = processed.dir(CLIP)
     s = SubjectLayout(d)
     cfg = TorsoConfig(**{**TORSO_CFG, "seed": seed, "threads": threads})
-    m = torso_mod.run(s.crop.video, s.parsing.torso, s.parsing.background, s.tracking.tracks, s.tracking.transforms,
-                      d / f"torso_s{seed}_t{threads}", cfg)
-    return {"torso_minus_mean_db": m["psnr_torso_db"] - m["psnr_torso_mean_db"],
+    m = torso_mod.run(s.crop.video, s.parsing.torso, s.parsing.labels, s.parsing.background, s.tracking.tracks,
+                      s.tracking.transforms, s.crop.meta, d / f"torso_s{seed}_t{threads}", cfg)
+    return {"torso_minus_mean_db": m["psnr_torso_neck_db"] - m["psnr_torso_neck_mean_db"],
             "alpha_iou_minus_mean": m["alpha_iou"] - m["alpha_iou_mean"]}
 
 

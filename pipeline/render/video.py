@@ -175,7 +175,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
         sl = slice(s, s + cfg.batch_frames)
         pre, h_a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
                                scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)
-        t_rgb, t_a = torso.predict(drive.poses[sl], size)
+        t_rgb, t_a = torso.predict(drive.poses[sl], size, h_a)
         if cfg.compositing == "soft":
             img = compositing.composite_soft(bg_t, t_rgb, t_a, pre, h_a, feather)
         else:

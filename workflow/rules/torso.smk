@@ -3,13 +3,15 @@
 
 
 rule train_torso:
-    """Pose-modulated U-Net: head pose -> torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
+    """Pose-modulated U-Net: head pose -> full-size torso+neck RGBA (trained on the parsing mattes); test PSNR vs mean torso."""
     input:
         video=S.crop.video,
         torso=S.parsing.torso,
+        labels=S.parsing.labels,
         background=S.parsing.background,
         tracks=S.tracking.tracks,
         transforms=S.tracking.transforms,
+        crop_meta=S.crop.meta,
         code=code("torso/train", "torso/model"),
     output:
         model=S.torso.model,
@@ -30,6 +32,7 @@ rule train_torso:
         runtime=60,
         gpu=gpus("torso"),
     shell:
-        "python -m pipeline.torso.train --crop-video {input.video:q} --torso {input.torso:q} --background {input.background:q}"
-        " --tracks {input.tracks:q} --transforms {input.transforms:q} --outdir {params.outdir:q}"
+        "python -m pipeline.torso.train --crop-video {input.video:q} --torso {input.torso:q} --labels {input.labels:q}"
+        " --background {input.background:q} --tracks {input.tracks:q} --transforms {input.transforms:q}"
+        " --crop-meta {input.crop_meta:q} --outdir {params.outdir:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"

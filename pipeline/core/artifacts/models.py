@@ -65,8 +65,11 @@ TORSO_POSE_COLUMNS = ("yaw_rad", "pitch_rad", "roll_rad", "tx", "ty", "tz")  # t
 TORSO_MODEL = JsonSpec(
     str(R.torso.meta),
     required={
-        "image_size": int,               # network resolution (square)
-        "crop_size": int,                # crop/video.mp4 size the RGBA is upsampled to
+        "image_size": int,               # U-Net resolution (square)
+        "output_size": int,              # texture and output resolution (the crop size unless configured)
+        "crop_size": int,                # crop/video.mp4 size
+        "feature_channels": int, "refine_channels": int,
+        "valid_box": list,               # [x0, y0, x1, y1) real-image box in output px (crop.json); the rest is smear
         "base_channels": int, "depth": int, "style_dim": int, "flow_scale": (int, float),
         "pose_columns": list,            # TORSO_POSE_COLUMNS
         "pose_mean": list,               # train-split mean / std of the pose columns (the net sees z-scores)
@@ -78,10 +81,13 @@ TORSO_METRICS = JsonSpec(
     str(R.torso.metrics),
     required={
         "test_frames": int, "eval_size": int,
-        "psnr_torso_db": float,          # test split, torso composited over parsing/background.png vs the
-                                         # tracked torso over the plate, on the dilated true torso+neck mask
-        "psnr_torso_mean_db": float,     # the same for the baseline: train-split mean torso RGBA (no pose)
-        "alpha_iou": float,              # mean IoU of alpha > 0.5 vs the true matte (test split)
+        "psnr_torso_db": float,          # test split at eval_size (the output size): the torso composited over
+        "psnr_neck_db": float,           # parsing/background.png vs the frame, on the frame's torso (label 1),
+        "psnr_torso_neck_db": float,     # neck (label 2) and both
+        "psnr_torso_mean_db": float,     # the same three for the baseline: train-split mean torso RGBA (no pose)
+        "psnr_neck_mean_db": float,
+        "psnr_torso_neck_mean_db": float,
+        "alpha_iou": float,              # mean IoU of alpha > 0.5 vs the true matte off the head (test split)
         "alpha_iou_mean": float,         # the same for the mean torso
         "steps": int, "train_seconds": float, "device": str,
     },

@@ -161,9 +161,15 @@ def stage2_configs(data: Mapping[str, Any] | str | None) -> tuple[Stage2ModelCon
 
 @dataclass(frozen=True)
 class TorsoConfig:
-    """train_torso (pipeline/torso/): pose-modulated U-Net from head pose to the torso+neck RGBA."""
+    """train_torso (pipeline/torso/): pose-modulated U-Net from head pose to the full-size torso+neck RGBA."""
 
-    image_size: int = 128           # network resolution (square); the RGBA is upsampled to the crop size
+    image_size: int = 128           # U-Net resolution (square); its flow and residuals are upsampled to output_size
+    output_size: int = 128          # resolution of the learnt texture and the output (0 = the crop size; see docs/torso.md)
+    feature_channels: int = 8       # U-Net feature maps passed to the full-size refinement
+    refine_channels: int = 16       # channels of the full-size two-layer refinement
+    texture_lr: float = 0.5         # learning rate of the full-size texture, x lr
+    head_input: bool = False        # the U-Net also sees the head layer's alpha (ground truth in training, render's later)
+    loss: str = "l1"                # "l1" | "l2": error of the composite over the plate
     base_channels: int = 32         # channels of the first U-Net level (doubling per level, capped at 8x)
     depth: int = 4                  # down-sampling levels
     style_dim: int = 64             # pose code that modulates every conv (FiLM)
@@ -172,7 +178,6 @@ class TorsoConfig:
     lr: float = 2e-3
     alpha_weight: float = 1.0       # weight of the alpha BCE against the alpha-weighted RGB L1
     flow_scale: float = 0.15        # largest warp of the mean torso, in units of the half image
-    eval_size: int = 0              # test PSNR resolution (0 = image_size)
     threads: int = 2
     seed: int = 0
     device: str = "auto"            # "auto" | "cpu" | "cuda"
@@ -182,10 +187,14 @@ class TorsoConfig:
             raise ConfigError(f"torso.image_size must be >= 16 and divisible by 2**depth, got {self.image_size}")
         if self.base_channels < 4 or self.depth < 1 or self.style_dim < 1 or self.steps < 1 or self.batch < 1:
             raise ConfigError("torso: need base_channels >= 4, depth, style_dim, steps, batch >= 1")
-        if self.lr <= 0 or self.alpha_weight < 0 or not 0 <= self.flow_scale <= 1 or self.eval_size < 0:
-            raise ConfigError("torso: need lr > 0, alpha_weight >= 0, flow_scale in [0, 1], eval_size >= 0")
+        if self.lr <= 0 or self.alpha_weight < 0 or not 0 <= self.flow_scale <= 1 or self.texture_lr < 0:
+            raise ConfigError("torso: need lr > 0, alpha_weight >= 0, flow_scale in [0, 1], texture_lr >= 0")
+        if self.output_size < 0 or (0 < self.output_size < 16) or self.feature_channels < 0 or self.refine_channels < 1:
+            raise ConfigError("torso: need output_size 0 or >= 16, feature_channels >= 0, refine_channels >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"torso.device: {self.device!r} is not one of auto, cpu, cuda")
+        if self.loss not in ("l1", "l2"):
+            raise ConfigError(f"torso.loss: {self.loss!r} is not one of l1, l2")
 
 
 @dataclass(frozen=True)
