@@ -10,8 +10,9 @@ so nothing downstream shifts anything, and a changed correction re-runs exactly 
 The detector is the evaluate step's (:func:`pipeline.core.metrics.sync_offset`): the mouth's signals
 (:func:`~pipeline.core.metrics.sync_visual`: the dark share of the mouth box on each crop frame, the jaw drop from
 the mesh) against log energy in 7 bands (:func:`~pipeline.core.metrics.band_energies`), held-out canonical
-correlation per lag over the speech frames, a shifted-audio chance level and a window-agreement check. Here it runs
-on the whole clip, not only the test split.
+correlation per lag over the speech frames, a chance level from the audio circularly shifted by every admissible
+amount (a 5 % false-positive rate against unrelated audio; ``chance_r`` and ``p_value``) and the agreement of the
+windows that are informative on their own. Here it runs on the whole clip, not only the test split.
 
 Decision (``sync`` config):
 
@@ -47,8 +48,8 @@ from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.audio.sync")
 SAMPLE_RATE = 16000
-SUMMARY = ("offset_frames", "best_lag", "peak_r", "r_at_zero", "null_r95", "agreement", "speech_frames", "reliable",
-           "reason")
+SUMMARY = ("offset_frames", "best_lag", "peak_r", "r_at_zero", "null_r95", "p_value", "agreement", "speech_frames",
+           "reliable", "reason")
 
 
 class SyncError(PipelineError):
@@ -80,7 +81,7 @@ def measure(visual: np.ndarray, pcm: np.ndarray, fps: int, cfg: SyncConfig) -> d
     peak_db = 20 * np.log10(peak) if peak > 0 else -np.inf
     if peak_db < cfg.silence_dbfs:
         return {"offset_frames": None, "best_lag": None, "peak_r": None, "r_at_zero": None, "null_r95": None,
-                "agreement": None, "speech_frames": 0, "reliable": False, "curve": [],
+                "p_value": None, "agreement": None, "speech_frames": 0, "reliable": False, "curve": [],
                 "reason": f"silent audio track (peak {peak_db:.1f} dBFS < {cfg.silence_dbfs:g})"}
     env = band_envelope(y, SAMPLE_RATE, fps, n, cfg.band_lo_hz, cfg.band_hi_hz)
     return sync_offset(visual, band_energies(y, SAMPLE_RATE, fps, n), speech=env, **cfg.detector())
@@ -161,6 +162,7 @@ def run(audio: Path | str, meta: Path | str, video: Path | str, crop_meta: Path 
                  after["peak_r"], after["null_r95"], after["reliable"])
     doc = {"audio": str(audio), "fps": fps, "n_frames": n, "offset_frames": found["offset_frames"],
            "best_lag": found["best_lag"], "peak_r": found["peak_r"], "chance_r": found["null_r95"],
+           "p_value": found["p_value"],
            "agreement": found["agreement"], "reliable": bool(found["reliable"]), "reason": found["reason"],
            "mode": mode, "shift_frames": int(shift), "corrected": bool(shift), "decision": line,
            "detector": found, "after": after if after["best_lag"] is not None else None, "config": asdict(cfg)}

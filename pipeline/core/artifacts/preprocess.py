@@ -242,8 +242,9 @@ SYNC_OFFSET = JsonSpec(
         "offset_frames": (int, type(None)),  # measured: > 0 audio trails the video (comes late); None: not reliable
         "best_lag": (int, type(None)),   # the detector's peak lag even when not reliable (None: nothing measured)
         "peak_r": (int, float, type(None)),  # held-out canonical correlation at the peak
-        "chance_r": (int, float, type(None)),  # 95th percentile of shifted-audio peaks (the chance level)
-        "agreement": (int, float, type(None)),  # share of windows whose own peak is within 1 frame of the global one
+        "chance_r": (int, float, type(None)),  # 95th percentile of circularly shifted-audio peaks (the chance level)
+        "agreement": (int, float, type(None)),  # share of informative windows (own peak above their own chance)
+                                                # peaking within 1 frame of the global lag; None: none informative
         "reliable": bool,
         "reason": str,                   # why not reliable ("" when reliable)
         "mode": str,                     # sync.correct: "auto" | "off" | "explicit" (sync.offset_frames set)

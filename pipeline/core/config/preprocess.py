@@ -158,7 +158,7 @@ class SyncConfig:
     window: int = 100               # frames per window of the agreement check
     min_frames: int = 100           # fewer speech frames: not measurable
     min_r: float = 0.15             # weaker peak correlation: not measurable
-    min_agreement: float = 0.5      # share of windows agreeing (+-1 frame) with the global peak
+    min_agreement: float = 0.5      # share of informative windows agreeing (+-1 frame) with the global peak
     silence_dbfs: float = -60.0     # an audio track whose peak is below this is silent: nothing to measure
 
     def __post_init__(self) -> None:
