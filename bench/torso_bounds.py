@@ -14,7 +14,9 @@ like ``bench/gpu_eval_render.py`` (PSNR over the frame's torso (label 1) and nec
   could reach with perfect motion;
 * ``mean_torso``: the train-split mean torso.
 
-Also the torso matte's horizontal centroid per 100-frame block (a framing change shows as a jump) and the
+Also the neck-seam colour jump of the ground-truth frames themselves (``pipeline.render.compositing.seam_jump`` on
+the band that ``seam_band`` draws from the true head labels and matte, the render's feather width): what a seam
+as sharp as the real chin/collar edge measures. And the torso matte's horizontal centroid per 100-frame block (a framing change shows as a jump) and the
 residual of a linear fit of the centroid from the head pose on the test split (can the pose place the torso?).
 """
 
@@ -26,9 +28,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-from pipeline.core.artifacts import PARSING_LABELS, PARSING_TORSO, TRANSFORMS
+from pipeline.core.artifacts import LABEL_FACE, PARSING_LABELS, PARSING_TORSO, TRANSFORMS
+from pipeline.core.config import RenderConfig
 from pipeline.core.layout import SubjectLayout
+from pipeline.render import compositing
 from pipeline.torso.model import read_poses
 from pipeline.torso.train import read_frames_cv2
 
@@ -76,6 +81,7 @@ def main() -> None:
             m = labels[i] == label
             acc[k] += (se[m].sum(), m.sum())
 
+    seam: list[float] = []
     grey = lambda j: cv2.cvtColor(frames[j], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255  # noqa: E731
     for i in test:
         rgb, al = torso(i)
@@ -94,6 +100,12 @@ def main() -> None:
             pass
         add("last_train_frame_affine_oracle", *warp(*torso(b - 1), m), i)
         add("mean_torso", *mean, i)
+        head_a = torch.from_numpy((labels[i] >= LABEL_FACE).astype(np.float32))[None, None]
+        band = compositing.seam_band(head_a, torch.from_numpy(alpha[i] / 255.0).float()[None, None],
+                                     max(1, int(round(RenderConfig().feather * size))))
+        jump = compositing.seam_jump(torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float() / 255, band)
+        if jump is not None:
+            seam.append(jump)
     rows = {name: {"torso_db": round(float(-10 * np.log10(v[0, 0] / v[0, 1])), 2),
                    "neck_db": round(float(-10 * np.log10(v[1, 0] / v[1, 1])), 2)} for name, v in sums.items()}
     xs = np.arange(size, dtype=np.float64)
@@ -104,7 +116,7 @@ def main() -> None:
     coef = np.linalg.lstsq(x[train], cx[train], rcond=None)[0]
     resid = x[np.arange(t0, t1)] @ coef - cx[t0:t1]
     out = {"subject_dir": str(args.subject_dir), "size": int(size), "train": [int(a), int(b)], "test": [int(t0), int(t1)],
-           "scored_every": args.every, "rows": rows, "torso_centroid_x_by_block": blocks,
+           "scored_every": args.every, "rows": rows, "seam_jump_ground_truth": round(float(np.mean(seam)), 4), "torso_centroid_x_by_block": blocks,
            "centroid_x_from_pose_test_rms_px": round(float(np.sqrt((resid ** 2).mean())), 2),
            "centroid_x_test_std_px": round(float(cx[t0:t1].std()), 2)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

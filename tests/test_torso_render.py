@@ -122,6 +122,41 @@ def test_soft_compositing_hides_the_neck_seam(subject):
     assert compositing.seam_jump(torch.full_like(soft, 0.5), band) == 0.0
 
 
+def test_drive_torso_replays_the_recorded_frames(subject):
+    """A driving clip replays training poses; its torso layer is the recorded torso of those frames (frame x matte),
+    the same pixels an independent decode gives, and the model's torso fills only where the matte is empty."""
+    from pipeline.core.artifacts import PARSING_TORSO
+    from pipeline.core.config import RenderConfig
+    from pipeline.core.media import iter_frames
+    from pipeline.render.replay import ReplayTorso, over
+    from pipeline.render.video import clip_drive, load_scene
+    from pipeline.torso import model as torso
+
+    scene = load_scene(subject)
+    drive = clip_drive(subject, scene, WAVS[0], RenderConfig(**FAST))
+    a, b = scene.split["train"]
+    assert len(drive.source_frames) == len(drive) and a <= drive.source_frames.min() <= drive.source_frames.max() < b
+    size, frames = 64, drive.source_frames[::25][:6]
+    with ReplayTorso(subject / "crop/video.mp4", subject / "parsing/torso.npz", frames, size) as rep:
+        r_rgb, r_a = rep.layer(frames, "cpu")
+    crop = scene.crop_size
+    decoded = np.concatenate(list(iter_frames(subject / "crop/video.mp4", crop, crop)))[frames]
+    decoded = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in decoded])
+    matte = PARSING_TORSO.read(subject / "parsing/torso.npz")["alpha"][frames]
+    matte = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) for m in matte]) / 255.0
+    full = torch.from_numpy(matte > 0.99)[:, None]
+    diff = (r_rgb - torch.from_numpy(decoded).permute(0, 3, 1, 2).float() / 255.0).abs()
+    print(f"replayed torso vs an independent decode: mean |diff| {float(diff[full.expand_as(diff)].mean()):.4f}")
+    assert float(diff[full.expand_as(diff)].mean()) < 0.02
+    assert float((r_a[:, 0] - torch.from_numpy(matte).float()).abs().max()) < 1e-6
+    m_rgb, m_a = torso.load(subject / "torso").predict(drive.poses[::25][:6], size)
+    rgb, alpha = over(r_rgb, r_a, m_rgb, m_a)
+    opaque = (r_a == 1).expand_as(rgb)
+    assert opaque.any() and torch.allclose(rgb[opaque], r_rgb[opaque], atol=1e-5)
+    empty = (r_a == 0)
+    assert torch.allclose(alpha[empty], m_a[empty]) and torch.allclose(rgb[empty.expand_as(rgb)], m_rgb[empty.expand_as(m_rgb)])
+
+
 def test_drive_videos_match_the_audio(subject, head):
     from pipeline.render import video as render
     from pipeline.core import media
@@ -138,7 +173,7 @@ def test_drive_videos_match_the_audio(subject, head):
         assert info.video is not None and abs(info.video.n_frames - round(dur * 25)) <= 1
         assert (info.video.width, info.video.height) == (SIZE, SIZE) and info.video.fps == 25
         assert info.audio is not None and abs(info.audio.duration_sec - dur) < 0.1
-        assert stats["head"] == "untrained"
+        assert stats["head"] == "untrained" and stats["torso"] == "replay"
         assert stats["peak_gpu_mib"] is None and stats["peak_host_rss_mib"] > 100   # CPU: no GPU peak, a real RSS
 
 
@@ -158,6 +193,7 @@ def test_test_split_video(subject, head):
     assert frames.std(axis=0).mean() > 1.0                       # frames are not constant
     doc = json.loads(out.with_suffix(".json").read_text())
     assert doc["audio_start_sec"] == pytest.approx(t0 / 25) and doc["compositing"] == "soft"
+    assert doc["torso"] == "model"                                # the scored split never replays its own torso
 
 
 def test_frames_npz_then_mux(subject, head, tmp_path):

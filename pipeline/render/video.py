@@ -7,8 +7,9 @@
   audio aligned to the video by rule measure_av_sync, the same audio stage 1 and stage 2 learned from).
 * ``drive`` (results/<s>/drive/<clip>.mp4): any ``data/audio/<clip>.wav``. Landmarks from
   ``stage1/pred/<clip>.parquet``; poses replayed from the track, mirror-looped over the train frames and
-  smoothed (pipeline.render.motion); blinks sampled from the subject's AU45 statistics; length = the audio's,
-  ``round(duration x 25)`` frames.
+  smoothed (pipeline.render.motion); the recorded torso of the replayed frames over the model's
+  (``render.drive_torso: replay``, pipeline.render.replay; ``model``: the model alone); blinks sampled from the
+  subject's AU45 statistics; length = the audio's, ``round(duration x 25)`` frames.
 * ``mux``: frames rendered into an npz (:data:`~pipeline.core.artifacts.RENDER_FRAMES`, the ``--out *.npz`` form,
   for GPU machines without ffmpeg) -> mp4 with audio, on the CPU side.
 
@@ -24,6 +25,7 @@ import json
 import logging
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +44,7 @@ from pipeline.core.layout import SELF_AUDIO, SubjectLayout, render_stats
 from pipeline.core.progress import progress
 from pipeline.render import compositing, motion
 from pipeline.render.head import Head, load_head
+from pipeline.render.replay import ReplayTorso, over
 from pipeline.torso.model import Torso, read_poses
 from pipeline.torso.model import load as load_torso
 
@@ -78,6 +81,7 @@ class Drive:
     landmarks: np.ndarray    # [N, 478, 3] cm, canonical head space
     audio: np.ndarray        # [N, W, D] audio feature windows
     au45: np.ndarray         # [N] 0-5
+    source_frames: np.ndarray | None = None   # [N] recorded frame whose pose is replayed (driving clips only)
 
     def __len__(self) -> int:
         return len(self.c2w)
@@ -147,7 +151,7 @@ def clip_drive(root: Path | str, scene: Scene, clip: str, cfg: RenderConfig) -> 
     au45 = model.sample(n, rng) if cfg.blinks else np.full(n, model.baseline)
     log.info("%s: %d frames, poses mirror-looped over train frames [%d, %d), %d blinks/min sampled (subject %.1f)",
              clip, n, a, b, int(round(model.rate_per_frame * FPS * 60)), stats["blinks_per_minute"])
-    return Drive(c2w, poses, lms, audio, au45.astype(np.float32))
+    return Drive(c2w, poses, lms, audio, au45.astype(np.float32), idx)
 
 
 # ----------------------------------------------------------------------------- synthesis
@@ -161,9 +165,10 @@ def background_tensor(scene: Scene, size: int, device: torch.device) -> torch.Te
 
 
 def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: RenderConfig,
-               stats: dict) -> Iterator[np.ndarray]:
+               stats: dict, replay: ReplayTorso | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` (frames_per_sec, seam_jump, peak_gpu_mib,
-    peak_host_rss_mib) at the end."""
+    peak_host_rss_mib) at the end. With ``replay``, the recorded torso of ``drive.source_frames`` lies over
+    the model's (:mod:`pipeline.render.replay`)."""
     size = cfg.size or scene.crop_size
     dev = head.device
     bg_t = background_tensor(scene, size, dev)
@@ -176,6 +181,8 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
         pre, h_a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
                                scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)
         t_rgb, t_a = torso.predict(drive.poses[sl], size, h_a)
+        if replay is not None:
+            t_rgb, t_a = over(*replay.layer(drive.source_frames[sl], dev), t_rgb, t_a)
         if cfg.compositing == "soft":
             img = compositing.composite_soft(bg_t, t_rgb, t_a, pre, h_a, feather)
         else:
@@ -250,8 +257,13 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
                  "audio_end_sec": start + n / FPS, "head": head.source, "compositing": cfg.compositing,
                  "num_samples": head.renderer.num_samples, "device": str(device), "config": asdict(cfg)}
         prov = Provenance("unknown", config_hash(cfg))
-        write_video(synthesize(head, torso, scene, drive, cfg, stats), n, size, out, audio, start,
-                    start + n / FPS, cfg.crf, prov)
+        replayed = cfg.drive_torso == "replay" and drive.source_frames is not None
+        stats["torso"] = "replay" if replayed else "model"
+        with ExitStack() as stack:
+            replay = (stack.enter_context(ReplayTorso(files.crop.video, files.parsing.torso, drive.source_frames, size))
+                      if replayed else None)
+            write_video(synthesize(head, torso, scene, drive, cfg, stats, replay), n, size, out, audio, start,
+                        start + n / FPS, cfg.crf, prov)
     finally:
         torch.set_num_threads(prev)
     RENDER_STATS.write(render_stats(out), stats, prov)

@@ -6,7 +6,7 @@
 
 
 RENDER_CODE = code("render/__main__", "render/video", "render/compositing", "render/motion", "render/head",
-                   "torso/model", "core/media", "stage2/data") + NERF_CODE
+                   "render/replay", "torso/model", "core/media", "stage2/data") + NERF_CODE
 
 RENDER_SUBJECT_INPUTS = dict(
     head=S.stage2.head_meta,
@@ -53,12 +53,14 @@ rule render_video:
 
 
 rule drive_video:
-    """Any data/audio/{clip}.wav: replayed (mirror-looped, smoothed) poses, sampled blinks, audio muxed."""
+    """Any data/audio/{clip}.wav: replayed (mirror-looped, smoothed) poses and their recorded torso, sampled blinks, audio muxed."""
     input:
         **RENDER_SUBJECT_INPUTS,
         pred=S.stage1.pred("{clip}"),
         features=S.audio.features("{clip}"),
         wav=f"{config['data_dir']}/audio/{{clip}}.wav",
+        crop=S.crop.video,              # render.drive_torso: replay (the recorded torso of the replayed frames)
+        matte=S.parsing.torso,
         code=RENDER_CODE,
     output:
         video=S.drive("{clip}"),

@@ -132,6 +132,7 @@ RENDER_STATS = JsonSpec(
     optional={
         "peak_gpu_mib": (float, type(None)),  # torch.cuda.max_memory_allocated during synthesis (None off CUDA)
         "peak_host_rss_mib": float,      # the process's maximum resident set size
+        "torso": str,                    # "model" | "replay" (driving clips: the recorded torso of the replayed frames)
     },
 )
 

@@ -210,6 +210,7 @@ class RenderConfig:
     feather: float = 0.015          # soft seam: Gaussian sigma of the head alpha in the neck band, x output size
     pose_smooth_sigma: float = 2.0  # drive: temporal Gaussian (frames) on the replayed poses
     blinks: bool = True             # drive: sample blinks from the subject's AU45 statistics
+    drive_torso: str = "replay"     # drive: "replay" (the recorded torso of the replayed frames over the model's) | "model"
     seed: int = 0                   # drive: blink sampling
     crf: int = 18                   # x264 quality of the mp4
     threads: int = 2
@@ -220,6 +221,8 @@ class RenderConfig:
             raise ConfigError("render: size must be even and >= 0, num_samples and ray_chunk >= 0, batch_frames >= 1")
         if self.compositing not in ("soft", "hard"):
             raise ConfigError(f"render.compositing: {self.compositing!r} is not one of soft, hard")
+        if self.drive_torso not in ("replay", "model"):
+            raise ConfigError(f"render.drive_torso: {self.drive_torso!r} is not one of replay, model")
         if self.feather < 0 or self.pose_smooth_sigma < 0 or not 0 <= self.crf <= 51 or not 0 <= self.early_stop_eps < 1:
             raise ConfigError("render: need feather >= 0, pose_smooth_sigma >= 0, crf in [0, 51], early_stop_eps in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda"):
