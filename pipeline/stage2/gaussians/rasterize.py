@@ -37,6 +37,8 @@ from pipeline.stage2.gaussians.projection import ALPHA_THRESHOLD, Projected, pro
 
 MAX_ALPHA = 0.999                  # one Gaussian never makes a pixel fully opaque
 TRANSMITTANCE_THRESHOLD = 1e-4     # a pixel is done once its transmittance would fall to this
+CHECKPOINT_MIN_ELEMENTS = 1 << 16  # tiles with fewer pixels x Gaussians keep their graph (cheap, faster)
+POWER_MAX = 60.0                   # exp(-60) ~ 1e-26: far below 1/255, still a normal float32
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
@@ -46,11 +48,13 @@ def composite_tile(pixels: torch.Tensor, means2d: torch.Tensor, conics: torch.Te
 
     ``pixels [P, 2]`` (x, y), ``means2d [M, 2]``, ``conics [M, 3]``, ``opacities [M]``, ``colors [M, D]`` ->
     ``(color [P, D]`` without background, ``transmittance [P]`` left after the last drawn Gaussian)."""
-    d = means2d[None, :, :] - pixels[:, None, :]                       # [P, M, 2]
-    dx, dy = d[..., 0], d[..., 1]
+    dx = means2d[None, :, 0] - pixels[:, 0, None]                    # [P, M]: centre - pixel
+    dy = means2d[None, :, 1] - pixels[:, 1, None]
     a, b, c = conics[:, 0], conics[:, 1], conics[:, 2]
     power = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy           # 0.5 d^T conic d
-    alpha = torch.clamp(opacities * torch.exp(-power), max=MAX_ALPHA)
+    # exp of a power clamped to POWER_MAX: far pixels would give subnormal floats, which are slow on CPUs;
+    # they are below 1/255 and skipped anyway (the clamp changes nothing drawn while opacity < e^54)
+    alpha = torch.clamp(opacities * torch.exp(-torch.clamp(power, max=POWER_MAX)), max=MAX_ALPHA)
     drawn = (power >= 0) & (alpha >= ALPHA_THRESHOLD)
     alpha = torch.where(drawn, alpha, torch.zeros_like(alpha))
     with torch.no_grad():
@@ -107,7 +111,8 @@ def rasterize_to_pixels(means2d: torch.Tensor, conics: torch.Tensor, opacities: 
                 trans = torch.ones(len(pixels), dtype=dtype, device=device)
             else:
                 args = (pixels, means2d[idx], conics[idx], opacities[idx], colors[idx])
-                if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+                big = len(pixels) * len(idx) >= CHECKPOINT_MIN_ELEMENTS
+                if big and torch.is_grad_enabled() and any(t.requires_grad for t in args):
                     color, trans = checkpoint(composite_tile, *args, use_reentrant=False)
                 else:
                     color, trans = composite_tile(*args)
