@@ -6,6 +6,10 @@ random rotations, opacities and colours); the loss is the sum of the image. Defa
 
     PYTHONPATH=. .venv/bin/python bench/bench_gaussians_reference.py
     PYTHONPATH=. .venv/bin/python bench/bench_gaussians_reference.py --threads 1 --sizes 128 --counts 5000
+    PYTHONPATH=. .venv/bin/python bench/bench_gaussians_reference.py --threads 1 --sizes 16 --counts 5000 --rss
+
+``--rss`` measures instead the peak resident memory one forward+backward adds (``ru_maxrss``, one
+configuration per process; ``--sizes 16`` puts every Gaussian on the one tile).
 
 Prints one Markdown table row per configuration (paste into BENCHMARKS.md) and a JSON line.
 """
@@ -16,6 +20,7 @@ import argparse
 import json
 import math
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -60,15 +65,34 @@ def tile_pairs(params: list[torch.Tensor], V: torch.Tensor, K: torch.Tensor, siz
         return int(vis.sum()), int(((r[:, 1] - r[:, 0]) * (r[:, 3] - r[:, 2])).sum())
 
 
+def peak_memory(size: int, n: int) -> int:
+    """Print the resident memory one forward+backward adds above a warmed-up process (MB)."""
+    params, V, K = scene(n, size)
+    warm = [p[:5].clone().requires_grad_(True) for p in params]
+    rasterization(*warm, V, K, size, size)[0].sum().backward()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    leaves = [p.clone().requires_grad_(True) for p in params]
+    img, alpha, _ = rasterization(*leaves, V, K, size, size)
+    (img.sum() + alpha.sum()).backward()
+    extra_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    visible, pairs = tile_pairs(params, V, K, size)
+    print(json.dumps({"bench": "gaussians_reference_rss", "size": size, "gaussians": n, "visible": visible,
+                      "tile_pairs": pairs, "extra_peak_mb": round(extra_mb, 1)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--counts", type=int, nargs="+", default=[1000, 5000])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--rss", action="store_true", help="peak memory of one forward+backward (one size, count)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.rss:
+        return peak_memory(args.sizes[0], args.counts[0])
     rows = []
     print("| image | Gaussians | visible | Gaussian-tile pairs | forward ms | forward+backward ms | threads |")
     print("|---|---|---|---|---|---|---|")
