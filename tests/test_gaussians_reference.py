@@ -154,6 +154,23 @@ def test_empty_scene_and_culled_gaussians_give_the_background():
     assert torch.all(meta["radii"] > 0) and float(alpha[0, :, 0].max()) > 0.5 and float(alpha[0, :, 16:].max()) == 0
 
 
+def test_culled_gaussians_get_zero_radii_and_zero_gradients():
+    """A Gaussian in the camera's plane (z = 0) or just behind it: radii 0, and gradients exactly 0 (not NaN
+    from its unused projection), while the visible one's are non-zero."""
+    means = torch.tensor([[0.0, 0.0, 2.0], [0.1, 0.0, 0.0], [0.0, 0.1, -1e-30]], requires_grad=True)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]] * 3, requires_grad=True)
+    scales = torch.full((3, 3), 0.1, requires_grad=True)
+    opacities = torch.full((3,), 0.8, requires_grad=True)
+    colors = torch.tensor([[1.0, 0.5, 0.2]] * 3, requires_grad=True)
+    V, K = camera()
+    img, alpha, meta = rasterization(means, quats, scales, opacities, colors, V, K, 32, 32)
+    (img.sum() + alpha.sum()).backward()
+    assert bool((meta["radii"][0, 0] > 0).all()) and bool((meta["radii"][0, 1:] == 0).all())
+    for p in (means, quats, scales, opacities, colors):
+        assert torch.isfinite(p.grad).all() and torch.all(p.grad[1:] == 0)
+    assert float(scales.grad[0].abs().sum()) > 0 and float(opacities.grad[0]) > 0
+
+
 # ---------------------------------------------------------------- quaternions
 
 

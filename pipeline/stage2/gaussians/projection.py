@@ -107,17 +107,23 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         R, t = V[:3, :3], V[:3, 3]
         means_c = means @ R.T + t                          # world -> camera
         covars_c = R @ covars @ R.T
-        means2d, cov2d = _perspective(means_c, covars_c, K, width, height)
+        depths = means_c[:, 2]
+        in_depth = (depths >= near_plane) & (depths <= far_plane)
+        # Gaussians outside the depth range are culled; project them as if at (0, 0, 1) so their unused
+        # projection stays finite (z = 0 would make it inf and turn their zero gradients into NaN)
+        unit_z = means_c.new_tensor([0.0, 0.0, 1.0])
+        means2d, cov2d = _perspective(torch.where(in_depth[:, None], means_c, unit_z), covars_c, K, width,
+                                      height)
         det_orig = _det2(cov2d)
         cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
         det = _det2(cov2d)
+        safe_det = torch.where(det > 0, det, torch.ones_like(det))   # det <= 0 (eps2d = 0 only): culled
         # conic = inverse of the blurred 2D covariance, stored as its (xx, xy, yy) entries
-        conics = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], dim=-1) / det[:, None]
-        comp = torch.sqrt(torch.clamp(det_orig / det, min=0.0)) if antialiased else None
+        conics = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], dim=-1) / safe_det[:, None]
+        comp = torch.sqrt(torch.clamp(det_orig / safe_det, min=0.0)) if antialiased else None
         opac = opacities * comp if antialiased else opacities
-        radii = _radii(means2d, cov2d, det, means_c[:, 2], opac, width, height,
-                       near_plane, far_plane, radius_clip)
-        per_camera.append((means2d, conics, means_c[:, 2], opac, comp, radii))
+        radii = _radii(means2d, cov2d, in_depth & (det > 0), opac, width, height, radius_clip)
+        per_camera.append((means2d, conics, depths, opac, comp, radii))
     if not per_camera:
         raise ValueError("no camera: viewmats must be [C, 4, 4] with C >= 1")
     fields = list(zip(*per_camera))
@@ -128,20 +134,19 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
 
 
 @torch.no_grad()
-def _radii(means2d: torch.Tensor, cov2d: torch.Tensor, det: torch.Tensor, depths: torch.Tensor,
-           opac: torch.Tensor, width: int, height: int, near_plane: float, far_plane: float,
-           radius_clip: float) -> torch.Tensor:
-    """Integer box half-widths ``[N, 2]``, zero for culled Gaussians (see the module docstring)."""
+def _radii(means2d: torch.Tensor, cov2d: torch.Tensor, valid: torch.Tensor, opac: torch.Tensor, width: int,
+           height: int, radius_clip: float) -> torch.Tensor:
+    """Integer box half-widths ``[N, 2]``, zero for culled Gaussians (see the module docstring); ``valid``
+    says which passed the depth-range and determinant tests."""
     opac = opac.to(cov2d.dtype)
-    visible = opac >= ALPHA_THRESHOLD
     # sqrt(2 ln(opacity / (1/255))): where alpha = opacity exp(-d^2/2) drops to 1/255
     extend = torch.sqrt(2.0 * torch.log(torch.clamp(opac / ALPHA_THRESHOLD, min=1.0)))
     extend = torch.clamp(extend, max=MAX_EXTEND)
     rx = torch.ceil(extend * torch.sqrt(torch.clamp(cov2d[:, 0, 0], min=0.0)))
     ry = torch.ceil(extend * torch.sqrt(torch.clamp(cov2d[:, 1, 1], min=0.0)))
-    keep = visible & (det > 0) & (depths >= near_plane) & (depths <= far_plane)
+    keep = valid & (opac >= ALPHA_THRESHOLD) & torch.isfinite(rx) & torch.isfinite(ry)
     keep &= (rx > radius_clip) | (ry > radius_clip)
     u, v = means2d[:, 0], means2d[:, 1]
     keep &= (u + rx > 0) & (u - rx < width) & (v + ry > 0) & (v - ry < height)
-    radii = torch.stack([rx, ry], dim=-1) * keep[:, None]
+    radii = torch.where(keep[:, None], torch.stack([rx, ry], dim=-1), torch.zeros_like(means2d))
     return radii.to(torch.int32)
