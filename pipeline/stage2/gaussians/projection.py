@@ -3,7 +3,7 @@
 Everything here is plain torch and differentiable through autograd, except the integer radii and the culling
 mask, which (as in gsplat) are computed without gradients.
 
-Conventions (docs/gaussians.md has the derivations):
+Conventions (docs/gaussians.md lists each with the test that checks it):
 
 * ``quats`` are ``(w, x, y, z)`` and need not be unit length (normalised here); a Gaussian's world covariance
   is ``Sigma = R S S^T R^T`` with ``R`` the quaternion's rotation and ``S = diag(scales)``;
@@ -11,8 +11,8 @@ Conventions (docs/gaussians.md has the derivations):
   (depth = camera z); ``Ks`` are pinhole intrinsics (``fx = K[0, 0]``, ``fy = K[1, 1]``, ``cx = K[0, 2]``,
   ``cy = K[1, 2]``; skew ignored), pixel ``(col, row)`` covering ``[col, col + 1) x [row, row + 1)``;
 * the 2D covariance is ``J Sigma_cam J^T`` with the Jacobian ``J`` of the perspective map at the Gaussian's
-  centre; for ``J`` (only) the centre's ``x / z`` and ``y / z`` are clamped to 1.3x the field of view, so
-  Gaussians far outside the image do not get huge footprints;
+  centre; for ``J`` (only) the centre's ``x / z`` and ``y / z`` are clamped to the field of view widened by
+  0.3 of its half-width on each side, so Gaussians far outside the image do not get huge footprints;
 * ``eps2d`` (0.3 px^2) is added to the 2D covariance's diagonal (a low-pass filter the size of a pixel); in
   ``antialiased`` mode the opacity is multiplied by ``sqrt(det(cov2d) / det(cov2d + eps2d I))`` so the
   filter preserves a Gaussian's total weight instead of growing it (Mip-Splatting);
@@ -30,7 +30,7 @@ import torch
 
 ALPHA_THRESHOLD = 1.0 / 255.0   # alphas below this are skipped; also gsplat's opacity cull
 MAX_EXTEND = 3.33               # the box never reaches beyond 3.33 sigma along an axis
-FOV_CLAMP = 1.3                 # J is evaluated at most 30 % of the half field of view outside the image
+FOV_MARGIN = 0.3                # J is evaluated at most 0.3 x the half field of view outside the image
 
 
 @dataclass
@@ -77,7 +77,7 @@ def _perspective(means_c: torch.Tensor, covars_c: torch.Tensor, K: torch.Tensor,
     # The Jacobian of (fx x / z + cx, fy y / z + cy) at the centre, with x / z and y / z clamped to the
     # field of view widened by 30 % of its half-angle on each side.
     tan_half_x, tan_half_y = 0.5 * width / fx, 0.5 * height / fy
-    margin = FOV_CLAMP - 1.0
+    margin = FOV_MARGIN
     tx = z * torch.clamp(x / z, min=-(cx / fx + margin * tan_half_x),
                          max=(width - cx) / fx + margin * tan_half_x)
     ty = z * torch.clamp(y / z, min=-(cy / fy + margin * tan_half_y),
