@@ -75,6 +75,18 @@ def gpus(section):
     return 0 if config[section]["device"] == "cpu" else 1
 
 
+# The `gpu` resource is capped at one unless the command line gives `--resources gpu=N`: a local run on a
+# one-GPU workstation runs one GPU job at a time. Its scope is "local" (Snakemake's resource_scopes): on a cluster
+# executor the cap applies to each submitted job, not to the jobs in flight, so SLURM gets every ready GPU job
+# at once and places them itself. (No profile is read automatically: profiles/slurm applies alone.)
+resource_scopes:
+    gpu="local",
+
+
+if "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", 1)
+
+
 def code(*modules):
     """Source files of the pipeline modules behind a job; editing one re-runs its jobs (mtime trigger)."""
     return [str(REPO / "pipeline" / f"{m.replace('.', '/')}.py") for m in modules]
