@@ -43,6 +43,20 @@ SUBJECT_VIDEOS = {**_folder_subjects(), **_sheet_subjects()}
 SUBJECTS = sorted(SUBJECT_VIDEOS)
 
 
+def _warn_unused_videos():
+    """A video under data/<folder>/ that is no subject's (e.g. data/alice/talk.mp4): say so, or the run plans
+    nothing for it without a word."""
+    used = {Path(v).resolve() for v in SUBJECT_VIDEOS.values()}
+    for p in sorted(Path(config["data_dir"]).glob("*/*")):
+        if p.suffix.lower() in VIDEO_SUFFIXES and p.resolve() not in used:
+            print(f"warning: {p} is ignored: a subject's video is {config['data_dir']}/<s>/<s>.mp4 (<s> matching "
+                  f"{SUBJECT_PATTERN}); rename it, or list it in a sample sheet (subjects_tsv)", file=sys.stderr)
+
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+_warn_unused_videos()
+
+
 def source_video(wildcards):
     """The input video of a subject: the sample sheet's path, else data/<s>/<s>.mp4."""
     return SUBJECT_VIDEOS.get(wildcards.subject, f"{config['data_dir']}/{wildcards.subject}/{wildcards.subject}.mp4")
