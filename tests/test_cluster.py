@@ -180,19 +180,17 @@ def test_gpu_rules_request_a_gpu_and_cpu_rules_none(cluster):
 
 
 def test_jobs_carry_the_slurm_profiles_resources_alone(cluster):
-    """`--profile <edited profiles/slurm>` alone: no workflow profile is read beside it, every job lands in the
-    partition the profile gives its rule (default-resources, set-resources), and GPU jobs are not capped to one in
-    flight (the workflow's `gpu` cap is local-scoped on a cluster). The local run is capped at one GPU job."""
+    """`--profile <edited profiles/slurm>` alone: no workflow profile is read beside it (a profiles/default would
+    replace the profile's keys one by one: its default-resources dropped the partitions, its `gpu=1` capped the GPU
+    jobs in flight), and every job lands in the partition the profile gives its rule (default-resources,
+    set-resources). The local run's scheduler caps GPU jobs at one (the workflow's `gpu` cap, local-scoped, which
+    a cluster run counts per job)."""
     assert "Using profile" in cluster["first_out"] and "workflow specific profile" not in cluster["first_out"]
     default, per_rule = _partitions(cluster["profile"])
     assert default == "compute" and per_rule["train_head"] == "gpu", "the EDIT lines were not switched on"
     for job in cluster["jobs"]:
         rule, subject = _rule_subject(job)
         assert job["Partition"] == per_rule.get(rule, default), (rule, subject, job["Partition"])
-    gpu_jobs = [j for j in cluster["jobs"] if "gpu" in j.get("TresPerJob", "")]
-    overlapping = [(a["JobId"], b["JobId"]) for a in gpu_jobs for b in gpu_jobs
-                   if int(a["JobId"]) < int(b["JobId"]) and b["SubmitTime"] < a["EndTime"]]
-    assert overlapping, "no GPU job was submitted while another was queued or running: GPU jobs are throttled"
     provided = re.search(r"Provided resources: .*\bgpu=(?:Resource\(\"gpu\", )?(\d+)", cluster["local_out"])
     assert provided and provided.group(1) == "1", "the local run does not cap GPU jobs at one"
 
