@@ -6,8 +6,9 @@ eval/metrics.json of demo and demo2 and results/benchmark.md; while it runs, one
 `--rerun-incomplete`) finishes the DAG. Every job's submitted parameters are read back with
 `scontrol show job` (the test cluster keeps finished jobs for an hour). The profile is profiles/slurm as a user
 edits it (its EDIT partition lines switched on), given alone, as the README says: the jobs must land in its
-partitions. The torso stage runs with `device: cpu` (--config), so train_torso must ask for no GPU while
-train_head and render_video ask for one. The outputs are compared with a local run of the same DAG (`--cores 2`)
+partitions. The render stage runs with `device: cpu` (--config), so render_video must ask for no GPU while
+train_head and train_torso ask for one. The `gpu` partition is down until two GPU jobs wait in it at once: proof
+that the run does not cap GPU jobs in flight at one (as a profiles/default with `gpu=1` did). The outputs are compared with a local run of the same DAG (`--cores 2`)
 of demo alone: demo2 is demo's video under another name, so both cluster subjects are compared with it. Both runs
 use configs/tiny.yaml plus tests/cluster_overlay.yaml (fewer training steps and tracking iterations, for the CI
 time of three subject DAGs; the DAG and every rule are the tiny profile's).
@@ -36,8 +37,8 @@ from pipeline.preprocess import demo as demo_clip
 
 SUBJECTS = ["demo", "demo2"]
 TARGETS = [*(f"results/{s}/video.mp4" for s in SUBJECTS), "results/benchmark.md"]
-GPU_RULES = {"train_head", "render_video"}  # gpu=gpus(<section>) in their rules; their stages' device is auto
-CPU_DEVICE = {"train_torso": "torso"}          # a GPU rule whose stage is set to `device: cpu`: asks for no GPU
+GPU_RULES = {"train_head", "train_torso"}  # gpu=gpus(<section>) in their rules; their stages' device is auto
+CPU_DEVICE = {"render_video": "render"}      # a GPU rule whose stage is set to `device: cpu`: asks for no GPU
 OVERLAY = REPO / "tests" / "cluster_overlay.yaml"
 CONFIG = ["--configfile", TINY, str(OVERLAY), "--config", *(f"{s}={{'device': 'cpu'}}" for s in CPU_DEVICE.values())]
 # what the README adds on a cluster without accounting (and the test's small node); the profile comes alone
@@ -102,6 +103,20 @@ def _cancel_one_running(env: dict, subject: str, proc: subprocess.Popen) -> dict
     raise AssertionError(f"no running job of {subject} could be cancelled")
 
 
+def _gpu_jobs_queued_together(env: dict, proc: subprocess.Popen, wait_s: float = 900) -> list[str]:
+    """With the `gpu` partition down, wait until two GPU jobs are queued at once (a run that capped GPU jobs in
+    flight at one never submits the second), then bring the partition up; their ids ([] if never)."""
+    deadline = time.time() + wait_s
+    queued = []
+    while time.time() < deadline and proc.poll() is None:
+        queued = [j["JobId"] for j in _jobs(env) if j.get("JobState") == "PENDING" and "gpu" in j.get("TresPerJob", "")]
+        if len(queued) >= 2:
+            break
+        time.sleep(1)
+    subprocess.run(["scontrol", "update", "PartitionName=gpu", "State=UP"], env=env, check=True)
+    return queued if len(queued) >= 2 else []
+
+
 def _mtimes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -125,9 +140,11 @@ def cluster(tmp_path_factory):
     cmd = [*SNAKEMAKE, "--directory", str(work), *TARGETS, "--profile", str(profile), *CLUSTER_ARGS, *CONFIG]
     log = root / "first_run.log"
     with slurm_cluster.local_slurm(root / "slurm", mem_mb=16000) as env, log.open("w") as out:
+        subprocess.run(["scontrol", "update", "PartitionName=gpu", "State=DOWN"], env=env, check=True)
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             cancelled = _cancel_one_running(env, "demo2", first)
+            gpu_queued = _gpu_jobs_queued_together(env, first)
             first.wait(timeout=1800)
         finally:
             if first.poll() is None:
@@ -139,6 +156,7 @@ def cluster(tmp_path_factory):
         second = subprocess.run([*cmd, "--rerun-incomplete"], capture_output=True, text=True, env=env, timeout=1800)
         jobs = _jobs(env)
     return {"work": work, "local": local, "profile": profile, "local_out": local_out, "cancelled": cancelled,
+            "gpu_queued": gpu_queued,
             "first_rc": first.returncode,
             "first_out": first_out, "second": second, "jobs_first": jobs_first, "jobs": jobs,
             "finished": finished, "demo_done": demo_done}
@@ -164,7 +182,7 @@ def test_cancelled_job_then_rerun_incomplete_finishes_without_redoing_finished_s
 
 def test_gpu_rules_request_a_gpu_and_cpu_rules_none(cluster):
     """The executor turns a rule's `gpu=N` resource into `sbatch --gpus=N`: slurmctld records TresPerJob=gres:gpu:N.
-    A GPU rule whose stage is configured `device: cpu` (train_torso here) has gpu=0 and asks for none. The test
+    A GPU rule whose stage is configured `device: cpu` (render_video here) has gpu=0 and asks for none. The test
     node's GPU is a gres token only (slurm_cluster.py): the jobs run on the CPU (device auto)."""
     seen = {}
     for job in cluster["jobs"]:
@@ -182,15 +200,16 @@ def test_gpu_rules_request_a_gpu_and_cpu_rules_none(cluster):
 def test_jobs_carry_the_slurm_profiles_resources_alone(cluster):
     """`--profile <edited profiles/slurm>` alone: no workflow profile is read beside it (a profiles/default would
     replace the profile's keys one by one: its default-resources dropped the partitions, its `gpu=1` capped the GPU
-    jobs in flight), and every job lands in the partition the profile gives its rule (default-resources,
-    set-resources). The local run's scheduler caps GPU jobs at one (the workflow's `gpu` cap, local-scoped, which
-    a cluster run counts per job)."""
+    jobs in flight), every job lands in the partition the profile gives its rule (default-resources,
+    set-resources), and two GPU jobs were queued at once. The local run's scheduler caps GPU jobs at one (the
+    workflow's `gpu` cap, local-scoped, which a cluster run counts per job)."""
     assert "Using profile" in cluster["first_out"] and "workflow specific profile" not in cluster["first_out"]
     default, per_rule = _partitions(cluster["profile"])
     assert default == "compute" and per_rule["train_head"] == "gpu", "the EDIT lines were not switched on"
     for job in cluster["jobs"]:
         rule, subject = _rule_subject(job)
         assert job["Partition"] == per_rule.get(rule, default), (rule, subject, job["Partition"])
+    assert len(cluster["gpu_queued"]) >= 2, "GPU jobs were never queued together: the run caps GPU jobs in flight"
     provided = re.search(r"Provided resources: .*\bgpu=(?:Resource\(\"gpu\", )?(\d+)", cluster["local_out"])
     assert provided and provided.group(1) == "1", "the local run does not cap GPU jobs at one"
 
