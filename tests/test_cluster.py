@@ -215,10 +215,13 @@ def test_jobs_carry_the_slurm_profiles_resources_alone(cluster):
 
 
 def _json_numbers(d, prefix=""):
-    """Numeric leaves of a JSON document, except timings."""
+    """Numeric leaves of a JSON document, except timings and gaps. A gap (stage 2's generalisation_gap_db, train
+    minus test head PSNR, ~0.06 dB) is the small difference of two compared figures (~13 dB): its relative error is
+    ~200 times theirs (measured: 7e-5 relative on psnr_head_train made 1.8 % on the gap), so it is compared
+    through them."""
     if isinstance(d, dict):
         for k, v in d.items():
-            if not re.search(r"sec|time|elapsed|fps|rss|path|source", k):  # timings, memory, paths
+            if not re.search(r"sec|time|elapsed|fps|rss|path|source|gap", k):  # timings, memory, paths, gaps
                 yield from _json_numbers(v, f"{prefix}{k}.")
     elif isinstance(d, list):
         for i, v in enumerate(d):
@@ -234,7 +237,8 @@ EXACT = ["crop/boxes.parquet", "landmarks/landmarks.parquet", "tracking/tracks.p
          "torso/metrics.json"]
 # Stage 2 is not bit-reproducible across processes (config stage2.deterministic: false; multi-threaded scatter
 # adds in another order): one of two measured runs matched bit for bit, the other by 1e-7 relative in the first
-# losses, 5e-6 in head PSNR, 8e-5 absolute in occupancy density. What is measured on its renders moves more: the
+# losses, 5e-6 in head PSNR, 8e-5 absolute in occupancy density; a third (2026-12-02 14:25, both SLURM subjects
+# identical to each other) by 1e-4 in a loss of the curve and 7e-5 in the training-frame head PSNR. What is measured on its renders moves more: the
 # dlib-68 mouth distance by 7% (0.849 vs 0.906 px), PSNR by 0.001 dB.
 STAGE2, STAGE2_RTOL = ["stage2/metrics.json", "stage2/occupancy.npz"], 1e-3
 EVAL, EVAL_RTOL = ["eval/metrics.json", "eval/frames.parquet"], 0.15
