@@ -8,10 +8,11 @@ eval/metrics.json of demo and demo2 and results/benchmark.md; while it runs, one
 edits it (its EDIT partition lines switched on), given alone, as the README says: the jobs must land in its
 partitions. The render stage runs with `device: cpu` (--config), so render_video must ask for no GPU while
 train_head and train_torso ask for one. The `gpu` partition is down until two GPU jobs wait in it at once: proof
-that the run does not cap GPU jobs in flight at one (as a profiles/default with `gpu=1` did). The outputs are compared with a local run of the same DAG (`--cores 2`)
-of demo alone: demo2 is demo's video under another name, so both cluster subjects are compared with it. Both runs
-use configs/tiny.yaml plus tests/cluster_overlay.yaml (fewer training steps and tracking iterations, for the CI
-time of three subject DAGs; the DAG and every rule are the tiny profile's).
+that the run does not cap GPU jobs in flight at one (as a profiles/default with `gpu=1` did). The outputs are
+compared with a local run of the same DAG (`--cores 2`) of demo alone: demo2 is demo's video under another name,
+so both cluster subjects are compared with it. Both runs use configs/tiny.yaml plus tests/cluster_overlay.yaml
+(fewer training steps and tracking iterations, for the CI time of three subject DAGs; the DAG and every rule are
+the tiny profile's).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def edited_profile(dest: Path) -> Path:
     the test node's GPU has no model)."""
     text = (REPO / "profiles" / "slurm" / "config.yaml").read_text()
     dest.mkdir(parents=True)
-    (dest / "config.yaml").write_text(re.sub(r"^#(?=set-resources:|\s+- (\w+:)?slurm_partition=)", "", text, flags=re.M))
+    edited = re.sub(r"^#(?=set-resources:|\s+- (\w+:)?slurm_partition=)", "", text, flags=re.M)
+    (dest / "config.yaml").write_text(edited)
     return dest
 
 
@@ -156,10 +158,8 @@ def cluster(tmp_path_factory):
         second = subprocess.run([*cmd, "--rerun-incomplete"], capture_output=True, text=True, env=env, timeout=1800)
         jobs = _jobs(env)
     return {"work": work, "local": local, "profile": profile, "local_out": local_out, "cancelled": cancelled,
-            "gpu_queued": gpu_queued,
-            "first_rc": first.returncode,
-            "first_out": first_out, "second": second, "jobs_first": jobs_first, "jobs": jobs,
-            "finished": finished, "demo_done": demo_done}
+            "gpu_queued": gpu_queued, "first_rc": first.returncode, "first_out": first_out, "second": second,
+            "jobs_first": jobs_first, "jobs": jobs, "finished": finished, "demo_done": demo_done}
 
 
 def test_cancelled_job_then_rerun_incomplete_finishes_without_redoing_finished_subject(cluster):
@@ -238,8 +238,8 @@ EXACT = ["crop/boxes.parquet", "landmarks/landmarks.parquet", "tracking/tracks.p
 # Stage 2 is not bit-reproducible across processes (config stage2.deterministic: false; multi-threaded scatter
 # adds in another order): one of two measured runs matched bit for bit, the other by 1e-7 relative in the first
 # losses, 5e-6 in head PSNR, 8e-5 absolute in occupancy density; a third (2026-12-02 14:25, both SLURM subjects
-# identical to each other) by 1e-4 in a loss of the curve and 7e-5 in the training-frame head PSNR. What is measured on its renders moves more: the
-# dlib-68 mouth distance by 7% (0.849 vs 0.906 px), PSNR by 0.001 dB.
+# identical to each other) by 1e-4 in a loss of the curve and 7e-5 in the training-frame head PSNR. What is
+# measured on its renders moves more: the dlib-68 mouth distance by 7% (0.849 vs 0.906 px), PSNR by 0.001 dB.
 STAGE2, STAGE2_RTOL = ["stage2/metrics.json", "stage2/occupancy.npz"], 1e-3
 EVAL, EVAL_RTOL = ["eval/metrics.json", "eval/frames.parquet"], 0.15
 

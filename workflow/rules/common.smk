@@ -43,6 +43,9 @@ SUBJECT_VIDEOS = {**_folder_subjects(), **_sheet_subjects()}
 SUBJECTS = sorted(SUBJECT_VIDEOS)
 
 
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+
+
 def _warn_unused_videos():
     """A video under data/<folder>/ that is no subject's (e.g. data/alice/talk.mp4): say so, or the run plans
     nothing for it without a word."""
@@ -53,7 +56,6 @@ def _warn_unused_videos():
                   f"{SUBJECT_PATTERN}); rename it, or list it in a sample sheet (subjects_tsv)", file=sys.stderr)
 
 
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 _warn_unused_videos()
 
 
@@ -90,9 +92,11 @@ def gpus(section):
 
 
 # The `gpu` resource is capped at one unless the command line gives `--resources gpu=N`: a local run on a
-# one-GPU workstation runs one GPU job at a time. Its scope is "local" (Snakemake's resource_scopes): on a cluster
-# executor the cap applies to each submitted job, not to the jobs in flight, so SLURM gets every ready GPU job
-# at once and places them itself. (No profile is read automatically: profiles/slurm applies alone.)
+# one-GPU workstation runs one GPU job at a time (Workflow.register_resource, the call Snakemake makes for its own
+# mutex resources; not in its documentation). Its scope is "local" (Snakemake's documented resource_scopes): on a
+# cluster executor the limit of a local resource applies to each submitted job, not to the jobs in flight, so SLURM
+# gets every ready GPU job at once and places them (tests/test_cluster.py). There is no profiles/default: no
+# profile is read beside profiles/slurm.
 resource_scopes:
     gpu="local",
 
