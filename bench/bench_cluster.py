@@ -104,9 +104,9 @@ def main() -> None:
             names = _subjects(work, args.subjects)
             with slurm_cluster.local_slurm(root / "cluster", mem_mb=16000) as env:
                 wall, jobs = _run([*SNAKEMAKE, "--directory", str(work), *_targets(names), "--profile",
-                             str(REPO / "profiles" / "slurm"), "--workflow-profile", "none", *configs, "--max-threads", "2",
-                             "--slurm-status-command", "squeue", "--slurm-no-account",
-                             "--slurm-init-seconds-before-status-checks", "1"], env=env)
+                                   str(REPO / "profiles" / "slurm"), *configs, "--max-threads", "2",
+                                   "--slurm-status-command", "squeue", "--slurm-no-account",
+                                   "--slurm-init-seconds-before-status-checks", "1"], env=env)
                 requests = _requests(env)
             results["slurm"] = {"wall_s": round(wall, 1), "jobs": jobs, "max_rss_mb": _job_rss(work),
                                 "requested": requests, "load_after": os.getloadavg()}

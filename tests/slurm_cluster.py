@@ -7,6 +7,8 @@ The node declares ``gpus`` GPUs as a generic resource (GresTypes=gpu, a gres.con
 /dev/null): a *schedulable token only*. Jobs that ask for ``--gpus=1`` are scheduled and their request is
 visible in ``scontrol show job``, but no device exists, so the job's code finds no CUDA and runs on the CPU.
 Finished jobs stay in slurmctld for ``MinJobAge`` seconds so tests can read their submitted parameters.
+Besides the default partition `debug` the node is in `compute` and `gpu`, the partition names of
+profiles/slurm's EDIT lines, so a test can send jobs there as a user's edited profile would.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ MinJobAge=3600
 GresTypes=gpu
 NodeName={host} CPUs={cpus} RealMemory={mem_mb} Gres=gpu:{gpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=compute Nodes=ALL MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
 """
 
 

@@ -48,6 +48,18 @@ def test_dry_run_whole_dag(tmp_path):
         assert f"results/{name}/ingest/meta.json" in proc.stdout
 
 
+def test_misnamed_video_is_named_in_a_warning(tmp_path):
+    """A video in data/<s>/ under another name than <s>.mp4 is no subject: the run names it instead of planning
+    nothing without a word. (Through profiles/local, the optional local profile, which must parse.)"""
+    _fake_subjects(tmp_path, ["alice"])
+    (tmp_path / "data" / "carol").mkdir()
+    (tmp_path / "data" / "carol" / "talk.mp4").write_bytes(b"dry runs never read this")
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "local"))
+    out = proc.stdout + proc.stderr
+    assert "Using profile" in out and "warning: data/carol/talk.mp4 is ignored" in out
+    assert "results/alice/video.mp4" in out and "results/carol" not in out
+
+
 def test_sample_sheet_rejects_bad_subject_name(tmp_path):
     sheet = tmp_path / "subjects.tsv"
     sheet.write_text("subject\tvideo\tnotes\nbad name!\tx.mp4\t\n")

@@ -43,6 +43,22 @@ SUBJECT_VIDEOS = {**_folder_subjects(), **_sheet_subjects()}
 SUBJECTS = sorted(SUBJECT_VIDEOS)
 
 
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
+
+
+def _warn_unused_videos():
+    """A video under data/<folder>/ that is no subject's (e.g. data/alice/talk.mp4): say so, or the run plans
+    nothing for it without a word."""
+    used = {Path(v).resolve() for v in SUBJECT_VIDEOS.values()}
+    for p in sorted(Path(config["data_dir"]).glob("*/*")):
+        if p.suffix.lower() in VIDEO_SUFFIXES and p.resolve() not in used:
+            print(f"warning: {p} is ignored: a subject's video is {config['data_dir']}/<s>/<s>.mp4 (<s> matching "
+                  f"{SUBJECT_PATTERN}); rename it, or list it in a sample sheet (subjects_tsv)", file=sys.stderr)
+
+
+_warn_unused_videos()
+
+
 def source_video(wildcards):
     """The input video of a subject: the sample sheet's path, else data/<s>/<s>.mp4."""
     return SUBJECT_VIDEOS.get(wildcards.subject, f"{config['data_dir']}/{wildcards.subject}/{wildcards.subject}.mp4")
@@ -73,6 +89,20 @@ def stage_dir(stage):
 def gpus(section):
     """GPUs a job asks for (SLURM --gpus), from a config section: none when its device is cpu."""
     return 0 if config[section]["device"] == "cpu" else 1
+
+
+# The `gpu` resource is capped at one unless the command line gives `--resources gpu=N`: a local run on a
+# one-GPU workstation runs one GPU job at a time (Workflow.register_resource, the call Snakemake makes for its own
+# mutex resources; not in its documentation). Its scope is "local" (Snakemake's documented resource_scopes): on a
+# cluster executor the limit of a local resource applies to each submitted job, not to the jobs in flight, so SLURM
+# gets every ready GPU job at once and places them (tests/test_cluster.py). There is no profiles/default: no
+# profile is read beside profiles/slurm.
+resource_scopes:
+    gpu="local",
+
+
+if "gpu" not in workflow.global_resources:
+    workflow.register_resource("gpu", 1)
 
 
 def code(*modules):
