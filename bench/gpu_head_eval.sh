@@ -5,7 +5,7 @@
 #   bench/gpu_head_eval.sh SUBJECT_DIR OUT_DIR MINUTES [STAGE2_JSON] [EVAL_EVERY]
 #
 # SUBJECT_DIR: a copy of results/<s> as bench/gpu_train_head.sh describes, plus parsing/torso.npz,
-# tracking/tracks.parquet, crop/video.mp4, aus/aus.json and stage1/pred/self.parquet (what the torso and the
+# tracking/tracks.parquet, crop/{video.mp4,crop.json}, aus/aus.json and stage1/pred/self.parquet (what the torso and the
 # render read); the frame cache stage2/{frames,labels,cache} is made here when missing (OpenCV decode, ~8 s).
 # Writes five files into OUT_DIR (the device tool brings back 8): bench.log and metrics.json (the head run, its eval
 # curve), steps.log (cache, torso, render, scoring), render_eval.json (PSNR per region and the outline band,

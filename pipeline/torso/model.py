@@ -78,7 +78,7 @@ class TorsoNet(nn.Module):
     def __init__(self, mean_rgba: torch.Tensor, texture: torch.Tensor, pose_dim: int = len(TORSO_POSE_COLUMNS),
                  base_channels: int = 32, depth: int = 4, style_dim: int = 64, flow_scale: float = 0.15,
                  feature_channels: int = 8, refine_channels: int = 16,
-                 valid_box: tuple[float, float, float, float] | None = None, head_input: bool = True):
+                 valid_box: tuple[float, float, float, float] | None = None, head_input: bool = False):
         super().__init__()
         size, out = int(mean_rgba.shape[-1]), int(texture.shape[-1])
         self.register_buffer("mean_rgba", mean_rgba.reshape(4, size, size).float().clone())
