@@ -33,9 +33,9 @@ import torch
 from pipeline.core.artifacts import LABEL_FACE, PARSING_LABELS, PARSING_TORSO, TRANSFORMS
 from pipeline.core.config import RenderConfig
 from pipeline.core.layout import SubjectLayout
+from pipeline.core.media import read_frames_cv2
 from pipeline.render import compositing
 from pipeline.torso.model import read_poses
-from pipeline.torso.train import read_frames_cv2
 
 
 def main() -> None:

@@ -128,7 +128,8 @@ def test_drive_torso_replays_the_recorded_frames(subject):
     from pipeline.core.artifacts import PARSING_TORSO
     from pipeline.core.config import RenderConfig
     from pipeline.core.media import iter_frames
-    from pipeline.render.replay import ReplayTorso, over
+    from pipeline.render.compositing import over
+    from pipeline.render.replay import ReplayTorso
     from pipeline.render.video import clip_drive, load_scene
     from pipeline.torso import model as torso
 

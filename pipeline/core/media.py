@@ -5,6 +5,7 @@ checked. ffprobe is not shipped by imageio-ffmpeg, so stream metadata (start tim
 counts, codecs) comes from PyAV, which bundles the same libav* libraries.
 
 Frames are streamed through pipes (``iter_frames`` / ``VideoWriter``), never held all in RAM.
+``read_frames_cv2`` decodes with OpenCV's own decoder instead, for the GPU machines that have no ffmpeg.
 """
 
 from __future__ import annotations
@@ -204,6 +205,35 @@ def iter_frames(path: Path | str, width: int, height: int, *, vf: str | None = N
         rc = proc.wait()
     if rc != 0:
         raise MediaError(path, f"ffmpeg decode failed: {err.strip().splitlines()[-1:] or rc}")
+
+
+def read_frames_cv2(path: Path | str, size: int, n_expected: int | None = None,
+                    stop: int | None = None) -> Iterator[np.ndarray]:
+    """Yield uint8 RGB frames of ``path`` area-resized to ``size``², one at a time, with OpenCV (no ffmpeg binary).
+
+    ``stop``: decode only frames ``0 .. stop - 1`` (MediaError if the video is shorter); ``n_expected``: the
+    whole video must have exactly that many frames."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise MediaError(path, "OpenCV cannot open the video")
+    i = 0
+    try:
+        while stop is None or i < stop:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            if bgr.shape[0] != size or bgr.shape[1] != size:
+                bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            i += 1
+    finally:
+        cap.release()
+    if stop is not None and i < stop:
+        raise MediaError(path, f"ends at frame {i}, frame {stop - 1} was asked for")
+    if n_expected is not None and i != n_expected:
+        raise MediaError(path, f"decoded {i} frames, expected {n_expected}")
 
 
 class VideoWriter:

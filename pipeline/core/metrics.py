@@ -43,6 +43,11 @@ def _as_float(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
 
 
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB (peak 1.0) of a mean squared error; ``inf`` for 0."""
+    return float("inf") if mse <= 0 else float(-10.0 * np.log10(mse))
+
+
 def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio in dB (peak 1.0); ``inf`` for identical images."""
     a, b = _as_float(a), _as_float(b)
@@ -50,8 +55,7 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     if mask is not None:
         m = np.broadcast_to(np.asarray(mask, bool)[..., None] if mask.ndim == a.ndim - 1 else mask, a.shape)
         err = err[m]
-    mse = float(err.mean()) if err.size else 0.0
-    return float("inf") if mse == 0 else -10.0 * np.log10(mse)
+    return psnr_from_mse(float(err.mean()) if err.size else 0.0)
 
 
 def _gaussian_filter(x: np.ndarray, sigma: float = 1.5) -> np.ndarray:

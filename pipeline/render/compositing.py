@@ -8,7 +8,8 @@ GPU when there is one). Layers:
 * head ``head_pre [B, 3]`` *premultiplied* colour (the volume renderer's output over a black background)
   and ``head_a [B, 1]`` (its accumulated opacity).
 
-``composite_hard`` pastes binary layers (alpha > 0.5): what a naive pipeline does, kept for comparison.
+``over`` stacks two straight-alpha layers (the render lays the recorded torso of a replayed frame over the
+model's). ``composite_hard`` pastes binary layers (alpha > 0.5): what a naive pipeline does, kept for comparison.
 ``composite_soft`` keeps the soft alphas and, in the neck band (where the torso layer is near, i.e. the
 Gaussian-blurred torso alpha), replaces the head alpha by its Gaussian blur (sigma ``feather_px``), so the
 head fades into the torso's neck over a few pixels instead of ending at a line. Where the blurred head
@@ -45,6 +46,14 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _over(bg: torch.Tensor, rgb: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return rgb * a + bg * (1 - a)
+
+
+def over(top_rgb: torch.Tensor, top_a: torch.Tensor, under_rgb: torch.Tensor,
+         under_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two straight-alpha RGBA layers, ``top`` over ``under`` -> (rgb, alpha), straight alpha."""
+    a = top_a + (1 - top_a) * under_a
+    rgb = (top_rgb * top_a + under_rgb * under_a * (1 - top_a)) / a.clamp_min(1e-6)
+    return torch.where(a > 1e-6, rgb, under_rgb), a
 
 
 def composite_hard(bg: torch.Tensor, torso_rgb: torch.Tensor, torso_a: torch.Tensor, head_pre: torch.Tensor,

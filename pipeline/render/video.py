@@ -25,7 +25,7 @@ import json
 import logging
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -44,7 +44,7 @@ from pipeline.core.layout import SELF_AUDIO, SubjectLayout, render_stats
 from pipeline.core.progress import progress
 from pipeline.render import compositing, motion
 from pipeline.render.head import Head, load_head
-from pipeline.render.replay import ReplayTorso, over
+from pipeline.render.replay import ReplayTorso
 from pipeline.torso.model import Torso, read_poses
 from pipeline.torso.model import load as load_torso
 
@@ -182,7 +182,7 @@ def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: Render
                                scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)
         t_rgb, t_a = torso.predict(drive.poses[sl], size, h_a)
         if replay is not None:
-            t_rgb, t_a = over(*replay.layer(drive.source_frames[sl], dev), t_rgb, t_a)
+            t_rgb, t_a = compositing.over(*replay.layer(drive.source_frames[sl], dev), t_rgb, t_a)
         if cfg.compositing == "soft":
             img = compositing.composite_soft(bg_t, t_rgb, t_a, pre, h_a, feather)
         else:
@@ -259,9 +259,8 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
         prov = Provenance("unknown", config_hash(cfg))
         replayed = cfg.drive_torso == "replay" and drive.source_frames is not None
         stats["torso"] = "replay" if replayed else "model"
-        with ExitStack() as stack:
-            replay = (stack.enter_context(ReplayTorso(files.crop.video, files.parsing.torso, drive.source_frames, size))
-                      if replayed else None)
+        with (ReplayTorso(files.crop.video, files.parsing.torso, drive.source_frames, size) if replayed
+              else nullcontext()) as replay:
             write_video(synthesize(head, torso, scene, drive, cfg, stats, replay), n, size, out, audio, start,
                         start + n / FPS, cfg.crf, prov)
     finally:

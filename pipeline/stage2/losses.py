@@ -81,9 +81,3 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def to_patches(x: torch.Tensor, start: int, n: int, p: int) -> torch.Tensor:
     """Rays ``x[start : start + n p^2]`` (row-major patches) -> ``[n, C, p, p]``."""
     return x[start:start + n * p * p].reshape(n, p, p, -1).permute(0, 3, 1, 2)
-
-
-def psnr_from_mse(mse: float) -> float:
-    import math
-
-    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)

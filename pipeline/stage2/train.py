@@ -35,12 +35,12 @@ from pipeline.core.cli import guarded, parser
 from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig, stage2_configs
 from pipeline.core.device import peak_memory, reset_peak, resolve_device
 from pipeline.core.layout import Stage2Files, SubjectLayout
+from pipeline.core.metrics import psnr_from_mse
 from pipeline.core.progress import progress
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, evaluate, write_strip
-from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, psnr_from_mse, ssim_loss,
-                                    to_patches)
+from pipeline.stage2.losses import LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, ssim_loss, to_patches
 from pipeline.stage2.nerf.field import LandmarkField
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.nerf.renderer import VolumeRenderer

@@ -20,7 +20,6 @@ Importable with torch, numpy, pandas, pyarrow and opencv alone.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from contextlib import ExitStack
@@ -40,6 +39,8 @@ from pipeline.core.config import TorsoConfig, from_mapping
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import TorsoFiles
+from pipeline.core.media import read_frames_cv2
+from pipeline.core.metrics import psnr_from_mse
 from pipeline.core.progress import progress
 from pipeline.torso.model import TorsoError, TorsoNet, read_poses
 
@@ -47,27 +48,6 @@ log = logging.getLogger("pipeline.torso.train")
 
 
 # ----------------------------------------------------------------------------- data
-
-def read_frames_cv2(video: Path | str, size: int, n_expected: int | None = None):
-    """Yield RGB uint8 frames of ``video`` resized to ``size``² (opencv: no ffmpeg binary needed)."""
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise TorsoError(video, "cannot open video")
-    i = 0
-    try:
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if bgr.shape[0] != size or bgr.shape[1] != size:
-                bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            i += 1
-    finally:
-        cap.release()
-    if n_expected is not None and i != n_expected:
-        raise TorsoError(video, f"decoded {i} frames, expected {n_expected}")
-
 
 class Frames:
     """The training data at output size: ``rgb [N, O, O, 3]``, ``alpha [N, O, O]`` (matte) and ``labels [N, O, O]``
@@ -139,10 +119,6 @@ def valid_box(crop_meta: Path | str, size: int) -> tuple[float, float, float, fl
 
 # ----------------------------------------------------------------------------- metric
 
-def psnr(mse: float) -> float:
-    return float(10 * math.log10(1.0 / max(mse, 1e-12)))
-
-
 @torch.no_grad()
 def evaluate(net: TorsoNet, poses_z: torch.Tensor, data: Frames, frames: np.ndarray, mean_rgba: torch.Tensor,
              background: torch.Tensor) -> dict:
@@ -168,9 +144,9 @@ def evaluate(net: TorsoNet, poses_z: torch.Tensor, data: Frames, frames: np.ndar
     out = {}
     for name, suffix in (("net", ""), ("mean", "_mean")):
         e, c = sums[name].T
-        out[f"psnr_torso_db{suffix}"] = psnr(e[0] / max(c[0], 1))
-        out[f"psnr_neck_db{suffix}"] = psnr(e[1] / max(c[1], 1))
-        out[f"psnr_torso_neck_db{suffix}"] = psnr((e[0] + e[1]) / max(c[0] + c[1], 1))
+        mse = [e[0] / max(c[0], 1), e[1] / max(c[1], 1), e.sum() / max(c.sum(), 1)]
+        for key, m in zip(("torso", "neck", "torso_neck"), mse):
+            out[f"psnr_{key}_db{suffix}"] = psnr_from_mse(max(m, 1e-12))   # a label absent from the test frames: 120 dB
         out[f"alpha_iou{suffix}"] = float(np.mean(ious[name]))
     return {k.replace("_db_mean", "_mean_db"): v for k, v in out.items()}
 
