@@ -7,13 +7,15 @@
 # SUBJECT_DIR: a copy of results/<s> as bench/gpu_train_head.sh describes, plus parsing/torso.npz,
 # tracking/tracks.parquet, crop/{video.mp4,crop.json}, aus/aus.json and stage1/pred/self.parquet (what the torso and the
 # render read); the frame cache stage2/{frames,labels,cache} is made here when missing (OpenCV decode, ~8 s).
-# Writes five files into OUT_DIR (the device tool brings back 8): bench.log and metrics.json (the head run, its eval
-# curve), steps.log (cache, torso, render, scoring), render_eval.json (PSNR per region and the outline band,
-# head-only frames/s) and frames.tar (the JPEG frames, to score blinks and sync with pipeline.evaluate on the CPU
-# machine: bench/gpu_eval_render.py's frames_to_npz, then python -m pipeline.render mux). Env: PYTHON (python3).
+# The torso, render and scoring are bench/gpu_torso_eval.sh with one variant (TORSO_CONFIG, default '{}').
+# Writes six files into OUT_DIR (the device tool brings back 8): bench.log and metrics.json (the head run, its eval
+# curve), steps.log (cache, torso, render, scoring), torso_0.json (the torso's metrics.json), render_eval_0.json
+# (PSNR and sharpness per region and the outline band, head-only frames/s) and frames.tar (the JPEG frames, to
+# score blinks and sync with pipeline.evaluate on the CPU machine: bench/gpu_eval_render.py's frames_to_npz, then
+# python -m pipeline.render mux). Env: PYTHON (python3), TORSO_CONFIG.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
-    sed -n '2,13p' "$0"; exit 2
+    sed -n '2,15p' "$0"; exit 2
 fi
 s=$1; out=$2; minutes=$3; extra=${4:-'{"amp": true}'}; every=${5:-1000000}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,19 +30,6 @@ fi
 EVAL_EVERY=$every PYTHON=$py bash "$repo/bench/gpu_train_head.sh" "$s" "$s/stage2" "$minutes" "$extra" > /dev/null 2>&1 \
     || { tail -20 "$s/stage2/bench.log"; exit 1; }
 cp "$s/stage2/bench.log" "$s/stage2/metrics.json" "$out/" && tail -12 "$out/bench.log"
-t0=$(date +%s)
-torso_cfg=${TORSO_CONFIG:-'{"device": "cuda"}'}
-"$py" -m pipeline.torso.train --crop-video "$s/crop/video.mp4" --torso "$s/parsing/torso.npz" \
-    --labels "$s/parsing/labels.npz" --background "$s/parsing/background.png" --tracks "$s/tracking/tracks.parquet" \
-    --transforms "$s/tracking/transforms.json" --crop-meta "$s/crop/crop.json" --outdir "$s/torso" \
-    --config "$torso_cfg" >> "$log" 2>&1
-echo "torso: $(( $(date +%s) - t0 )) s" | tee -a "$log"
-"$py" -m pipeline.render video --subject-dir "$s" --out "$s/video.npz" --config '{"device": "cuda"}' >> "$log" 2>&1
-"$py" "$repo/bench/gpu_eval_render.py" --subject-dir "$s" --frames "$s/video.npz" --out "$s/eval" \
-    --fps-frames 24 >> "$log" 2>&1
-cp "$s/eval/render_eval.json" "$s/eval/frames.tar" "$out/"
-"$py" - "$out/render_eval.json" <<'PY'
-import json, sys
-m = json.load(open(sys.argv[1]))
-print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1)[:3000])
-PY
+torso_cfg=${TORSO_CONFIG:-'{}'}
+PYTHON=$py bash "$repo/bench/gpu_torso_eval.sh" "$s" "$out" "$torso_cfg"
+cp "$s/eval/frames.tar" "$out/"
