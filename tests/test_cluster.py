@@ -235,19 +235,26 @@ def _json_numbers(d, prefix=""):
 EXACT = ["crop/boxes.parquet", "landmarks/landmarks.parquet", "tracking/tracks.parquet", "tracking/canonical.npz",
          "parsing/labels.npz", "aus/aus.parquet", "audio/self.npz", "audio/self.parquet", "stage1/metrics.json",
          "torso/metrics.json"]
-# Stage 2 is not bit-reproducible across processes (config stage2.deterministic: false; multi-threaded scatter
-# adds in another order): one of two measured runs matched bit for bit, the other by 1e-7 relative in the first
-# losses, 5e-6 in head PSNR, 8e-5 absolute in occupancy density; a third (2026-12-02 14:25, both SLURM subjects
+# Stage 2 is not bit-reproducible across processes (multi-threaded scatter adds in another order; with
+# stage2.deterministic true as well: two local runs 2026-12-02 differed by 2.5e-3 in a hash-table weight): one
+# of two measured runs matched bit for bit, the other by 1e-7 relative in the first losses, 5e-6 in head PSNR,
+# 8e-5 absolute in occupancy density; a third (2026-12-02 14:25, both SLURM subjects
 # identical to each other) by 1e-4 in a loss of the curve and 7e-5 in the training-frame head PSNR. What is
 # measured on its renders moves more: the dlib-68 mouth distance by 7% (0.849 vs 0.906 px), PSNR by 0.001 dB.
 STAGE2, STAGE2_RTOL = ["stage2/metrics.json", "stage2/occupancy.npz"], 1e-3
 EVAL, EVAL_RTOL = ["eval/metrics.json", "eval/frames.parquet"], 0.15
+# Per frame, a landmark detector run on the 20-step head's near-random renders flips between two runs: two local
+# runs of the same DAG (2026-12-02, stage2.deterministic true) differed by 0.28 px (54 %) in one frame's
+# lmd_dlib_px while their mean moved 2 % (0.929 vs 0.948). So frames.parquet's detector columns are compared
+# through their means in eval/metrics.json; its image metrics (PSNR, SSIM) frame by frame.
+FRAME_DETECTOR_COLUMNS = ["lmd_dlib_px", "lmd_mesh_px", "mouth_open_render", "au45_render"]
 
 
-def _equal(a: Path, b: Path, rtol: float) -> bool:
-    """Parquet (columns, rows, values), npz (keys, arrays) or JSON (numeric leaves) equal within ``rtol``."""
+def _equal(a: Path, b: Path, rtol: float, drop: tuple[str, ...] | list[str] = ()) -> bool:
+    """Parquet (columns, rows, values; without the columns ``drop``), npz (keys, arrays) or JSON (numeric leaves)
+    equal within ``rtol``."""
     if a.suffix == ".parquet":
-        x, y = pd.read_parquet(a), pd.read_parquet(b)
+        x, y = (pd.read_parquet(p).drop(columns=drop, errors="ignore") for p in (a, b))
         if list(x.columns) != list(y.columns) or len(x) != len(y):
             return False
         num = x.select_dtypes("number").columns
@@ -278,7 +285,7 @@ def test_cluster_outputs_match_local_run(cluster, subject):
     assert not differ, f"preprocessing differs between the SLURM and the local run: {differ}"
     differ = [f for f in STAGE2 if not _equal(got / f, ref / f, rtol=STAGE2_RTOL)]
     assert not differ, f"stage 2 differs beyond {STAGE2_RTOL} between the SLURM and the local run: {differ}"
-    differ = [f for f in EVAL if not _equal(got / f, ref / f, rtol=EVAL_RTOL)]
+    differ = [f for f in EVAL if not _equal(got / f, ref / f, rtol=EVAL_RTOL, drop=FRAME_DETECTOR_COLUMNS)]
     assert not differ, f"the evaluation differs beyond {EVAL_RTOL} between the SLURM and the local run: {differ}"
     # results/benchmark.md: the subject's row equals the local one but for the timings (numbers within EVAL_RTOL)
     got_row, ref_row = _table_row(cluster["work"] / "results/benchmark.md", subject), _table_row(
