@@ -67,7 +67,7 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
                 with timer("occupancy update") if i >= warmup else contextlib.nullcontext():
                     trainer.update_occupancy()
             if i >= warmup:
-                spr.append(float(s))
+                spr.append(float(s["samples_per_ray"]))
         sync()
         total = time.perf_counter() - t_start
         # the same number of steps again without the per-part timers: what training runs at (no synchronisation

@@ -117,6 +117,16 @@ def test_demo_end_to_end(demo):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_switching_the_head_reruns_the_head_and_what_follows_only(demo, tmp_path):
+    """stage2.head: gaussians on the built demo: train_head and the render re-run, nothing upstream (a dry run)."""
+    from test_scale import planned_jobs
+
+    overlay = tmp_path / "gaussians.yaml"
+    overlay.write_text("stage2:\n  head: gaussians\n  gaussians:\n    count: 1000\n")
+    proc = snakemake(demo, "results/demo/video.mp4", "--cores", "2", "-n", "--configfile", TINY, str(overlay))
+    assert planned_jobs(proc.stdout + proc.stderr) == {"train_head": 1, "render_video": 1}
+
+
 def test_demo_evaluation_and_report(demo):
     """The demo's own video.mp4 evaluated by the evaluate rule, the benchmark table, then `snakemake --report`
     with every evaluation plot (nothing upstream re-runs)."""

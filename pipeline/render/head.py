@@ -9,7 +9,11 @@ intrinsics are given at the crop size and rescaled; the rays of all B frames are
 at a time) and returns the *premultiplied* colour (over black)
 ``[B, 3, S, S]`` and the accumulated opacity ``[B, 1, S, S]``: the head layer of pipeline.render.compositing.
 
-``load_head(stage2_dir)`` reads the trained head (``stage2/head.json`` + weights-only ``stage2/head.pt``);
+``GaussianHeadView`` has the same ``render`` for the Gaussian head (``stage2.head: gaussians``): the B frames'
+Gaussians deformed together, each rasterised by gsplat on CUDA or the torch reference (small sizes).
+
+``load_head(stage2_dir)`` reads the trained head (``stage2/head.json`` + weights-only ``stage2/head.pt``), NeRF or
+Gaussians as head.json's ``model_config.head`` says;
 ``untrained_head(...)`` builds the same kind of field with random weights (tests of the render path
 where no trained head exists; the output then says ``head: untrained``).
 Importable with torch, numpy, pandas, pyarrow and opencv alone.
@@ -28,6 +32,8 @@ from pipeline.core.config import Stage2ModelConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import RELATIVE, Stage2Files
 from pipeline.stage2.data import HeadSpace
+from pipeline.stage2.gaussians.backend import rasterizer
+from pipeline.stage2.gaussians.model import GaussianHead, intrinsics, viewmats_from_c2w
 from pipeline.stage2.nerf import LandmarkField, OccupancyGrid, VolumeRenderer, camera_rays, pixel_centers
 
 
@@ -52,6 +58,10 @@ class Head:
     @property
     def uses_audio(self) -> bool:
         return self.field.audio_att is not None
+
+    @property
+    def num_samples(self) -> int:
+        return self.renderer.num_samples
 
     def to(self, device: torch.device | str) -> "Head":
         self.field.to(device)
@@ -99,6 +109,50 @@ class Head:
         return pre.clamp(0, 1), alpha.clamp(0, 1)
 
 
+class GaussianHeadView:
+    """The Gaussian head with :class:`Head`'s interface (``render``, ``to``, ``with_samples``, ...)."""
+
+    num_samples = 0     # no ray samples (video.json's num_samples)
+
+    def __init__(self, head: GaussianHead, space: HeadSpace, source: str):
+        self.head, self.space, self.source = head.eval(), space, source
+        self.rasterize, self.rasterizer = None, ""
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.means.device
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.head.uses_audio
+
+    def to(self, device: torch.device | str) -> "GaussianHeadView":
+        self.head.to(device)
+        self.rasterize = None
+        return self
+
+    def with_samples(self, num_samples: int, early_stop_eps: float | None = None) -> "GaussianHeadView":
+        return self     # marching settings: nothing to set for splatting
+
+    @torch.no_grad()
+    def render(self, c2w: np.ndarray, landmarks: np.ndarray, audio: np.ndarray | None, au45: np.ndarray,
+               focal: float, cx: float, cy: float, crop_size: int, size: int,
+               ray_chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        if self.rasterize is None:
+            self.rasterize, self.rasterizer = rasterizer(self.head.cfg.gaussians.backend, dev, size)
+        k = size / crop_size
+        lm = torch.from_numpy(self.space.points(landmarks)).to(dev)
+        aud = torch.tensor(np.asarray(audio), dtype=torch.float32, device=dev) if self.uses_audio else None
+        gs = self.head.deform(lm, aud, torch.tensor(np.asarray(au45), dtype=torch.float32, device=dev))
+        views = viewmats_from_c2w(torch.from_numpy(self.space.c2w(c2w)).to(dev))
+        pre, alpha = self.head.render(gs, views, intrinsics(focal * k, cx * k, cy * k, dev), size, self.rasterize)
+        return pre.clamp(0, 1), alpha.clamp(0, 1)
+
+
+AnyHead = Head | GaussianHeadView
+
+
 def untrained_head(cfg: Stage2ModelConfig, landmarks_cm: np.ndarray, audio_in_dim: int | None,
                    seed: int = 0) -> Head:
     """A head field with random weights (render-path tests only), its space fitted to the landmarks."""
@@ -116,8 +170,39 @@ def untrained_head(cfg: Stage2ModelConfig, landmarks_cm: np.ndarray, audio_in_di
 LEGACY_MODEL_KEYS = {"eye_region": 0.0, "landmark_motion": "all"}
 
 
-def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Head:
-    """The trained head of ``stage2_dir``: head.json (STAGE2_HEAD) + head.pt (LandmarkField state dict).
+def _space(meta: dict, path: Path) -> HeadSpace:
+    hs = meta["head_space"]
+    try:
+        return HeadSpace(tuple(float(v) for v in hs["center_cm"]), float(hs["scale_per_cm"]),
+                         float(hs["radius_cm"]), float(hs["bound"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HeadError(path, f"head_space malformed ({exc})") from exc
+
+
+def _load_weights(module: torch.nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError) as exc:
+        raise HeadError(path, f"cannot load the head weights ({exc})") from exc
+
+
+def load_gaussian_head(files: Stage2Files, meta: dict, cfg: Stage2ModelConfig,
+                       device: torch.device | str) -> GaussianHeadView:
+    """The Gaussian head: its size (Gaussians, rest landmarks) comes from the weights themselves."""
+    try:
+        weights = torch.load(files.head, map_location="cpu", weights_only=True)
+        n = int(weights["means"].shape[0])
+    except (RuntimeError, OSError, KeyError) as exc:
+        raise HeadError(files.head, f"cannot load the Gaussian head's weights ({exc})") from exc
+    rest = torch.zeros(478, 3)
+    head = GaussianHead(cfg, n, rest, meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
+    _load_weights(head, files.head)
+    return GaussianHeadView(head, _space(meta, files.head_meta), str(RELATIVE.stage2.head)).to(device)
+
+
+def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> AnyHead:
+    """The trained head of ``stage2_dir``: head.json (STAGE2_HEAD) + head.pt (LandmarkField or GaussianHead state
+    dict).
 
     The occupancy grid comes from ``occupancy.npz`` (STAGE2_OCCUPANCY) when it is there (empty-space
     skipping); without it every sample is evaluated, which gives the same image, only slower."""
@@ -126,11 +211,10 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
     # heads trained before a key existed behave as without it (e.g. AU45 everywhere, not only around the eyes)
     cfg = from_mapping(Stage2ModelConfig, {**LEGACY_MODEL_KEYS, **meta["model_config"]},
                        f"{files.head_meta}: model_config")
+    if cfg.head == "gaussians":
+        return load_gaussian_head(files, meta, cfg, device)
     field = LandmarkField(cfg, audio_in_dim=meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
-    try:
-        field.load_state_dict(torch.load(files.head, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError) as exc:
-        raise HeadError(files.head, f"cannot load the head weights ({exc})") from exc
+    _load_weights(field, files.head)
     occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
     occ_path = files.occupancy
     if occ_path.is_file():
@@ -141,12 +225,7 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Hea
         occ.binary.copy_(torch.from_numpy(grid["binary"]))
         occ.density.copy_(torch.from_numpy(grid["density"]))
         occ.n_updates.fill_(1)
-    hs = meta["head_space"]
-    try:
-        space = HeadSpace(tuple(float(v) for v in hs["center_cm"]), float(hs["scale_per_cm"]),
-                          float(hs["radius_cm"]), float(hs["bound"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise HeadError(files.head_meta, f"head_space malformed ({exc})") from exc
+    space = _space(meta, files.head_meta)
     renderer = VolumeRenderer(field.aabb, cfg.num_samples, occ, cfg.early_stop_eps,
                               samples_per_ray=cfg.samples_per_ray)
     return Head(field, renderer, space, str(RELATIVE.stage2.head)).to(device)

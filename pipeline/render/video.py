@@ -43,7 +43,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.layout import SELF_AUDIO, SubjectLayout, render_stats
 from pipeline.core.progress import progress
 from pipeline.render import compositing, motion
-from pipeline.render.head import Head, load_head
+from pipeline.render.head import AnyHead, load_head
 from pipeline.render.replay import ReplayTorso
 from pipeline.torso.model import Torso, read_poses
 from pipeline.torso.model import load as load_torso
@@ -164,7 +164,7 @@ def background_tensor(scene: Scene, size: int, device: torch.device) -> torch.Te
     return torch.from_numpy(bg).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
-def synthesize(head: Head, torso: Torso, scene: Scene, drive: Drive, cfg: RenderConfig,
+def synthesize(head: AnyHead, torso: Torso, scene: Scene, drive: Drive, cfg: RenderConfig,
                stats: dict, replay: ReplayTorso | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` (frames_per_sec, seam_jump, peak_gpu_mib,
     peak_host_rss_mib) at the end. With ``replay``, the recorded torso of ``drive.source_frames`` lies over
@@ -242,7 +242,7 @@ def mux(frames_npz: Path | str, audio: Path | str, out: Path | str, crf: int = 1
 
 
 def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, start: float, cfg: RenderConfig,
-            head: Head | None) -> dict:
+            head: AnyHead | None) -> dict:
     device = resolve_device(cfg.device, "render.device")
     prev = torch.get_num_threads()
     torch.set_num_threads(max(1, cfg.threads))
@@ -255,7 +255,7 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
         n = len(drive)
         stats = {"n_frames": n, "fps": FPS, "size": size, "audio": str(audio), "audio_start_sec": start,
                  "audio_end_sec": start + n / FPS, "head": head.source, "compositing": cfg.compositing,
-                 "num_samples": head.renderer.num_samples, "device": str(device), "config": asdict(cfg)}
+                 "num_samples": head.num_samples, "device": str(device), "config": asdict(cfg)}
         prov = Provenance("unknown", config_hash(cfg))
         replayed = cfg.drive_torso == "replay" and drive.source_frames is not None
         stats["torso"] = "replay" if replayed else "model"
@@ -272,7 +272,7 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
 
 
 def run_video(subject_dir: Path | str, out: Path | str, cfg: RenderConfig = RenderConfig(),
-              head: Head | None = None) -> dict:
+              head: AnyHead | None = None) -> dict:
     """Test split re-synthesised from its own audio -> ``out`` (.mp4, or .npz for ``mux``) + ``<out>.json``."""
     root = Path(subject_dir)
     scene = load_scene(root)
@@ -281,7 +281,7 @@ def run_video(subject_dir: Path | str, out: Path | str, cfg: RenderConfig = Rend
 
 
 def run_drive(subject_dir: Path | str, clip: str, wav: Path | str, out: Path | str,
-              cfg: RenderConfig = RenderConfig(), head: Head | None = None) -> dict:
+              cfg: RenderConfig = RenderConfig(), head: AnyHead | None = None) -> dict:
     """Driving clip ``clip`` (features/predictions already under the subject) -> ``out`` + ``<out>.json``."""
     root = Path(subject_dir)
     scene = load_scene(root)

@@ -1,6 +1,6 @@
-"""Test-split evaluation of the head NeRF: head-mask PSNR/SSIM, the background-plate baseline, a PNG strip.
+"""Test-split evaluation of a stage-2 head: head-mask PSNR/SSIM, the background-plate baseline, a PNG strip.
 
-For each evaluated test frame the head field (conditioned on the frame's tracked landmarks, audio and AU45) is
+For each evaluated test frame the head (conditioned on the frame's tracked landmarks, audio and AU45) is
 rendered over the background plate on the frame's sampling region (head mask dilated by ``head_margin``); the
 rest of the image is the plate (the torso model's part is not this stage's). PSNR and SSIM
 (:mod:`pipeline.core.metrics`) are taken over the head mask (labels 3-7) of the ground truth. The baseline is the
@@ -10,6 +10,7 @@ plate alone over the same pixels: what the head model has to beat.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -47,26 +48,24 @@ def render_frame(field, renderer, data: SubjectData, f: int, margin_px: int, ray
     return img
 
 
-def evaluate(field, renderer, data: SubjectData, frames: np.ndarray, margin_px: int,
+def evaluate(render: Callable[[int], np.ndarray], data: SubjectData, frames: np.ndarray,
              keep: int = 0) -> tuple[dict, list[tuple[np.ndarray, np.ndarray]]]:
-    """Metrics over ``frames`` (per-frame PSNR / SSIM over the head mask, averaged), and up to ``keep``
-    (ground truth, render) pairs, evenly spaced, for the strip."""
-    was_training = field.training
-    field.eval()
+    """Metrics over ``frames`` (per-frame PSNR / SSIM over the head mask, averaged) of ``render(f)`` (uint8
+    ``[S, S, 3]``, the head over the plate: :func:`render_frame` for the NeRF, the Gaussian head's own), and up
+    to ``keep`` (ground truth, render) pairs, evenly spaced, for the strip."""
     psnrs, base, ssims = [], [], []
     keep_at = set(eval_frames(frames, keep).tolist()) if keep else set()
     pairs = []
     for f in frames.tolist():
         gt = np.asarray(data.frames[f])
         mask = data.head_mask(f)
-        img = render_frame(field, renderer, data, f, margin_px)
+        img = render(f)
         if mask.any():
             psnrs.append(psnr(img, gt, mask))
             base.append(psnr(data.plate, gt, mask))
             ssims.append(ssim(img, gt, mask))
         if f in keep_at:
             pairs.append((gt, img))
-    field.train(was_training)
     mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
     return {"test_frames": len(frames), "psnr_head": mean(psnrs), "ssim_head": mean(ssims),
             "psnr_head_baseline": mean(base)}, pairs

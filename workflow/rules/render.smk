@@ -6,7 +6,7 @@
 
 
 RENDER_CODE = code("render/__main__", "render/video", "render/compositing", "render/motion", "render/head",
-                   "render/replay", "torso/model", "core/media", "stage2/data") + NERF_CODE
+                   "render/replay", "torso/model", "core/media", "stage2/data") + HEAD_CODE
 
 RENDER_SUBJECT_INPUTS = dict(
     head=S.stage2.head_meta,

@@ -1,4 +1,5 @@
-# Stage 2: the landmark-conditioned head NeRF (pipeline/stage2/, the head in pipeline/stage2/nerf/; docs/stage2.md).
+# Stage 2: the landmark-conditioned head (pipeline/stage2/; docs/stage2.md): the NeRF (pipeline/stage2/nerf/) or,
+# with stage2.head: gaussians, the Gaussian-splatting head (pipeline/stage2/gaussians/; docs/gaussians.md).
 # cache_frames runs on the CPU side (ffmpeg); train_head needs only torch, numpy, pandas, pyarrow, opencv
 # and re-running it resumes from results/{subject}/stage2/checkpoint.pt.
 
@@ -7,8 +8,15 @@ NERF_CODE = code("stage2/nerf/hash_grid", "stage2/nerf/encoding", "stage2/nerf/f
                  "stage2/nerf/renderer", "stage2/nerf/kernels/hash_grid_triton",
                  "stage2/nerf/kernels/hash_grid_triton_kernels", "stage2/nerf/kernels/hash_grid_tcnn",
                  "stage2/nerf/kernels/landmark_triton", "stage2/nerf/kernels/landmark_triton_kernels")
-STAGE2_CODE = NERF_CODE + code("stage2/data", "stage2/sampling", "stage2/losses", "stage2/checkpoint",
-                               "stage2/evaluate", "stage2/train")
+# the Gaussian-splatting head (stage2.head: gaussians), its rasteriser's torch reference included
+GAUSSIAN_CODE = code("stage2/gaussians/projection", "stage2/gaussians/rasterize", "stage2/gaussians/backend",
+                     "stage2/gaussians/model", "stage2/gaussians/init", "stage2/gaussians/trainer",
+                     "stage2/nerf/field", "stage2/nerf/occupancy", "stage2/nerf/kernels/landmark_triton",
+                     "stage2/nerf/kernels/landmark_triton_kernels")
+# only the configured head's code is an input: editing the other head's re-runs nothing
+HEAD_CODE = GAUSSIAN_CODE if config.get("stage2", {}).get("head", "nerf") == "gaussians" else NERF_CODE
+STAGE2_CODE = HEAD_CODE + code("stage2/data", "stage2/sampling", "stage2/losses", "stage2/checkpoint",
+                               "stage2/evaluate", "stage2/loop", "stage2/train")
 
 
 rule cache_frames:
@@ -40,7 +48,7 @@ rule cache_frames:
 
 
 rule train_head:
-    """Head NeRF of one subject: checkpoints + resume, test-split head PSNR/SSIM vs the background plate."""
+    """Head (NeRF or Gaussians) of one subject: checkpoints + resume, test-split head PSNR/SSIM vs the plate."""
     input:
         frames=S.stage2.frames,
         labels=S.stage2.labels,

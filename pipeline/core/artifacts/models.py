@@ -18,8 +18,10 @@ STAGE2_CACHE = JsonSpec(
               "crop_size": int,                       # crop/video.mp4 side the cache was resized from
               "video_sha256": str, "labels_sha256": str},
 )
-# stage2/head.pt: torch state dict of pipeline.stage2.nerf.field.LandmarkField (weights only, loads with
-# torch.load(weights_only=True)), head-space normalised coordinates.
+# stage2/head.pt: torch state dict (weights only, loads with torch.load(weights_only=True)), head-space normalised
+# coordinates, of pipeline.stage2.nerf.field.LandmarkField (stage2.head nerf) or of
+# pipeline.stage2.gaussians.model.GaussianHead (gaussians; head.json's model_config.head says which).
+# stage2/occupancy.npz: the NeRF's occupancy grid, or the summed opacity of the Gaussians' means per cell.
 STAGE2_HEAD = JsonSpec(
     str(R.stage2.head_meta),
     required={
@@ -33,17 +35,18 @@ STAGE2_HEAD = JsonSpec(
         "steps": int,
     },
 )
-# stage2/checkpoint.pt (torch.load(weights_only=True)): {"step", "model", "optimizer", "scheduler", "occupancy",
-# "appearance" [N, appearance_dim] (empty when 0), "error_maps" [N, G, G], "rng_torch", "rng_cuda", "rng_sampler"
-# (the training device's torch.Generator state), "rng_numpy" (PCG64 state as int64 words), "curve" [K, 5],
-# "eval_curve" [K, 4], "wall_seconds", "config_hash"} - written atomically every
+# stage2/checkpoint.pt (torch.load(weights_only=True)): {"step", "model", "optimizer", "scheduler", NeRF only:
+# "occupancy", "appearance" [N, appearance_dim] (empty when 0), "error_maps" [N, G, G]; "rng_torch", "rng_cuda",
+# "rng_sampler" (the training device's torch.Generator state), "rng_numpy" (PCG64 state as int64 words), "curve" [K, 5]
+# (pipeline.stage2.loop), "eval_curve" [K, 4], "wall_seconds", "config_hash"} - written atomically every
 # stage2.checkpoint_every steps and on SIGTERM; deleted-never (a re-run resumes from it).
 STAGE2_METRICS = JsonSpec(
     str(R.stage2.metrics),
     required={
         "steps": int, "train_seconds": (int, float), "steps_per_sec": (int, float), "device": str,
         "resumed_from": (int, type(None)),   # step of the checkpoint this run resumed from (None: fresh)
-        "curve": list,                   # [{"step", "loss", "psnr", "seconds", "samples_per_ray"}] train batches
+        "curve": list,                   # [{"step", "loss", "psnr", "seconds", + "samples_per_ray" (NeRF) or
+                                         #   "visible" (Gaussians: share of them in the image)}] train batches
         "eval_curve": list,              # [{"step", "seconds", "psnr_head", "ssim_head"}] test split during training
         "test_frames": int,
         "psnr_head": float, "ssim_head": float,   # test split, over the head mask (labels 3-7), render over the plate
@@ -55,6 +58,9 @@ STAGE2_METRICS = JsonSpec(
         "generalisation_gap_db": float,  # psnr_head_train - psnr_head
         "peak_gpu_mib": (float, type(None)),  # torch.cuda.max_memory_allocated of the training loop (None off CUDA)
         "peak_host_rss_mib": float,      # the process's maximum resident set size (frames are memory-mapped)
+        "head": str,                     # stage2.head: "nerf" | "gaussians"
+        "gaussians": int,                # the Gaussian head's number of Gaussians
+        "rasterizer": str,               # the Gaussian head's rasteriser: "gsplat" | "torch" (the reference)
     },
 )
 
@@ -124,7 +130,7 @@ RENDER_STATS = JsonSpec(
         "audio_start_sec": (int, float), "audio_end_sec": (int, float),
         "head": str,                     # "stage2/head.pt" or "untrained" (random weights: tests only)
         "compositing": str,              # "soft" | "hard"
-        "num_samples": int,              # head samples per ray
+        "num_samples": int,              # head samples per ray (0: the Gaussian head)
         "frames_per_sec": (int, float),  # synthesis speed (head + torso + compositing), wall clock
         "device": str,
         "seam_jump": (float, type(None)),  # mean colour step (0-1) across the neck seam band; None: no seam seen

@@ -10,13 +10,13 @@ The mechanism is in ``base.py``, the stage configs in ``preprocess.py`` (ingest 
 """
 
 from pipeline.core.config.base import ConfigError, from_mapping
-from pipeline.core.config.models import (EvaluateConfig, ExportConfig, RenderConfig, Stage2ModelConfig, Stage2TrainConfig,
-                                         TorsoConfig, stage2_configs)
+from pipeline.core.config.models import (EvaluateConfig, ExportConfig, GaussianConfig, RenderConfig,
+                                         Stage2ModelConfig, Stage2TrainConfig, TorsoConfig, stage2_configs)
 from pipeline.core.config.preprocess import (X264_PRESETS, ActionUnitsConfig, AudioConfig, CropConfig, IngestConfig,
                                              LandmarksConfig, ParsingConfig, Stage1Config, SyncConfig,
                                              TrackingConfig)
 
-__all__ = ["ConfigError", "from_mapping", "EvaluateConfig", "ExportConfig", "RenderConfig", "Stage2ModelConfig",
-           "Stage2TrainConfig", "TorsoConfig", "stage2_configs", "X264_PRESETS", "ActionUnitsConfig", "AudioConfig",
+__all__ = ["ConfigError", "from_mapping", "EvaluateConfig", "ExportConfig", "GaussianConfig", "RenderConfig",
+           "Stage2ModelConfig", "Stage2TrainConfig", "TorsoConfig", "stage2_configs", "X264_PRESETS", "ActionUnitsConfig", "AudioConfig",
            "CropConfig", "IngestConfig", "LandmarksConfig", "ParsingConfig", "Stage1Config", "SyncConfig",
            "TrackingConfig"]

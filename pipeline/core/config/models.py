@@ -14,9 +14,44 @@ from pipeline.core.config.base import ConfigError, from_mapping
 
 
 @dataclass(frozen=True)
-class Stage2ModelConfig:
-    """stage2: the landmark-conditioned head field and its renderer (pipeline/stage2/nerf/, docs/stage2.md)."""
+class GaussianConfig:
+    """stage2.gaussians: the Gaussian-splatting head (``stage2.head: gaussians``; pipeline/stage2/gaussians/,
+    docs/gaussians.md). Learning rates of the Gaussians' own parameters are per head-space unit (bound 1)."""
 
+    count: int = 100_000            # Gaussians placed in the head's visual hull at the start
+    feature_dim: int = 16           # learnt feature per Gaussian, the deformation network's static input
+    hidden_dim: int = 64            # deformation network (landmarks, audio, AU45 -> offsets of each Gaussian)
+    num_layers: int = 2
+    skin_k: int = 4                 # nearest landmarks whose motion a Gaussian follows (linear blend skinning)
+    init_opacity: float = 0.1
+    lr_means: float = 1.6e-4        # decayed to x lr_final_factor, as the other rates
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_opacities: float = 5e-2
+    lr_colors: float = 2.5e-3
+    lr_features: float = 2.5e-3
+    dssim_weight: float = 0.2       # 1 - SSIM of the head region's box, beside (1 - this) x L1
+    backend: str = "auto"           # "auto" (gsplat on CUDA, else the torch reference) | "gsplat" | "torch"
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "gsplat", "torch"):
+            raise ConfigError(f"stage2.gaussians.backend: {self.backend!r} is not one of auto, gsplat, torch")
+        for key in ("count", "feature_dim", "hidden_dim", "num_layers", "skin_k"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"stage2.gaussians.{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 < self.init_opacity < 1 or not 0 <= self.dssim_weight <= 1:
+            raise ConfigError("stage2.gaussians: init_opacity in (0, 1), dssim_weight in [0, 1]")
+        if min(self.lr_means, self.lr_scales, self.lr_quats, self.lr_opacities, self.lr_colors, self.lr_features) <= 0:
+            raise ConfigError("stage2.gaussians: learning rates must be > 0")
+
+
+@dataclass(frozen=True)
+class Stage2ModelConfig:
+    """stage2: the landmark-conditioned head (``head: nerf``, pipeline/stage2/nerf/, docs/stage2.md, or
+    ``head: gaussians``, pipeline/stage2/gaussians/, docs/gaussians.md). The conditioning keys serve both."""
+
+    head: str = "nerf"              # "nerf" (hash-grid NeRF) | "gaussians" (3D Gaussian splatting, stage2.gaussians)
+    gaussians: GaussianConfig = GaussianConfig()
     # hash grid
     grid: str = "3d"                # "3d" (one 3D hash grid) | "triplane" (three 2D grids, ER-NeRF)
     triplane_reduce: str = "concat" # tri-plane features: "concat" | "sum"
@@ -60,7 +95,9 @@ class Stage2ModelConfig:
     samples_per_ray: int = 0        # > 0: the first k occupied candidates of each ray, fixed [R, k] (no packing)
 
     def __post_init__(self) -> None:
-        choices = {"grid": ("3d", "triplane"), "triplane_reduce": ("concat", "sum"),
+        if isinstance(self.gaussians, Mapping):     # from config.yaml / head.json
+            object.__setattr__(self, "gaussians", from_mapping(GaussianConfig, self.gaussians, "stage2.gaussians"))
+        choices = {"head": ("nerf", "gaussians"), "grid": ("3d", "triplane"), "triplane_reduce": ("concat", "sum"),
                    "backend": ("auto", "torch", "triton", "tcnn"), "density_activation": ("trunc_exp", "softplus"),
                    "landmark_subset": ("lips_eyes_jaw_nose", "lips_eyes", "lips"), "landmark_motion": ("mouth", "all")}
         for key, allowed in choices.items():

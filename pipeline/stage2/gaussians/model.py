@@ -1,0 +1,170 @@
+"""The Gaussian-splatting head: canonical 3D Gaussians moved per frame by landmarks, audio and AU45.
+
+Space and cameras are the NeRF head's (``pipeline.stage2.data``): normalised head space, one camera-to-head
+transform per frame (OpenGL axes, as ``camera_rays``), pinhole intrinsics of the crop.
+
+Canonical Gaussians (parameters, ``N`` of them): ``means [N, 3]``, ``log_scales [N, 3]``, ``quats [N, 4]``
+(w, x, y, z), ``opacity_logits [N]``, ``color_logits [N, 3]`` (view-independent RGB, sigmoid) and a learnt
+``features [N, F]``. Per frame ``b`` (:meth:`GaussianHead.deform`):
+
+1. **Skinning** to the landmarks (rigged, as GaussianAvatars binds to a mesh): each Gaussian follows the motion of
+   its ``skin_k`` nearest rest landmarks (the train-split mean shape of the field's landmark subset),
+   ``s_i = sum_k w_ik (l_b,k - rest_k) / max(1, sum_k w_ik)``, ``w = exp(-|mean_i - rest_k|^2 / 2 sigma^2)``
+   (``sigma = landmark_sigma``): the lips open the mouth's Gaussians at once, far Gaussians (hair) barely move.
+2. **Deformation network** (TalkingGaussian's idea, GtsTalkNeRF's conditioning): an MLP on
+   ``[features, mean, GaussianLandmarkEncoding(mean + s, frame landmarks), gated audio code, gated AU45]``
+   gives offsets of position, log-scale, rotation, opacity and colour (last layer zero-initialised, so training
+   starts from the skinned Gaussians). Audio and AU45 are gated per Gaussian by its features as the NeRF gates
+   them by its hash features; AU45 also by a Gaussian window around each eye (``eye_region``).
+
+:meth:`GaussianHead.render` rasterises each frame (gsplat or the torch reference, ``backend.rasterizer``) and
+returns the premultiplied colour over black and the alpha, like the NeRF head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pipeline.core.config import Stage2ModelConfig
+from pipeline.stage2.nerf.field import (LANDMARK_SUBSETS, LEFT_EYE, RIGHT_EYE, AudioAttention,
+                                        GaussianLandmarkEncoding, eye_regions, mlp)
+
+N_OUT = 3 + 3 + 4 + 1 + 3        # offsets: position, log-scale, quaternion, opacity logit, colour logit
+
+
+def viewmats_from_c2w(c2w: torch.Tensor) -> torch.Tensor:
+    """World-to-camera matrices in OpenCV axes (x right, y down, z forward) from camera-to-head ``[B, 4, 4]``
+    in the NeRF's OpenGL axes (y up, z backward)."""
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=c2w.dtype, device=c2w.device))
+    return torch.linalg.inv(c2w @ flip)
+
+
+def intrinsics(focal: float, cx: float, cy: float, device: torch.device | str) -> torch.Tensor:
+    return torch.tensor([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]], device=device)
+
+
+def nearest(x: torch.Tensor, points: torch.Tensor, k: int, chunk: int = 1 << 14) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances and indices ``[N, k]`` of the ``k`` nearest ``points [M, 3]`` to each ``x [N, 3]``."""
+    k = min(k, points.shape[0])
+    dist, idx = [], []
+    for s in range(0, x.shape[0], chunk):
+        d = torch.cdist(x[s:s + chunk], points, compute_mode="donot_use_mm_for_euclid_dist")
+        v, i = d.topk(k, dim=1, largest=False)
+        dist.append(v)
+        idx.append(i)
+    return torch.cat(dist), torch.cat(idx)
+
+
+class GaussianHead(nn.Module):
+    def __init__(self, cfg: Stage2ModelConfig, n: int, rest_landmarks: torch.Tensor, audio_in_dim: int | None):
+        """``n`` Gaussians (placed later: :func:`pipeline.stage2.gaussians.init.place` or a state dict),
+        ``rest_landmarks [478, 3]`` the head-space rest shape (the train-split mean)."""
+        super().__init__()
+        g = cfg.gaussians
+        self.cfg = cfg
+        self.means = nn.Parameter(torch.zeros(n, 3))
+        self.log_scales = nn.Parameter(torch.full((n, 3), math.log(0.01)))
+        self.quats = nn.Parameter(torch.tensor([1.0, 0.0, 0.0, 0.0]).repeat(n, 1))
+        self.opacity_logits = nn.Parameter(torch.full((n,), math.log(g.init_opacity / (1 - g.init_opacity))))
+        self.color_logits = nn.Parameter(torch.zeros(n, 3))
+        self.features = nn.Parameter(torch.randn(n, g.feature_dim) * 0.1)
+        ids = LANDMARK_SUBSETS[cfg.landmark_subset]
+        self.register_buffer("landmark_ids", torch.tensor(ids, dtype=torch.int64))
+        self.register_buffer("rest", torch.as_tensor(rest_landmarks, dtype=torch.float32)[list(ids)].clone())
+        in_dim = g.feature_dim + 3
+        self.landmark_enc: GaussianLandmarkEncoding | None = None
+        if cfg.use_landmarks:
+            self.landmark_enc = GaussianLandmarkEncoding(len(ids), cfg.landmark_k, cfg.landmark_sigma,
+                                                         cfg.landmark_freqs, cfg.landmark_embed_dim,
+                                                         cfg.landmark_feat_dim,
+                                                         use_kernels=cfg.backend in ("auto", "triton"))
+            in_dim += self.landmark_enc.output_dim
+        self.audio_att: AudioAttention | None = None
+        if cfg.audio_dim > 0:
+            if not audio_in_dim:
+                raise ValueError("audio_dim > 0 needs audio_in_dim (the audio feature width D)")
+            self.audio_att = AudioAttention(audio_in_dim, cfg.audio_dim)
+            self.audio_gate = nn.Linear(g.feature_dim, cfg.audio_dim)
+            in_dim += cfg.audio_dim
+        if cfg.use_au45:
+            self.eye_gate = nn.Linear(g.feature_dim, 1)
+            in_dim += 1
+        self.deform_net = mlp(in_dim, g.hidden_dim, N_OUT, g.num_layers)
+        last = self.deform_net[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    @property
+    def n(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.audio_att is not None
+
+    def skinning(self, lm: torch.Tensor) -> torch.Tensor:
+        """``[B, N, 3]`` offsets of the Gaussians from the subset landmarks' motion ``lm [B, M, 3]`` (step 1)."""
+        k = self.cfg.gaussians.skin_k
+        with torch.no_grad():
+            dist, idx = nearest(self.means.detach(), self.rest, k)
+            w = torch.exp(-0.5 * (dist / self.cfg.landmark_sigma) ** 2)          # [N, k]
+            w = w / w.sum(1, keepdim=True).clamp_min(1.0)
+        motion = lm - self.rest                                                  # [B, M, 3]
+        return (motion[:, idx] * w[None, :, :, None]).sum(2)
+
+    def deform(self, landmarks: torch.Tensor | None, audio: torch.Tensor | None,
+               au45: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per-frame Gaussians of B frames: ``means [B, N, 3]``, ``quats [B, N, 4]``, ``scales [B, N, 3]``,
+        ``opacities [B, N]``, ``colors [B, N, 3]``. ``landmarks [B, 478, 3]`` head space, ``audio [B, W, D]``,
+        ``au45 [B]`` (0-5)."""
+        if landmarks is None or landmarks.ndim != 3 or landmarks.shape[1] <= int(self.landmark_ids.max()):
+            raise ValueError("the Gaussian head is landmark-driven: pass landmarks [B, 478, 3]")
+        dev = self.means.device
+        landmarks = landmarks.to(dev, torch.float32)
+        b, n = landmarks.shape[0], self.n
+        lm = landmarks[:, self.landmark_ids]
+        x = self.means[None] + self.skinning(lm)                                 # [B, N, 3]
+        feat = self.features[None].expand(b, -1, -1)
+        parts = [feat, self.means[None].expand(b, -1, -1)]
+        if self.landmark_enc is not None:
+            frame = torch.arange(b, device=dev).repeat_interleave(n)
+            parts.append(self.landmark_enc(x.reshape(-1, 3), frame, lm).view(b, n, -1))
+        if self.audio_att is not None:
+            if audio is None:
+                raise ValueError("this head is audio-conditioned: pass audio [B, W, D]")
+            audio = audio if audio.ndim == 3 else audio[:, None]
+            if audio.shape[1] != self.cfg.audio_window:
+                raise ValueError(f"audio window has {audio.shape[1]} steps; stage2.audio_window is "
+                                 f"{self.cfg.audio_window}")
+            code = self.audio_att(audio.to(dev, torch.float32))                 # [B, A]
+            parts.append(torch.sigmoid(self.audio_gate(self.features))[None] * code[:, None])
+        if self.cfg.use_au45:
+            if au45 is None:
+                raise ValueError("this head uses AU45: pass au45 [B]")
+            blink = (au45.to(dev, torch.float32) / 5.0).reshape(b, 1, 1).expand(b, n, 1)
+            if self.cfg.eye_region > 0 and landmarks.shape[1] > max(RIGHT_EYE + LEFT_EYE):
+                e = eye_regions(landmarks, self.cfg.eye_region).view(b, 1, 2, 4)
+                d2 = ((x[:, :, None, :] - e[..., :3]) ** 2).sum(-1) / (e[..., 3] ** 2)   # [B, N, 2]
+                blink = blink * torch.exp(-0.5 * d2).amax(-1, keepdim=True)
+            parts.append(torch.sigmoid(self.eye_gate(self.features))[None] * blink)
+        h = self.deform_net(torch.cat(parts, dim=-1))                             # [B, N, N_OUT]
+        return {"means": x + h[..., 0:3], "scales": torch.exp(self.log_scales[None] + h[..., 3:6]),
+                "quats": self.quats[None] + h[..., 6:10],
+                "opacities": torch.sigmoid(self.opacity_logits[None] + h[..., 10]),
+                "colors": torch.sigmoid(self.color_logits[None] + h[..., 11:14])}
+
+    def render(self, gs: dict[str, torch.Tensor], viewmats: torch.Tensor, K: torch.Tensor, size: int,
+               rasterize) -> tuple[torch.Tensor, torch.Tensor]:
+        """Premultiplied colour over black ``[B, 3, S, S]`` and alpha ``[B, 1, S, S]`` of the deformed Gaussians
+        ``gs`` (:meth:`deform`), seen by ``viewmats [B, 4, 4]`` (OpenCV, :func:`viewmats_from_c2w`) with
+        intrinsics ``K [3, 3]`` at ``size`` px; ``rasterize`` has gsplat's ``rasterization`` call."""
+        rgb, alpha = [], []
+        for i in range(viewmats.shape[0]):
+            c, a, _ = rasterize(gs["means"][i], gs["quats"][i], gs["scales"][i], gs["opacities"][i],
+                                gs["colors"][i], viewmats[i:i + 1], K[None], size, size)
+            rgb.append(c[0])
+            alpha.append(a[0])
+        return torch.stack(rgb).permute(0, 3, 1, 2), torch.stack(alpha).permute(0, 3, 1, 2)
