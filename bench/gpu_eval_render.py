@@ -115,7 +115,8 @@ def head_fps(subject_dir: Path, n: int, device: str) -> dict:
     sync()
     sec = time.perf_counter() - t0
     return {"frames": n, "size": scene.crop_size, "seconds": round(sec, 3), "frames_per_sec": round(n / sec, 2),
-            "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
+            "num_samples": head.num_samples,
+            "early_stop_eps": head.renderer.early_stop_eps if hasattr(head, "renderer") else None,
             "batch_frames": b, "ray_chunk": cfg.ray_chunk or "auto"}
 
 

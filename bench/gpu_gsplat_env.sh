@@ -1,9 +1,10 @@
 # Source on the GPU machine: puts gsplat 1.5.3 with its CUDA code already compiled on PYTHONPATH.
 #
-#   source bench/gpu_gsplat_env.sh            # in the repository root; sets PYTHONPATH, GSPLAT_STATUS
+#   source bench/gpu_gsplat_env.sh            # from anywhere; sets PYTHONPATH (repo + gsplat), GSPLAT_STATUS
 #
 # The GPU machine has no network and no pip index, and gsplat from PyPI compiles its CUDA code the first time it
 # is imported (77 s on an H200). So:
+# * /tmp/gsplat_pkg already holds the compiled package (an earlier source in this machine's life): use it;
 # * .carry/gsplat_sm90.tar.xz there (a package built by an earlier call): unpack it to /tmp/gsplat_pkg, done;
 # * otherwise install the wheels of .carry/wheels (gsplat 1.5.3 and its pure-Python dependencies, fetched on the
 #   CPU machine with `pip download`) into /tmp/gsplat_pkg, compile gsplat's CUDA sources once for
@@ -12,15 +13,17 @@
 #   on the CPU machine and carry it next time.
 # Flags are gsplat's own (_backend.py): -O3, --use_fast_math, its include and glm directories.
 _gs_dest=/tmp/gsplat_pkg
-_gs_repo=$(pwd)
-if [[ -f .carry/gsplat_sm90.tar.xz ]]; then
-    mkdir -p "$_gs_dest" && tar -xJf .carry/gsplat_sm90.tar.xz -C "$_gs_dest" \
+_gs_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if compgen -G "$_gs_dest/gsplat/csrc*.so" > /dev/null; then
+    GSPLAT_STATUS="already in $_gs_dest"
+elif [[ -f $_gs_repo/.carry/gsplat_sm90.tar.xz ]]; then
+    mkdir -p "$_gs_dest" && tar -xJf "$_gs_repo/.carry/gsplat_sm90.tar.xz" -C "$_gs_dest" \
         || { echo "gsplat: unpacking .carry/gsplat_sm90.tar.xz failed" >&2; return 1; }
     GSPLAT_STATUS="prebuilt (.carry/gsplat_sm90.tar.xz)"
 else
     _gs_t0=$(date +%s)
     # one pip call: a second --target install into the same folder skips (with a warning) what is already there
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --find-links .carry/wheels \
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --find-links "$_gs_repo/.carry/wheels" \
         --target "$_gs_dest" gsplat==1.5.3 jaxtyping wadler_lindig rich markdown-it-py mdurl pygments \
         || { echo "gsplat: pip install from .carry/wheels failed" >&2; return 1; }
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} python3 - "$_gs_dest" <<'PY' \
@@ -41,7 +44,8 @@ print(f"gsplat: compiled {len(sources)} sources into {os.path.join(pkg, so[0])}"
 PY
     GSPLAT_STATUS="built here in $(( $(date +%s) - _gs_t0 )) s"
     if [[ -n ${OUT:-} ]]; then
-        tar -I "xz -T0" --exclude=third_party -cf "$OUT/gsplat_sm90.tar.xz" -C "$_gs_dest" . && GSPLAT_STATUS="$GSPLAT_STATUS, packed to \$OUT"
+        tar -I "xz -T0" --exclude=third_party -cf "$OUT/gsplat_sm90.tar.xz" -C "$_gs_dest" . \
+            && GSPLAT_STATUS="$GSPLAT_STATUS, packed to \$OUT"
     fi
 fi
 export PYTHONPATH="$_gs_repo:$_gs_dest${PYTHONPATH:+:$PYTHONPATH}"

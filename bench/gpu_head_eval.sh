@@ -23,6 +23,9 @@ py=${PYTHON:-python3}
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 log="$out/steps.log"
+if [[ $extra == *gaussians* ]]; then     # gsplat for training and rendering the Gaussian head (docs/gaussians.md)
+    source "$repo/bench/gpu_gsplat_env.sh" >> "$log" 2>&1
+fi
 if [[ ! -f "$s/stage2/cache.json" ]]; then
     "$py" -m pipeline.stage2.cache --video "$s/crop/video.mp4" --labels "$s/parsing/labels.npz" \
         --outdir "$s/stage2" --config '{"image_size": 0}' >> "$log" 2>&1

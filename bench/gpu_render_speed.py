@@ -85,6 +85,16 @@ def synthesis_parts(head: Head, torso: Torso, scene: Scene, drive: Drive, n: int
     return {k: round(v / n * 1000, 2) for k, v in parts.items()} | {"unit": "ms per frame"}
 
 
+
+def set_march(head, window: int, chunk: int) -> None:
+    """The NeRF's marching settings (the Gaussian head has none: its rows then differ only in batch size)."""
+    if hasattr(head, "renderer"):
+        head.renderer.march_window, head.renderer.chunk = window, chunk
+
+
+def march_eps(head) -> float | None:
+    return head.renderer.early_stop_eps if hasattr(head, "renderer") else None
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subject-dir", required=True, type=Path)
@@ -103,7 +113,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     rows, ref = [], None
     for batch, ray_chunk, window, chunk in SETTINGS:
-        head.renderer.march_window, head.renderer.chunk = window, chunk
+        set_march(head, window, chunk)
         render_all(head, scene, drive, min(batch, n), size, batch, ray_chunk)   # warm-up (kernels, allocator)
         if dev == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -122,7 +132,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     best = max(rows, key=lambda r: r["frames_per_sec"])
-    head.renderer.march_window, head.renderer.chunk = best["march_window"], best["field_chunk"]
+    set_march(head, best["march_window"], best["field_chunk"])
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev == "cuda" else [])
     with torch.profiler.profile(activities=acts) as prof:
         render_all(head, scene, drive, min(4, n), size, best["batch_frames"], best["ray_chunk"])
@@ -132,11 +142,11 @@ def main() -> None:
     (args.out / "render_profile.txt").write_text(
         f"best setting {best}\n\n" + prof.key_averages().table(sort_by=sort, row_limit=40)
         + "\n\nby CPU time\n" + prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
-    result = {"size": size, "num_samples": head.renderer.num_samples, "early_stop_eps": head.renderer.early_stop_eps,
+    result = {"size": size, "num_samples": head.num_samples, "early_stop_eps": march_eps(head),
               "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
               "settings": rows, "best": best}
     if SubjectLayout(root).torso.meta.is_file():
-        head.renderer.march_window, head.renderer.chunk = 8, 1 << 18     # the render defaults again
+        set_march(head, 8, 1 << 18)     # the render defaults again
         torso = load_torso(SubjectLayout(root).torso.path, dev)
         rcfg = RenderConfig(size=size, device=dev)
         sub = Drive(drive.c2w[:n], drive.poses[:n], drive.landmarks[:n], drive.audio[:n], drive.au45[:n])

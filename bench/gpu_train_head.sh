@@ -9,7 +9,8 @@
 # `python -m pipeline.stage2.cache --video crop/video.mp4 --labels parsing/labels.npz --outdir stage2
 # --config '{"image_size": 0}'` on the CPU machine, crop.size 512), tracking/{transforms.json,canonical.npz},
 # parsing/background.png, audio/self.npz, aus/aus.parquet, ingest/meta.json. Needs python with torch, numpy,
-# pandas, pyarrow, opencv (tqdm optional; no ffmpeg). EXTRA_JSON overrides stage2 keys, e.g. '{"amp": true}'.
+# pandas, pyarrow, opencv (tqdm optional; no ffmpeg). EXTRA_JSON overrides stage2 keys, e.g. '{"amp": true}';
+# with '{"head": "gaussians"}' gsplat comes from bench/gpu_gsplat_env.sh (carry .carry/wheels or its package).
 # Env: PYTHON (default python), EVAL_EVERY (steps between test evaluations, default 2000).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
@@ -32,6 +33,9 @@ print(json.dumps(cfg))
 PY
 )
 echo "config: $cfg" | tee "$out_dir/bench.log"
+if [[ $cfg == *'"head": "gaussians"'* ]]; then      # the Gaussian head rasterises with gsplat (docs/gaussians.md)
+    source "$repo/bench/gpu_gsplat_env.sh" >> "$out_dir/bench.log" 2>&1
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$out_dir/bench.log" 2>/dev/null || true
 start=$(date +%s)
 PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pipeline.stage2.train --subject-dir "$subject_dir" \
