@@ -4,6 +4,7 @@ config, backend choice, training, the render path's view of the trained head, re
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 import signal
@@ -51,6 +52,45 @@ def test_backend_falls_back_with_one_warning_or_refuses_at_full_size(caplog):
             continue
         with pytest.raises(GaussianBackendError, match="pip install gsplat==1.5.3"):
             rasterizer(backend, "cpu", size)
+
+
+def test_density_control_clones_splits_prunes_and_carries_adam_state():
+    from pipeline.core.config import GaussianConfig, Stage2ModelConfig
+    from pipeline.stage2.gaussians.density import PER_GAUSSIAN, DensityControl
+    from pipeline.stage2.gaussians.model import GaussianHead
+
+    g = GaussianConfig(count=4, densify_grad=1.0, split_scale=0.05, prune_opacity=0.05, max_count=10)
+    head = GaussianHead(Stage2ModelConfig(gaussians=g, audio_dim=0), 4, torch.zeros(478, 3), None)
+    with torch.no_grad():
+        head.means.copy_(torch.arange(12.0).view(4, 3) / 10)
+        head.log_scales.copy_(torch.log(torch.tensor([[0.01] * 3, [0.2] * 3, [0.01] * 3, [0.01] * 3])))
+        head.opacity_logits.copy_(torch.logit(torch.tensor([0.5, 0.5, 0.5, 0.01])))
+    opt = torch.optim.Adam([{"params": [getattr(head, k)]} for k in PER_GAUSSIAN])
+    sum(getattr(head, k).sum() for k in PER_GAUSSIAN).backward()
+    opt.step()
+    dc = DensityControl(g, 4, torch.device("cpu"))
+    dc.grad_sum, dc.seen = torch.tensor([3.0, 3.0, 0.5, 3.0]), torch.tensor([1.0, 1.0, 1.0, 1.0])
+    before, log_scale = head.means.detach().clone(), head.log_scales[1].detach().clone()
+    counts = dc.step(head, opt, torch.Generator().manual_seed(0))
+    # 0 small, high gradient: cloned; 1 large: split; 2 low gradient: kept; 3 transparent: pruned (its clone too)
+    assert counts == {"cloned": 2, "split": 1, "pruned": 2, "n": 5}
+    assert head.n == 5 and all(getattr(head, k).shape[0] == 5 for k in PER_GAUSSIAN)
+    means = head.means.detach()
+    assert torch.equal(means[0], before[0]) and torch.equal(means[2], before[2])
+    assert torch.allclose((means[1] + means[4]) / 2, before[1]), "a split keeps its pair centred on the original"
+    assert torch.allclose(head.log_scales[[1, 4]], (log_scale - math.log(1.6)).expand(2, 3))
+    assert torch.equal(means[3], before[0]), "the clone of Gaussian 0 follows the survivors"
+    for k in PER_GAUSSIAN:
+        p = getattr(head, k)
+        assert any(grp["params"][0] is p for grp in opt.param_groups)
+        st = opt.state[p]
+        assert st["exp_avg"].shape == p.shape and st["exp_avg"][:3].abs().sum() > 0 and st["exp_avg"][3:].abs().sum() == 0
+    assert dc.grad_sum.shape == (5,) and dc.seen.sum() == 0
+    dc.grad_sum, dc.seen = torch.full((5,), 3.0), torch.ones(5)        # all grow, room for one: the largest
+    dc.grad_sum[2] = 4.0
+    dc.cfg = GaussianConfig(count=4, densify_grad=1.0, split_scale=0.05, prune_opacity=0.05, max_count=6)
+    assert dc.step(head, opt, torch.Generator().manual_seed(0)) == {"cloned": 1, "split": 0, "pruned": 0, "n": 6}
+    assert torch.equal(head.means[5], head.means[2])
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +162,9 @@ def test_render_path_draws_the_head_training_drew(trained, subject):
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(subject, tmp_path):
+    # density control every 3 steps: the checkpoint holds another number of Gaussians than the start
     cfg = _config(steps=16, checkpoint_every=4, deterministic=True, eval_max_frames=1, strip_frames=1, log_every=4,
-                  threads=1, gaussians={"count": 400})
+                  threads=1, gaussians={"count": 400, "densify_every": 3, "densify_from": 0.0, "densify_until": 0.9})
     cmd = lambda out: [sys.executable, "-m", "pipeline.stage2.train", "--subject-dir", str(subject),  # noqa: E731
                        "--outdir", str(out), "--config", json.dumps(cfg)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -144,6 +185,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(subject, tmp_path):
     assert final.returncode == 0, final.stderr[-2000:]
     assert f"resumed from {ck} at step {step}" in final.stderr
     a, b = (torch.load(d / "head.pt", weights_only=True) for d in (tmp_path / "ref", out))
+    assert a["means"].shape[0] != 400, "density control did not change the number of Gaussians"
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     m_ref, m_cut = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", out))
     assert m_cut["resumed_from"] == step and m_cut["psnr_head"] == m_ref["psnr_head"]

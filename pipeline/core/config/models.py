@@ -31,16 +31,29 @@ class GaussianConfig:
     lr_colors: float = 2.5e-3
     lr_features: float = 2.5e-3
     dssim_weight: float = 0.2       # 1 - SSIM of the head region's box, beside (1 - this) x L1
+    densify_every: int = 100        # adaptive density control every k steps (0 = off; gaussians/density.py)
+    densify_from: float = 0.02      # ... once the run's progress reaches this (3DGS: step 500 of 30k)
+    densify_until: float = 0.5      # ... while the run's progress is below this (3DGS: 15k of 30k)
+    densify_grad: float = 2e-4      # mean projected-centre gradient (normalised device units) that grows a Gaussian
+    split_scale: float = 0.01       # larger Gaussians (largest scale, head-space units) split, smaller ones clone
+    prune_opacity: float = 0.005
+    max_count: int = 300_000
     backend: str = "auto"           # "auto" (gsplat on CUDA, else the torch reference) | "gsplat" | "torch"
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "gsplat", "torch"):
             raise ConfigError(f"stage2.gaussians.backend: {self.backend!r} is not one of auto, gsplat, torch")
-        for key in ("count", "feature_dim", "hidden_dim", "num_layers", "skin_k"):
+        for key in ("count", "feature_dim", "hidden_dim", "num_layers", "skin_k", "max_count"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"stage2.gaussians.{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.init_opacity < 1 or not 0 <= self.dssim_weight <= 1:
             raise ConfigError("stage2.gaussians: init_opacity in (0, 1), dssim_weight in [0, 1]")
+        if self.densify_every < 0 or not 0 <= self.densify_from <= self.densify_until <= 1:
+            raise ConfigError("stage2.gaussians: densify_every >= 0, 0 <= densify_from <= densify_until <= 1")
+        if not 0 <= self.prune_opacity < 1:
+            raise ConfigError("stage2.gaussians: prune_opacity in [0, 1)")
+        if self.densify_grad <= 0 or self.split_scale <= 0:
+            raise ConfigError("stage2.gaussians: densify_grad and split_scale must be > 0")
         if min(self.lr_means, self.lr_scales, self.lr_quats, self.lr_opacities, self.lr_colors, self.lr_features) <= 0:
             raise ConfigError("stage2.gaussians: learning rates must be > 0")
 

@@ -8,7 +8,8 @@ left out as for the NeRF) the loss ``(1 - dssim_weight) L1 + dssim_weight (1 - S
 (``stage2.gaussians.lr_*``; the networks at ``lr_net``), decayed exponentially to ``lr_final_factor`` with the
 run's progress. The loop, checkpoints, resume and SIGTERM handling are the NeRF's (:mod:`pipeline.stage2.loop`).
 
-The Gaussians keep their number (no densification yet: docs/gaussians.md, "Limits").
+Every ``densify_every`` steps in the first ``densify_until`` of the run, adaptive density control clones, splits
+and prunes Gaussians (:mod:`pipeline.stage2.gaussians.density`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig
 from pipeline.stage2.data import HEAD_MIN_LABEL, SubjectData, color_weight
 from pipeline.stage2.evaluate import evaluate
 from pipeline.stage2.gaussians.backend import rasterizer
+from pipeline.stage2.gaussians.density import PER_GAUSSIAN, DensityControl
 from pipeline.stage2.gaussians.init import place
 from pipeline.stage2.gaussians.model import GaussianHead, intrinsics, viewmats_from_c2w
 from pipeline.stage2.losses import ssim_map
@@ -31,8 +33,6 @@ from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.loop import HeadTrainer, no_timer, resume_hash
 
 log = logging.getLogger("pipeline.stage2.train")
-
-OWN_PARAMS = ("means", "log_scales", "quats", "opacity_logits", "color_logits", "features")
 
 
 def build_head(data: SubjectData, mcfg: Stage2ModelConfig, device: torch.device) -> GaussianHead:
@@ -44,8 +44,8 @@ def optimizer(head: GaussianHead, mcfg: Stage2ModelConfig, tcfg: Stage2TrainConf
     g = mcfg.gaussians
     rates = {"means": g.lr_means, "log_scales": g.lr_scales, "quats": g.lr_quats, "opacity_logits": g.lr_opacities,
              "color_logits": g.lr_colors, "features": g.lr_features}
-    groups = [{"params": [getattr(head, k)], "lr": rates[k], "name": k} for k in OWN_PARAMS]
-    nets = [p for name, p in head.named_parameters() if name not in OWN_PARAMS]
+    groups = [{"params": [getattr(head, k)], "lr": rates[k], "name": k} for k in PER_GAUSSIAN]
+    nets = [p for name, p in head.named_parameters() if name not in PER_GAUSSIAN]
     groups.append({"params": nets, "lr": tcfg.lr_net, "name": "networks"})
     return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
@@ -84,23 +84,38 @@ class GaussianTrainer(HeadTrainer):
         place(self.head, data, self.margin, self.gen)
         self.rasterize, self.backend = rasterizer(mcfg.gaussians.backend, device, data.size)
         log.info("Gaussian head: %d Gaussians, rasteriser %s", self.head.n, self.backend)
-        self.opt = optimizer(self.head, mcfg, tcfg)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: tcfg.lr_final_factor ** self.progress)
+        self.opt, self.sched = self.optimiser()
+        self.density = DensityControl(mcfg.gaussians, self.head.n, device)
         self.hash = resume_hash(mcfg, tcfg)
         self.K = intrinsics(data.camera.focal, data.camera.cx, data.camera.cy, device)
         self.viewmats = viewmats_from_c2w(data.c2w.to(device))
         self.plate = data.plate_t.to(device).permute(2, 0, 1)                  # [3, S, S]
         self.train_ids = torch.as_tensor(data.train_ids, device=device)
 
+    def optimiser(self) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+        opt = optimizer(self.head, self.mcfg, self.tcfg)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: self.tcfg.lr_final_factor ** self.progress)
+
     # ---------------------------------------------------------------- checkpoints
     def model_state(self) -> dict:
         return {"model": self.head.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict()}
+                "scheduler": self.sched.state_dict(), **self.density.state()}
 
     def load_model_state(self, st: dict) -> None:
+        for k in PER_GAUSSIAN:      # the checkpoint's number of Gaussians (density control changes it)
+            setattr(self.head, k, torch.nn.Parameter(st["model"][k].clone()))
         self.head.load_state_dict(st["model"])
+        self.opt, self.sched = self.optimiser()
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
+        self.density.load(st)
+
+    def after_step(self) -> None:
+        g = self.mcfg.gaussians
+        if g.densify_every and self.step % g.densify_every == 0 and g.densify_from <= self.progress < g.densify_until:
+            counts = self.density.step(self.head, self.opt, self.gen)
+            log.info("step %d: density control cloned %d, split %d, pruned %d -> %d Gaussians", self.step,
+                     counts["cloned"], counts["split"], counts["pruned"], counts["n"])
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.head.state_dict()
@@ -131,7 +146,9 @@ class GaussianTrainer(HeadTrainer):
         """Premultiplied colour ``[B, 3, S, S]``, alpha ``[B, 1, S, S]`` and the deformed Gaussians of ``ids``."""
         gs = self.head.deform(*self.data.conditioning(ids))
         idx = torch.as_tensor(ids, device=self.device)
-        pre, alpha = self.head.render(gs, self.viewmats[idx], self.K, self.data.size, self.rasterize)
+        self.metas: list[dict] = []
+        pre, alpha = self.head.render(gs, self.viewmats[idx], self.K, self.data.size, self.rasterize,
+                                      self.metas if self.head.training else None)
         return pre, alpha, gs
 
     @torch.no_grad()
@@ -175,6 +192,8 @@ class GaussianTrainer(HeadTrainer):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
         with timer("optimizer"):
+            if self.mcfg.gaussians.densify_every:
+                self.density.accumulate(self.metas, self.data.size)
             self.opt.step()
             self.sched.step()
         with torch.no_grad():
