@@ -178,6 +178,39 @@ def test_drive_videos_match_the_audio(subject, head):
         assert stats["peak_gpu_mib"] is None and stats["peak_host_rss_mib"] > 100   # CPU: no GPU peak, a real RSS
 
 
+def test_drive_video_with_a_trained_gaussian_head(subject, tmp_path):
+    """stage2.head: gaussians through the same render call: a driving clip's video from a (briefly) trained
+    Gaussian head loaded by load_head, with the clip's length, audio and size (issue #25, must-show 4 on CPU)."""
+    from pipeline.core import media
+    from pipeline.core.config import RenderConfig, stage2_configs
+    from pipeline.render import video as render
+    from pipeline.render.head import GaussianHeadView, load_head
+    from pipeline.stage2 import cache, train
+
+    cache.run(subject / "crop/video.mp4", subject / "parsing/labels.npz", tmp_path / "stage2", stage2_configs(
+        {"image_size": 64})[1])
+    shutil.copytree(tmp_path / "stage2", subject / "stage2", dirs_exist_ok=True)
+    mcfg, tcfg = stage2_configs({"head": "gaussians", "gaussians": {"count": 800}, "image_size": 64, "steps": 30,
+                                 "frames_per_batch": 2, "threads": 1, "eval_max_frames": 2, "strip_frames": 1})
+    try:
+        train.run(subject, subject / "stage2", mcfg, tcfg)
+        head = load_head(subject / "stage2")
+        assert isinstance(head, GaussianHeadView)
+        w = WAVS[0]
+        out = tmp_path / f"{w}.mp4"
+        stats = render.run_drive(subject, w, speech_path(w), out, RenderConfig(**FAST), head=head)
+    finally:
+        shutil.rmtree(subject / "stage2")           # the other tests render the untrained NeRF head
+    dur = media.probe(speech_path(w)).audio.duration_sec
+    info = media.probe(out)
+    print(f"{w}, Gaussian head: {stats['n_frames']} frames, {stats['frames_per_sec']:.1f} frames/s at {SIZE} px")
+    assert abs(stats["n_frames"] - round(dur * 25)) <= 1 and abs(info.video.n_frames - round(dur * 25)) <= 1
+    assert info.audio is not None and abs(info.audio.duration_sec - dur) < 0.1
+    assert stats["head"] == "stage2/head.pt" and stats["num_samples"] == 0 and stats["torso"] == "replay"
+    frames = np.concatenate(list(media.iter_frames(out, SIZE, SIZE)))
+    assert frames.std(axis=0).mean() > 1.0, "the frames do not change over time"
+
+
 def test_test_split_video(subject, head):
     from pipeline.render import video as render
     from pipeline.core import media
