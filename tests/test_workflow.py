@@ -125,6 +125,9 @@ def test_switching_the_head_reruns_the_head_and_what_follows_only(demo, tmp_path
     overlay.write_text("stage2:\n  head: gaussians\n  gaussians:\n    count: 1000\n")
     proc = snakemake(demo, "results/demo/video.mp4", "--cores", "2", "-n", "--configfile", TINY, str(overlay))
     assert planned_jobs(proc.stdout + proc.stderr) == {"train_head": 1, "render_video": 1}
+    overlay.write_text("stage2:\n  gaussians:\n    count: 1000\n")      # the NeRF head does not read them
+    proc = snakemake(demo, "results/demo/video.mp4", "--cores", "2", "-n", "--configfile", TINY, str(overlay))
+    assert planned_jobs(proc.stdout + proc.stderr) == {}
 
 
 def test_demo_evaluation_and_report(demo):

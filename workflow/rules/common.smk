@@ -68,11 +68,13 @@ def source_video(wildcards):
 _WILDCARD_LIKE = re.compile(r"\{\s*[.\w]+\s*[,}]")
 
 
-def stage_config(section):
+def stage_config(section, drop=()):
     """One config section as compact JSON, given to the rules as a param, evaluated once when they are read
-    (``cfg=stage_config("crop")``); changing it re-runs the jobs using it. A value that looks like a wildcard
-    (``{name}``, e.g. in a path) is handed over through a function, which Snakemake passes on verbatim."""
-    text = json.dumps(config.get(section, {}), sort_keys=True, separators=(",", ":"))
+    (``cfg=stage_config("crop")``); changing it re-runs the jobs using it. Keys in ``drop`` are left out (settings
+    the job does not use, e.g. the other head's). A value that looks like a wildcard (``{name}``, e.g. in a path)
+    is handed over through a function, which Snakemake passes on verbatim."""
+    data = {k: v for k, v in config.get(section, {}).items() if k not in drop}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return text if not _WILDCARD_LIKE.search(text) else (lambda wildcards: text)
 
 

@@ -13,8 +13,9 @@ GAUSSIAN_CODE = code("stage2/gaussians/projection", "stage2/gaussians/rasterize"
                      "stage2/gaussians/model", "stage2/gaussians/init", "stage2/gaussians/trainer",
                      "stage2/nerf/field", "stage2/nerf/occupancy", "stage2/nerf/kernels/landmark_triton",
                      "stage2/nerf/kernels/landmark_triton_kernels")
-# only the configured head's code is an input: editing the other head's re-runs nothing
-HEAD_CODE = GAUSSIAN_CODE if config.get("stage2", {}).get("head", "nerf") == "gaussians" else NERF_CODE
+# only the configured head's code and settings are inputs: editing the other head's re-runs nothing
+GAUSSIAN_HEAD = config.get("stage2", {}).get("head", "nerf") == "gaussians"
+HEAD_CODE = GAUSSIAN_CODE if GAUSSIAN_HEAD else NERF_CODE
 STAGE2_CODE = HEAD_CODE + code("stage2/data", "stage2/sampling", "stage2/losses", "stage2/checkpoint",
                                "stage2/evaluate", "stage2/loop", "stage2/train")
 
@@ -67,7 +68,7 @@ rule train_head:
         metrics=S.stage2.metrics,
         strip=report(S.stage2.strip, category="Stage 2", subcategory="{subject}"),
     params:
-        cfg=stage_config("stage2"),
+        cfg=stage_config("stage2", drop=() if GAUSSIAN_HEAD else ("gaussians",)),
         subject_dir=subject_dir,
         outdir=stage_dir("stage2"),
     log:
