@@ -158,6 +158,7 @@ def test_render_path_draws_the_head_training_drew(trained, subject):
     assert torch.allclose(alpha, ref_alpha.clamp(0, 1), atol=1e-4)
     head = np.asarray(data.labels[f]) >= 3
     a = alpha[0, 0].numpy()
+    print(f"\nGaussian head alpha: {a[head].mean():.3f} on the head, {a[~head].mean():.3f} elsewhere")
     assert a[head].mean() > 0.8 and a[~head].mean() < a[head].mean() - 0.3, "opaque on the head, not around it"
 
 
