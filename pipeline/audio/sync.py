@@ -7,12 +7,12 @@ reader of the subject's own audio reads ``sync/audio.wav``: the audio features (
 stage 2), the render's mux (``video.mp4``, hence evaluate) and the ER-NeRF export. One file carries the alignment,
 so nothing downstream shifts anything, and a changed correction re-runs exactly the stages that read the audio.
 
-The detector is the evaluate step's (:func:`pipeline.core.metrics.sync_offset`): the mouth's signals
-(:func:`~pipeline.core.metrics.sync_visual`: the dark share of the mouth box on each crop frame, the jaw drop from
-the mesh) against log energy in 7 bands (:func:`~pipeline.core.metrics.band_energies`), held-out canonical
-correlation per lag over the speech frames, a chance level from the audio circularly shifted by every admissible
-amount (a 5 % false-positive rate against unrelated audio; ``chance_r`` and ``p_value``) and the agreement of the
-windows that are informative on their own. Here it runs on the whole clip, not only the test split.
+The detector is the evaluate step's (:func:`pipeline.core.metrics.sync_offset`): the mouth's signal
+(:func:`~pipeline.core.metrics.sync_visual`: the dark share of the mouth box on each crop frame) against the log
+energy of the speech bands (:func:`~pipeline.core.metrics.sync_audio`), Pearson r per lag, the chance level of the
+search's peak from unrelated pairings of the same signals (a 5 % false-positive rate against foreign speech,
+measured by ``bench/sync_false_positives.py``; ``chance_r`` and ``p_value``) and the agreement of the windows that
+are informative on their own. Here it runs on the whole clip, not only the test split.
 
 Decision (``sync`` config):
 
@@ -43,7 +43,7 @@ from pipeline.core.cli import guarded, parser
 from pipeline.core.config import SyncConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import SyncFiles
-from pipeline.core.metrics import band_energies, band_envelope, mouth_darkness, sync_offset, sync_visual
+from pipeline.core.metrics import band_envelope, mouth_darkness, sync_audio, sync_offset, sync_visual
 from pipeline.core.progress import progress
 
 log = logging.getLogger("pipeline.audio.sync")
@@ -57,7 +57,7 @@ class SyncError(PipelineError):
 
 
 def visual_signals(video: Path, size: int, landmarks: Path, n_frames: int, fps: int) -> np.ndarray:
-    """[N, 2] mouth signals of the crop video (:func:`~pipeline.core.metrics.sync_visual`)."""
+    """[N, 1] mouth signal of the crop video (:func:`~pipeline.core.metrics.sync_visual`)."""
     pts = fixed_list_column(LANDMARKS.read(landmarks), "landmarks", (N_LANDMARKS, 3)).astype(np.float64)
     if len(pts) != n_frames:
         raise SyncError(landmarks, f"{len(pts)} rows, ingest has {n_frames} frames")
@@ -84,7 +84,8 @@ def measure(visual: np.ndarray, pcm: np.ndarray, fps: int, cfg: SyncConfig) -> d
                 "p_value": None, "agreement": None, "speech_frames": 0, "reliable": False, "curve": [],
                 "reason": f"silent audio track (peak {peak_db:.1f} dBFS < {cfg.silence_dbfs:g})"}
     env = band_envelope(y, SAMPLE_RATE, fps, n, cfg.band_lo_hz, cfg.band_hi_hz)
-    return sync_offset(visual, band_energies(y, SAMPLE_RATE, fps, n), speech=env, **cfg.detector())
+    bands = sync_audio(y, SAMPLE_RATE, fps, n, cfg.band_lo_hz, cfg.band_hi_hz)
+    return sync_offset(visual, bands, speech=env, **cfg.detector())
 
 
 def shift_audio(pcm: np.ndarray, frames: int, samples_per_frame: int) -> np.ndarray:

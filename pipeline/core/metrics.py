@@ -5,10 +5,10 @@
 * :func:`mouth_opening` — inner-lip distance over face height, per frame (mediapipe mesh ids).
 * :func:`best_lag` — the lag (frames) maximising the Pearson correlation of two signals.
 * :func:`rms_envelope` — per-video-frame RMS of an audio signal.
-* Lip-audio offset: :func:`sync_offset` (held-out canonical correlation per lag, circular-shift chance level,
-  agreement of the informative windows) between the visual signals :func:`sync_visual` (:func:`mouth_darkness`
-  of each frame, :func:`jaw_drop`) and the audio's :func:`band_energies`, over the speech frames of
-  :func:`band_envelope`; the detector lives in :mod:`pipeline.core.sync_detector` and is re-exported here.
+* Lip-audio offset: :func:`sync_offset` (Pearson r per lag, a chance level for the peak of the search from
+  unrelated pairings of the same signals, agreement of the informative windows) between the visual signal
+  :func:`sync_visual` (:func:`mouth_darkness` of each frame) and the audio's :func:`sync_audio` (log energy in the
+  speech bands); the detector lives in :mod:`pipeline.core.sync_detector` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.core.sync_detector import (SYNC_BANDS_HZ, band_energies, band_envelope, highpass_frames,  # noqa: F401
-                                         lag_variates, smooth_frames, speech_frames, sync_offset)
+                                         smooth_frames, speech_frames, sync_audio, sync_offset)
 
 # mediapipe face-mesh ids
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
 FOREHEAD, CHIN, NOSE_TIP = 10, 152, 1
 MOUTH_LEFT, MOUTH_RIGHT = 61, 291
 EYE_OUTER_RIGHT, EYE_OUTER_LEFT = 33, 263
-# the lip-sync detector's signals (recorded in eval/metrics.json): visual per frame, audio per frame
-SYNC_VISUAL = ("mouth_darkness", "jaw_drop")
+# the lip-sync detector's visual signal (recorded in eval/metrics.json); the audio's: sync_audio
+SYNC_VISUAL = ("mouth_darkness",)
 # lips (outer + inner contours) of the 468-point mesh, the usual mouth LMD set
 LIP_IDS = np.array(sorted({
     61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
@@ -140,11 +140,14 @@ def mouth_darkness(frame: np.ndarray, landmarks: np.ndarray) -> float:
 
 
 def sync_visual(darkness: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """The visual side of :func:`sync_offset`, [N, 2]: :func:`mouth_darkness` per frame and :func:`jaw_drop`
-    (columns in :data:`SYNC_VISUAL` order); a frame with non-finite landmarks is NaN in both."""
-    jaw = jaw_drop(landmarks)
-    dark = np.asarray(darkness, np.float64)
-    return np.stack([np.where(np.isfinite(jaw), dark, np.nan), jaw], 1)
+    """The visual side of :func:`sync_offset`, [N, 1] (:data:`SYNC_VISUAL`): :func:`mouth_darkness` per frame,
+    NaN where the face's landmarks are not finite (no face: the frame takes no part).
+
+    The dark interior alone: the jaw drop (:func:`jaw_drop`) was the second signal of a fitted combination; with
+    fixed weights it adds smiles (katiehill's peak: +4 and 2.7 null sd above the null mean with it, +3 and 3.5
+    without; BENCHMARKS.md, measure_av_sync)."""
+    seen = np.isfinite(jaw_drop(landmarks))
+    return np.where(seen, np.asarray(darkness, np.float64), np.nan)[:, None]
 
 
 def rms_envelope(samples: np.ndarray, sample_rate: int, fps: int, n_frames: int | None = None) -> np.ndarray:

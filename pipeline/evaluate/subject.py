@@ -20,9 +20,9 @@ test-split frames of ``crop/video.mp4`` -> ``eval/metrics.json`` (:data:`~pipeli
 * Lip-audio offset in frames (:func:`pipeline.core.metrics.sync_offset`; 0 ideal, > 0: audio late), of the
   render (its mouth signals vs the audio muxed into video.mp4) and, as the reference, of the ground
   truth against the same audio; ``null`` with the reason when the split is too short or the signals
-  too weakly related to measure it. The mouth signals (:func:`pipeline.core.metrics.sync_visual`): the dark
-  share of the mouth box, from the frames the image metrics decode anyway, and the jaw drop, from the mesh;
-  the audio's: log energy in 7 bands (:func:`pipeline.core.metrics.band_energies`).
+  too weakly related to measure it. The mouth signal (:func:`pipeline.core.metrics.sync_visual`): the dark
+  share of the mouth box, from the frames the image metrics decode anyway; the audio's: log energy in the
+  speech bands 300-700-1200-2000-3000 Hz (:func:`pipeline.core.metrics.sync_audio`).
 * Render FPS from the render step's ``video.json``; train time from stage 1, stage 2 and torso metrics.
 
 ``python -m pipeline.evaluate.subject --subject-dir S --video V --outdir O`` (also ``python -m pipeline.evaluate
@@ -50,8 +50,8 @@ from pipeline.core.config import EvaluateConfig, LandmarksConfig, from_mapping
 from pipeline.core.errors import PipelineError
 from pipeline.core import layout
 from pipeline.core.layout import EvalFiles, SubjectLayout
-from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_energies, band_envelope, mouth_darkness, mouth_lmd,
-                                   mouth_opening, psnr, ssim_map, sync_offset, sync_visual)
+from pipeline.core.metrics import (SYNC_BANDS_HZ, SYNC_VISUAL, band_envelope, mouth_darkness, mouth_lmd, mouth_opening,
+                                   psnr, ssim_map, sync_audio, sync_offset, sync_visual)
 from pipeline.core.progress import progress
 from pipeline.preprocess.au_signals import au45_subject_scale
 
@@ -232,18 +232,20 @@ def run(subject_dir: Path | str, video: Path | str, outdir: Path | str, cfg: Eva
     else:
         au_r, blinks_r = np.full(n, np.nan), np.array([], np.int64)
 
-    # lip-audio offset: mouth darkness + jaw drop against the band energies of the audio muxed into the render
+    # lip-audio offset: mouth darkness against the speech bands' energies of the audio muxed into the render
     audio = media.read_audio(video, SAMPLE_RATE)
     env = band_envelope(audio, SAMPLE_RATE, fps, n, cfg.sync_band_lo_hz, cfg.sync_band_hi_hz)
-    bands = band_energies(audio, SAMPLE_RATE, fps, n)
+    bands = sync_audio(audio, SAMPLE_RATE, fps, n, cfg.sync_band_lo_hz, cfg.sync_band_hi_hz)
     kw = dict(speech=env, max_lag=cfg.sync_max_lag, highpass=cfg.sync_highpass_frames, sigma=cfg.sync_smooth_sigma,
               window=cfg.sync_window, min_frames=cfg.sync_min_frames, min_r=cfg.sync_min_r,
               min_agreement=cfg.sync_min_agreement)
     sync = {"render": sync_offset(sync_visual(dark_r, np.where(r_det[:, None, None], r_pts, np.nan)), bands, **kw),
             "gt": sync_offset(sync_visual(dark_gt, gt_pts), bands, **kw),
-            "signals": {"mouth": list(SYNC_VISUAL), "audio": "log energy per band, Hz edges " +
-                        "-".join(f"{f:g}" for f in SYNC_BANDS_HZ),
-                        "speech_gate": f"{cfg.sync_band_lo_hz:g}-{cfg.sync_band_hi_hz:g} Hz energy"}}
+            "signals": {"mouth": list(SYNC_VISUAL), "audio": "log energy per band, standardised and averaged, Hz "
+                        "edges " + "-".join(f"{f:g}" for f in SYNC_BANDS_HZ
+                                            if cfg.sync_band_lo_hz <= f <= cfg.sync_band_hi_hz),
+                        "speech_gate": f"{cfg.sync_band_lo_hz:g}-{cfg.sync_band_hi_hz:g} Hz energy (counts the speech "
+                                       "frames)"}}
     off_r, off_g = sync["render"]["offset_frames"], sync["gt"]["offset_frames"]
 
     total, parts = train_seconds(root)

@@ -16,7 +16,7 @@ rule measure_av_sync:
         video=S.crop.video,
         crop_meta=S.crop.meta,
         landmarks=S.landmarks.table,
-        code=code("audio/sync", "core/metrics", "core/media"),
+        code=code("audio/sync", "core/metrics", "core/sync_detector", "core/media"),
     output:
         offset=S.sync.offset,
         audio=S.sync.audio,

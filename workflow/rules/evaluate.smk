@@ -4,8 +4,8 @@
 #   results/benchmark.{md,csv}     one row per subject (config benchmark_subjects, empty = every subject)
 # Outputs marked report() appear in `snakemake --report report.html` (captions in workflow/report/).
 
-EVAL_CODE = code("evaluate/subject", "evaluate/plots", "evaluate/dlib68", "core/metrics", "core/media",
-                 "preprocess/face_landmarker", "preprocess/mediapipe_models", "preprocess/au_signals")
+EVAL_CODE = code("evaluate/subject", "evaluate/plots", "evaluate/dlib68", "core/metrics", "core/sync_detector",
+                 "core/media", "preprocess/face_landmarker", "preprocess/mediapipe_models", "preprocess/au_signals")
 
 
 rule evaluate:

@@ -241,8 +241,8 @@ SYNC_OFFSET = JsonSpec(
         "fps": int, "n_frames": int,
         "offset_frames": (int, type(None)),  # measured: > 0 audio trails the video (comes late); None: not reliable
         "best_lag": (int, type(None)),   # the detector's peak lag even when not reliable (None: nothing measured)
-        "peak_r": (int, float, type(None)),  # held-out canonical correlation at the peak
-        "chance_r": (int, float, type(None)),  # 95th percentile of circularly shifted-audio peaks (the chance level)
+        "peak_r": (int, float, type(None)),  # Pearson r of the mouth and speech-band signals at the peak
+        "chance_r": (int, float, type(None)),  # 95 % chance level of the peak of the search (detector's null_r95)
         "agreement": (int, float, type(None)),  # share of informative windows (own peak above their own chance)
                                                 # peaking within 1 frame of the global lag; None: none informative
         "reliable": bool,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from pipeline.core.config.base import ConfigError, from_mapping
+from pipeline.core.sync_detector import SYNC_BANDS_HZ
 
 
 @dataclass(frozen=True)
@@ -283,8 +284,8 @@ class RenderConfig:
 class EvaluateConfig:
     """evaluate / benchmark_table (pipeline/evaluate/; the sync detector: pipeline.core.metrics.sync_offset)."""
 
-    sync_band_lo_hz: float = 300.0  # speech band whose energy picks the frames the sync detector compares
-    sync_band_hi_hz: float = 3000.0
+    sync_band_lo_hz: float = 300.0  # speech band: its energy counts the speech frames, and the sync detector's
+    sync_band_hi_hz: float = 3000.0  # audio signal is the log energy of the SYNC_BANDS_HZ bands inside it
     sync_max_lag: int = 12          # lags searched, frames either side (0.48 s)
     sync_highpass_frames: int = 13  # running mean removed from both signals (keeps syllable rate), frames
     sync_smooth_sigma: float = 0.0  # temporal Gaussian on both signals, frames (0 = none)
@@ -301,6 +302,8 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         if not 0 < self.sync_band_lo_hz < self.sync_band_hi_hz <= 8000:
             raise ConfigError("evaluate: need 0 < sync_band_lo_hz < sync_band_hi_hz <= 8000 (16 kHz audio)")
+        if sum(self.sync_band_lo_hz <= f <= self.sync_band_hi_hz for f in SYNC_BANDS_HZ) < 2:
+            raise ConfigError(f"evaluate: no band of {SYNC_BANDS_HZ} Hz lies within sync_band_lo_hz-sync_band_hi_hz")
         if self.sync_max_lag < 1 or self.sync_highpass_frames < 3 or self.sync_smooth_sigma < 0:
             raise ConfigError("evaluate: need sync_max_lag >= 1, sync_highpass_frames >= 3, sync_smooth_sigma >= 0")
         if self.sync_window < 2 * self.sync_max_lag + 3 or self.sync_min_frames < 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.core.config.base import ConfigError
+from pipeline.core.sync_detector import SYNC_BANDS_HZ
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,8 @@ class SyncConfig:
     correct: str = "auto"           # "auto": shift the audio by a reliable offset of 1..max_frames | "off": report
     max_frames: int = 8             # largest |offset| corrected automatically (larger: warning, no correction)
     offset_frames: int | None = None  # explicit correction (> 0: audio trails the video); wins over the detector
-    band_lo_hz: float = 300.0       # speech band whose energy picks the frames compared
-    band_hi_hz: float = 3000.0
+    band_lo_hz: float = 300.0       # speech band: its energy counts the speech frames, and the detector's audio
+    band_hi_hz: float = 3000.0      # signal is the log energy of the SYNC_BANDS_HZ bands inside it
     max_lag: int = 12               # lags searched either side, frames
     highpass_frames: int = 13       # running mean removed from every signal, frames
     smooth_sigma: float = 0.0       # temporal Gaussian on every signal, frames
@@ -171,6 +172,8 @@ class SyncConfig:
             raise ConfigError(f"sync.offset_frames: an integer number of frames or null, got {self.offset_frames!r}")
         if not 0 < self.band_lo_hz < self.band_hi_hz <= 8000:
             raise ConfigError("sync: need 0 < band_lo_hz < band_hi_hz <= 8000 (16 kHz audio)")
+        if sum(self.band_lo_hz <= f <= self.band_hi_hz for f in SYNC_BANDS_HZ) < 2:
+            raise ConfigError(f"sync: no band of {SYNC_BANDS_HZ} Hz lies within band_lo_hz-band_hi_hz")
         if self.highpass_frames < 3 or self.smooth_sigma < 0 or self.window < 2 * self.max_lag + 3:
             raise ConfigError("sync: need highpass_frames >= 3, smooth_sigma >= 0, window > 2 * max_lag + 2")
         if self.min_frames < 1 or not -1 <= self.min_r <= 1 or not 0 <= self.min_agreement <= 1:
