@@ -1,4 +1,7 @@
-"""Rule ``train_head``: train the landmark-conditioned head NeRF of one subject (docs/stage2.md, "Training").
+"""Rule ``train_head``: train the landmark-conditioned head of one subject (docs/stage2.md, "Training"): the NeRF
+(:class:`Trainer`, below) or, with ``stage2.head: gaussians``, the Gaussian head
+(:class:`pipeline.stage2.gaussians.trainer.GaussianTrainer`, docs/gaussians.md); both run the loop of
+:mod:`pipeline.stage2.loop` and write the same files.
 
 ``python -m pipeline.stage2.train --subject-dir results/<s> [--outdir results/<s>/stage2] --config '<stage2 JSON>'``
 reads only the files listed in :mod:`pipeline.stage2.data` (no video decoding: the GPU machines have no ffmpeg)
@@ -7,7 +10,7 @@ and writes ``stage2/{head.pt, head.json, occupancy.npz, metrics.json, test_strip
 of the same configuration (run-length keys such as ``steps`` or ``max_minutes`` may change); a finished or
 foreign one is ignored and training starts afresh.
 
-A step: rays of ``frames_per_batch`` train frames (:mod:`pipeline.stage2.sampling`), ``field.prepare`` of
+A NeRF step: rays of ``frames_per_batch`` train frames (:mod:`pipeline.stage2.sampling`), ``field.prepare`` of
 those frames, packed volume rendering over the background plate, colour loss on non-torso rays + head-opacity
 BCE (+ SSIM and gradient losses on lips / eyes patches in the fine-tuning phases), Adam (hash tables at ``lr``,
 networks at ``lr_net``, exponential decay to ``lr_final_factor``), error-map EMA update, occupancy-grid update
