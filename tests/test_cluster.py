@@ -235,12 +235,14 @@ def _json_numbers(d, prefix=""):
 EXACT = ["crop/boxes.parquet", "landmarks/landmarks.parquet", "tracking/tracks.parquet", "tracking/canonical.npz",
          "parsing/labels.npz", "aus/aus.parquet", "audio/self.npz", "audio/self.parquet", "stage1/metrics.json",
          "torso/metrics.json"]
-# Stage 2 is not bit-reproducible across processes (multi-threaded scatter adds in another order; with
-# stage2.deterministic true as well: two local runs 2026-12-02 differed by 2.5e-3 in a hash-table weight): one
-# of two measured runs matched bit for bit, the other by 1e-7 relative in the first losses, 5e-6 in head PSNR,
-# 8e-5 absolute in occupancy density; a third (2026-12-02 14:25, both SLURM subjects
-# identical to each other) by 1e-4 in a loss of the curve and 7e-5 in the training-frame head PSNR. What is
-# measured on its renders moves more: the dlib-68 mouth distance by 7% (0.849 vs 0.906 px), PSNR by 0.001 dB.
+# Stage 2 trains on one thread here (tests/cluster_overlay.yaml): two processes then gave bit-identical heads
+# (2026-12-02). With two threads it is not bit-reproducible across processes now and then (scatter adds in another
+# order; with stage2.deterministic true as well: two local runs differed by 2.5e-3 in a hash-table weight), so the
+# tolerances below stay. Measured with two threads: one of two runs matched bit for bit, the other by 1e-7
+# relative in the first losses, 5e-6 in head PSNR, 8e-5 absolute in occupancy density; a third (2026-12-02 14:25,
+# both SLURM subjects identical to each other) by 1e-4 in a loss of the curve and 7e-5 in the training-frame head
+# PSNR. What is measured on its renders moves more: the dlib-68 mouth distance by 7 % (0.849 vs 0.906 px) and, in
+# a later run, 17 % in the benchmark table (0.79 vs 0.95 px), PSNR by 0.001 dB.
 STAGE2, STAGE2_RTOL = ["stage2/metrics.json", "stage2/occupancy.npz"], 1e-3
 EVAL, EVAL_RTOL = ["eval/metrics.json", "eval/frames.parquet"], 0.15
 # Per frame, a landmark detector run on the 20-step head's near-random renders flips between two runs: two local
@@ -287,7 +289,8 @@ def test_cluster_outputs_match_local_run(cluster, subject):
     assert not differ, f"stage 2 differs beyond {STAGE2_RTOL} between the SLURM and the local run: {differ}"
     differ = [f for f in EVAL if not _equal(got / f, ref / f, rtol=EVAL_RTOL, drop=FRAME_DETECTOR_COLUMNS)]
     assert not differ, f"the evaluation differs beyond {EVAL_RTOL} between the SLURM and the local run: {differ}"
-    # results/benchmark.md: the subject's row equals the local one but for the timings (numbers within EVAL_RTOL)
+    # results/benchmark.md: the subject's row equals the local one but for the timings (numbers within EVAL_RTOL,
+    # relative or absolute as _equal's JSON comparison: the dlib mouth distance is ~0.9 px)
     got_row, ref_row = _table_row(cluster["work"] / "results/benchmark.md", subject), _table_row(
         cluster["local"] / "results/benchmark.md", "demo")
     for col in ("FPS ↑", "Train time", "Subject"):
@@ -295,7 +298,7 @@ def test_cluster_outputs_match_local_run(cluster, subject):
     assert got_row.keys() == ref_row.keys() and "PSNR ↑" in got_row
     for col, ref_cell in ref_row.items():
         try:
-            assert float(got_row[col]) == pytest.approx(float(ref_cell), rel=EVAL_RTOL), col
+            assert float(got_row[col]) == pytest.approx(float(ref_cell), rel=EVAL_RTOL, abs=EVAL_RTOL), col
         except ValueError:
             assert got_row[col] == ref_cell, col
 
