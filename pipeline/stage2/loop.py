@@ -2,13 +2,15 @@
 ``pipeline.stage2.gaussians.trainer``): budget in steps or minutes, progress bar, train curve, periodic test
 evaluation, checkpoints with everything a resume needs, SIGTERM -> checkpoint -> :class:`TrainingInterrupted`.
 
-A head's trainer subclasses :class:`HeadTrainer` and provides ``train_step(phase)``, ``evaluate(frames, keep)``,
-``model_state()`` / ``load_model_state(st)`` (its own part of a checkpoint) and optionally ``after_step()`` and
+A head's trainer subclasses :class:`HeadTrainer` and implements its abstract methods: ``train_step(phase)``,
+``evaluate(frames, keep)``, ``model_state()`` / ``load_model_state(st)`` (its own part of a checkpoint) and what
+``train.run`` writes (``weights()``, ``occupancy_grid()``, ``extra_metrics()``); optionally ``after_step()`` and
 ``extra_curve_keys``.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import time
@@ -26,6 +28,7 @@ from pipeline.core.progress import progress
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData
 from pipeline.stage2.evaluate import eval_frames
+from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.sampling import phase_at
 
 log = logging.getLogger("pipeline.stage2.train")
@@ -91,9 +94,9 @@ def _points(rows: torch.Tensor, keys: tuple[str, ...]) -> list[dict]:
     return points
 
 
-class HeadTrainer:
+class HeadTrainer(abc.ABC):
     """State and loop of one training run; subclasses set up ``data, tcfg, outdir, device, gen, rng, hash``
-    and their model (module docstring)."""
+    and their model, and implement the abstract methods (module docstring)."""
 
     data: SubjectData
     tcfg: Stage2TrainConfig
@@ -115,18 +118,33 @@ class HeadTrainer:
         return BASE_CURVE_KEYS + self.extra_curve_keys
 
     # ---------------------------------------------------------------- what a head provides
+    @abc.abstractmethod
     def train_step(self, phase: str, timer=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, colour MSE, {extra curve key: value}) as 0-d tensors on the device (read only when logged)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, frames: np.ndarray, keep: int = 0) -> tuple[dict, list]:
-        raise NotImplementedError
+        """Test metrics over ``frames`` and up to ``keep`` (truth, render) pairs (stage2.evaluate.evaluate)."""
 
+    @abc.abstractmethod
     def model_state(self) -> dict:
-        raise NotImplementedError
+        """The head's part of a checkpoint (model, optimiser, scheduler, ...)."""
 
+    @abc.abstractmethod
     def load_model_state(self, st: dict) -> None:
-        raise NotImplementedError
+        """Restore what :meth:`model_state` saved."""
+
+    @abc.abstractmethod
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The head's state dict, written to stage2/head.pt."""
+
+    @abc.abstractmethod
+    def occupancy_grid(self) -> OccupancyGrid:
+        """The grid written to stage2/occupancy.npz."""
+
+    @abc.abstractmethod
+    def extra_metrics(self) -> dict:
+        """Head-specific keys of stage2/metrics.json."""
 
     def after_step(self) -> None:
         """Called after every step (e.g. the NeRF's occupancy-grid update)."""

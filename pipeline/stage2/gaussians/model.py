@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from pipeline.core.config import Stage2ModelConfig
-from pipeline.stage2.nerf.field import (LANDMARK_SUBSETS, LEFT_EYE, RIGHT_EYE, AudioAttention,
-                                        GaussianLandmarkEncoding, eye_regions, mlp)
+from pipeline.stage2.nerf.field import (LANDMARK_SUBSETS, LEFT_EYE, RIGHT_EYE, add_conditioning, audio_code,
+                                        eye_regions, eye_window, mlp)
 
 N_OUT = 3 + 3 + 4 + 1 + 3        # offsets: position, log-scale, quaternion, opacity logit, colour logit
 
@@ -74,24 +74,7 @@ class GaussianHead(nn.Module):
         ids = LANDMARK_SUBSETS[cfg.landmark_subset]
         self.register_buffer("landmark_ids", torch.tensor(ids, dtype=torch.int64))
         self.register_buffer("rest", torch.as_tensor(rest_landmarks, dtype=torch.float32)[list(ids)].clone())
-        in_dim = g.feature_dim + 3
-        self.landmark_enc: GaussianLandmarkEncoding | None = None
-        if cfg.use_landmarks:
-            self.landmark_enc = GaussianLandmarkEncoding(len(ids), cfg.landmark_k, cfg.landmark_sigma,
-                                                         cfg.landmark_freqs, cfg.landmark_embed_dim,
-                                                         cfg.landmark_feat_dim,
-                                                         use_kernels=cfg.backend in ("auto", "triton"))
-            in_dim += self.landmark_enc.output_dim
-        self.audio_att: AudioAttention | None = None
-        if cfg.audio_dim > 0:
-            if not audio_in_dim:
-                raise ValueError("audio_dim > 0 needs audio_in_dim (the audio feature width D)")
-            self.audio_att = AudioAttention(audio_in_dim, cfg.audio_dim)
-            self.audio_gate = nn.Linear(g.feature_dim, cfg.audio_dim)
-            in_dim += cfg.audio_dim
-        if cfg.use_au45:
-            self.eye_gate = nn.Linear(g.feature_dim, 1)
-            in_dim += 1
+        in_dim = g.feature_dim + 3 + add_conditioning(self, cfg, len(ids), g.feature_dim, audio_in_dim)
         self.deform_net = mlp(in_dim, g.hidden_dim, N_OUT, g.num_layers)
         last = self.deform_net[-1]
         nn.init.zeros_(last.weight)
@@ -133,22 +116,14 @@ class GaussianHead(nn.Module):
             frame = torch.arange(b, device=dev).repeat_interleave(n)
             parts.append(self.landmark_enc(x.reshape(-1, 3), frame, lm).view(b, n, -1))
         if self.audio_att is not None:
-            if audio is None:
-                raise ValueError("this head is audio-conditioned: pass audio [B, W, D]")
-            audio = audio if audio.ndim == 3 else audio[:, None]
-            if audio.shape[1] != self.cfg.audio_window:
-                raise ValueError(f"audio window has {audio.shape[1]} steps; stage2.audio_window is "
-                                 f"{self.cfg.audio_window}")
-            code = self.audio_att(audio.to(dev, torch.float32))                 # [B, A]
+            code = audio_code(self.audio_att, audio, self.cfg.audio_window, dev)   # [B, A]
             parts.append(torch.sigmoid(self.audio_gate(self.features))[None] * code[:, None])
         if self.cfg.use_au45:
             if au45 is None:
                 raise ValueError("this head uses AU45: pass au45 [B]")
             blink = (au45.to(dev, torch.float32) / 5.0).reshape(b, 1, 1).expand(b, n, 1)
             if self.cfg.eye_region > 0 and landmarks.shape[1] > max(RIGHT_EYE + LEFT_EYE):
-                e = eye_regions(landmarks, self.cfg.eye_region).view(b, 1, 2, 4)
-                d2 = ((x[:, :, None, :] - e[..., :3]) ** 2).sum(-1) / (e[..., 3] ** 2)   # [B, N, 2]
-                blink = blink * torch.exp(-0.5 * d2).amax(-1, keepdim=True)
+                blink = blink * eye_window(x, eye_regions(landmarks, self.cfg.eye_region).view(b, 1, 2, 4))
             parts.append(torch.sigmoid(self.eye_gate(self.features))[None] * blink)
         h = self.deform_net(torch.cat(parts, dim=-1))                             # [B, N, N_OUT]
         return {"means": x + h[..., 0:3], "scales": torch.exp(self.log_scales[None] + h[..., 3:6]),

@@ -236,6 +236,50 @@ class GaussianLandmarkEncoding(nn.Module):
         return torch.cat([out.T, w.sum(1, keepdim=True)], dim=-1)
 
 
+def add_conditioning(module: nn.Module, cfg: Stage2ModelConfig, n_landmarks: int, gate_dim: int,
+                     audio_in_dim: int | None) -> int:
+    """Give ``module`` the per-frame conditioning both heads use (the NeRF's field and the Gaussian head):
+    ``landmark_enc`` (None without landmarks), ``audio_att`` (None without audio) and ``audio_gate``, ``eye_gate``
+    (with AU45), the gates reading ``gate_dim`` features. Returns the width they add to the network's input."""
+    width = 0
+    module.landmark_enc = None
+    if cfg.use_landmarks:
+        module.landmark_enc = GaussianLandmarkEncoding(n_landmarks, cfg.landmark_k, cfg.landmark_sigma,
+                                                       cfg.landmark_freqs, cfg.landmark_embed_dim,
+                                                       cfg.landmark_feat_dim,
+                                                       use_kernels=cfg.backend in ("auto", "triton"))
+        width += module.landmark_enc.output_dim
+    module.audio_att = None
+    if cfg.audio_dim > 0:
+        if not audio_in_dim:
+            raise ValueError("audio_dim > 0 needs audio_in_dim (the audio feature width D)")
+        module.audio_att = AudioAttention(audio_in_dim, cfg.audio_dim)
+        module.audio_gate = nn.Linear(gate_dim, cfg.audio_dim)
+        width += cfg.audio_dim
+    if cfg.use_au45:
+        module.eye_gate = nn.Linear(gate_dim, 1)
+        width += 1
+    return width
+
+
+def audio_code(att: AudioAttention, audio: torch.Tensor | None, window: int, device: torch.device) -> torch.Tensor:
+    """``[B, audio_dim]`` from the audio window ``[B, W, D]`` (or ``[B, D]``: W = 1), which must hold ``window``
+    steps (``stage2.audio_window``)."""
+    if audio is None:
+        raise ValueError("this head is audio-conditioned: pass audio [B, W, D] or [B, D]")
+    audio = audio if audio.ndim == 3 else audio[:, None]
+    if audio.shape[1] != window:
+        raise ValueError(f"audio window has {audio.shape[1]} steps; stage2.audio_window is {window}")
+    return att(audio.to(device, torch.float32))
+
+
+def eye_window(x: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
+    """``[..., 1]``: the larger of the two eyes' Gaussian windows at points ``x [..., 3]``; ``eyes [..., 2, 4]``
+    (centre, sigma) as :func:`eye_regions`, broadcast against ``x``."""
+    d2 = ((x[..., None, :] - eyes[..., :3]) ** 2).sum(-1) / (eyes[..., 3] ** 2)
+    return torch.exp(-0.5 * d2).amax(-1, keepdim=True)
+
+
 @dataclass
 class FieldContext:
     """Per-frame conditioning of one batch (B frames); ``frame`` indices of samples point into it."""
@@ -268,26 +312,10 @@ class LandmarkField(nn.Module):
                             cfg.base_resolution, cfg.finest_resolution)
         self.encoding = build_encoding(cfg.grid, spec, cfg.backend, cfg.triplane_reduce)
         enc_dim = self.encoding.output_dim
-        in_dim = enc_dim
-        self.landmark_enc: GaussianLandmarkEncoding | None = None
+        ids = tuple(landmark_ids) if landmark_ids is not None else LANDMARK_SUBSETS[cfg.landmark_subset]
         if cfg.use_landmarks:
-            ids = tuple(landmark_ids) if landmark_ids is not None else LANDMARK_SUBSETS[cfg.landmark_subset]
             self.register_buffer("landmark_ids", torch.tensor(ids, dtype=torch.int64))
-            self.landmark_enc = GaussianLandmarkEncoding(len(ids), cfg.landmark_k, cfg.landmark_sigma,
-                                                         cfg.landmark_freqs, cfg.landmark_embed_dim,
-                                                         cfg.landmark_feat_dim,
-                                                         use_kernels=cfg.backend in ("auto", "triton"))
-            in_dim += self.landmark_enc.output_dim
-        self.audio_att: AudioAttention | None = None
-        if cfg.audio_dim > 0:
-            if audio_in_dim is None:
-                raise ValueError("audio_dim > 0 needs audio_in_dim (the audio feature width D)")
-            self.audio_att = AudioAttention(audio_in_dim, cfg.audio_dim)
-            self.audio_gate = nn.Linear(enc_dim, cfg.audio_dim)
-            in_dim += cfg.audio_dim
-        if cfg.use_au45:
-            self.eye_gate = nn.Linear(enc_dim, 1)
-            in_dim += 1
+        in_dim = enc_dim + add_conditioning(self, cfg, len(ids), enc_dim, audio_in_dim)
         self.sigma_net = mlp(in_dim, cfg.hidden_dim, 1 + cfg.geo_feat_dim, cfg.num_layers)
         color_in = cfg.geo_feat_dim + (9 if cfg.view_dependent else 0) + cfg.appearance_dim
         self.color_net = mlp(color_in, cfg.hidden_dim_color, 3, cfg.num_layers_color)
@@ -306,13 +334,7 @@ class LandmarkField(nn.Module):
                                  f"{int(self.landmark_ids.max())}")
             lm = landmarks.to(self.aabb.device, torch.float32)[:, self.landmark_ids]
         if self.audio_att is not None:
-            if audio is None:
-                raise ValueError("this field is audio-conditioned: pass audio [B, W, D] or [B, D]")
-            audio = audio if audio.ndim == 3 else audio[:, None]
-            if audio.shape[1] != self.cfg.audio_window:
-                raise ValueError(f"audio window has {audio.shape[1]} steps; stage2.audio_window is "
-                                 f"{self.cfg.audio_window}")
-            aud = self.audio_att(audio.to(self.aabb.device, torch.float32))
+            aud = audio_code(self.audio_att, audio, self.cfg.audio_window, self.aabb.device)
         eyes = None
         if self.cfg.use_au45:
             if au45 is None:
@@ -341,9 +363,7 @@ class LandmarkField(nn.Module):
         if self.cfg.use_au45:
             blink = ctx.au45.index_select(0, frame)[:, None]
             if ctx.eyes is not None:     # AU45 reaches only the eyes' neighbourhood (stage2.eye_region)
-                e = ctx.eyes.index_select(0, frame).view(-1, 2, 4)
-                d2 = ((x[:, None, :] - e[..., :3]) ** 2).sum(-1) / (e[..., 3] ** 2)
-                blink = blink * torch.exp(-0.5 * d2).amax(1, keepdim=True)
+                blink = blink * eye_window(x, ctx.eyes.index_select(0, frame).view(-1, 2, 4))
             parts.append(torch.sigmoid(self.eye_gate(enc)) * blink)
         h = self.sigma_net(torch.cat(parts, dim=-1))
         raw = h[:, 0]
