@@ -3,7 +3,7 @@
 evaluation, checkpoints with everything a resume needs, SIGTERM -> checkpoint -> :class:`TrainingInterrupted`.
 
 A head's trainer subclasses :class:`HeadTrainer` and implements its abstract methods: ``train_step(phase)``,
-``evaluate(frames, keep)``, ``model_state()`` / ``load_model_state(st)`` (its own part of a checkpoint) and what
+``model`` and ``render_frame(f)`` (what ``evaluate`` scores), ``model_state()`` / ``load_model_state(st)`` (its own part of a checkpoint) and what
 ``train.run`` writes (``weights()``, ``occupancy_grid()``, ``extra_metrics()``); optionally ``after_step()`` and
 ``extra_curve_keys``.
 """
@@ -27,7 +27,7 @@ from pipeline.core.metrics import psnr_from_mse
 from pipeline.core.progress import progress
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData
-from pipeline.stage2.evaluate import eval_frames
+from pipeline.stage2.evaluate import eval_frames, evaluate
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.sampling import phase_at
 
@@ -122,9 +122,24 @@ class HeadTrainer(abc.ABC):
     def train_step(self, phase: str, timer=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, colour MSE, {extra curve key: value}) as 0-d tensors on the device (read only when logged)."""
 
+    @property
     @abc.abstractmethod
+    def model(self) -> torch.nn.Module:
+        """The head being trained (put in eval mode while evaluating)."""
+
+    @abc.abstractmethod
+    def render_frame(self, f: int) -> np.ndarray:
+        """uint8 ``[S, S, 3]``: frame ``f``'s head over the plate on its region, the plate elsewhere."""
+
     def evaluate(self, frames: np.ndarray, keep: int = 0) -> tuple[dict, list]:
-        """Test metrics over ``frames`` and up to ``keep`` (truth, render) pairs (stage2.evaluate.evaluate)."""
+        """Test metrics over ``frames`` and up to ``keep`` (truth, render) pairs (:func:`stage2.evaluate.evaluate`),
+        the head in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return evaluate(self.render_frame, self.data, frames, keep)
+        finally:
+            self.model.train(was_training)
 
     @abc.abstractmethod
     def model_state(self) -> dict:

@@ -59,7 +59,7 @@ def phase_at(progress: float, cfg: Stage2TrainConfig) -> str:
     return "main"
 
 
-def _device_view(a: np.ndarray, device: torch.device) -> torch.Tensor:
+def device_view(a: np.ndarray, device: torch.device) -> torch.Tensor:
     """A read-only (memory-mapped) array as a tensor: a view on the CPU, one copy on another device."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)   # "non-writable array": it is never written
@@ -74,8 +74,8 @@ class RaySampler:
         dev, g, s = data.device, cfg.error_map_size, data.size
         self.margin = int(round(cfg.head_margin * s))
         self.patch = max(8, int(round(cfg.patch_size * s / 512)))
-        self.frames = _device_view(data.frames, dev)
-        self.labels = _device_view(data.labels, dev)
+        self.frames = device_view(data.frames, dev)
+        self.labels = device_view(data.labels, dev)
         self.train_ids = torch.as_tensor(data.train_ids, dtype=torch.int64, device=dev)
         self.error_maps = error_maps if error_maps is not None else torch.ones(data.n, g, g, device=dev)
         share = np.stack([cv2.resize(data.region(f, self.margin)[1].astype(np.float32), (g, g),

@@ -39,7 +39,7 @@ from pipeline.core.device import peak_memory, reset_peak, resolve_device
 from pipeline.core.layout import Stage2Files, SubjectLayout
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
-from pipeline.stage2.evaluate import eval_frames, evaluate, render_frame, write_strip
+from pipeline.stage2.evaluate import eval_frames, render_frame, write_strip
 from pipeline.stage2.losses import LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, ssim_loss, to_patches
 from pipeline.stage2.nerf.field import LandmarkField
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
@@ -181,14 +181,12 @@ class Trainer(HeadTrainer):
         ctx = self.field.prepare(*self.data.conditioning(self.sampler.train_ids[pick]))
         return self.occ.update(self.field.density_fn(ctx), n_cells=self.occ.n_cells // 4, generator=self.gen)
 
-    def evaluate(self, frames: np.ndarray, keep: int = 0):
-        was_training = self.field.training
-        self.field.eval()
-        try:
-            return evaluate(lambda f: render_frame(self.field, self.renderer, self.data, f, self.margin),
-                            self.data, frames, keep)
-        finally:
-            self.field.train(was_training)
+    @property
+    def model(self) -> LandmarkField:
+        return self.field
+
+    def render_frame(self, f: int) -> np.ndarray:
+        return render_frame(self.field, self.renderer, self.data, f, self.margin)
 
     def after_step(self) -> None:
         if self.step % self.tcfg.occupancy_every == 0:

@@ -23,13 +23,13 @@ from torch.nn import functional as F
 
 from pipeline.core.config import Stage2ModelConfig, Stage2TrainConfig
 from pipeline.stage2.data import HEAD_MIN_LABEL, SubjectData, color_weight
-from pipeline.stage2.evaluate import evaluate
 from pipeline.stage2.gaussians.backend import rasterizer
 from pipeline.stage2.gaussians.density import PER_GAUSSIAN, DensityControl
-from pipeline.stage2.gaussians.init import place
+from pipeline.stage2.gaussians.init import place, project
 from pipeline.stage2.gaussians.model import GaussianHead, intrinsics, viewmats_from_c2w
 from pipeline.stage2.losses import ssim_map
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
+from pipeline.stage2.sampling import device_view
 from pipeline.stage2.loop import HeadTrainer, no_timer, resume_hash
 
 log = logging.getLogger("pipeline.stage2.train")
@@ -91,6 +91,8 @@ class GaussianTrainer(HeadTrainer):
         self.viewmats = viewmats_from_c2w(data.c2w.to(device))
         self.plate = data.plate_t.to(device).permute(2, 0, 1)                  # [3, S, S]
         self.train_ids = torch.as_tensor(data.train_ids, device=device)
+        # the frame cache as the NeRF's sampler holds it: a view of the memory map on a CPU, one copy on a GPU
+        self.frames, self.labels = device_view(data.frames, device), device_view(data.labels, device)
 
     def optimiser(self) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
         opt = optimizer(self.head, self.mcfg, self.tcfg)
@@ -136,25 +138,17 @@ class GaussianTrainer(HeadTrainer):
         return {"gaussians": self.head.n, "rasterizer": self.backend}
 
     # ---------------------------------------------------------------- rendering
-    def images(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ground truth ``[B, 3, S, S]`` in [0, 1] and labels ``[B, S, S]`` of frames ``ids`` on the device."""
-        rgb = torch.from_numpy(np.stack([np.asarray(self.data.frames[f]) for f in ids])).to(self.device)
-        lab = torch.from_numpy(np.stack([np.asarray(self.data.labels[f]) for f in ids])).to(self.device)
-        return rgb.permute(0, 3, 1, 2).float() / 255.0, lab
-
-    def render(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Premultiplied colour ``[B, 3, S, S]``, alpha ``[B, 1, S, S]`` and the deformed Gaussians of ``ids``."""
+    def render(self, ids: torch.Tensor, metas: list | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Premultiplied colour ``[B, 3, S, S]``, alpha ``[B, 1, S, S]`` and the deformed Gaussians of frames
+        ``ids`` (device tensor); with ``metas``, the rasteriser's metas (density control)."""
         gs = self.head.deform(*self.data.conditioning(ids))
-        idx = torch.as_tensor(ids, device=self.device)
-        self.metas: list[dict] = []
-        pre, alpha = self.head.render(gs, self.viewmats[idx], self.K, self.data.size, self.rasterize,
-                                      self.metas if self.head.training else None)
+        pre, alpha = self.head.render(gs, self.viewmats[ids], self.K, self.data.size, self.rasterize, metas)
         return pre, alpha, gs
 
     @torch.no_grad()
     def render_frame(self, f: int) -> np.ndarray:
         """uint8 ``[S, S, 3]``: the head over the plate on the frame's region, the plate elsewhere (as the NeRF's)."""
-        pre, alpha, _ = self.render(np.array([f]))
+        pre, alpha, _ = self.render(torch.tensor([f], device=self.device))
         over = (pre + (1 - alpha) * self.plate)[0].clamp(0, 1)
         _, region = self.data.region(f, self.margin)
         img = self.data.plate.copy()
@@ -162,13 +156,9 @@ class GaussianTrainer(HeadTrainer):
         img[region] = out[region]
         return img
 
-    def evaluate(self, frames: np.ndarray, keep: int = 0):
-        was_training = self.head.training
-        self.head.eval()
-        try:
-            return evaluate(self.render_frame, self.data, frames, keep)
-        finally:
-            self.head.train(was_training)
+    @property
+    def model(self) -> GaussianHead:
+        return self.head
 
     # ---------------------------------------------------------------- one step
     def train_step(self, phase: str, timer=None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -176,12 +166,13 @@ class GaussianTrainer(HeadTrainer):
         with timer("batch"):
             pick = torch.randint(len(self.train_ids), (tcfg.frames_per_batch,), generator=self.gen,
                                  device=self.device)
-            ids = self.train_ids[pick].cpu().numpy()
-            gt, lab = self.images(ids)
+            ids = self.train_ids[pick]
+            gt, lab = self.frames[ids].permute(0, 3, 1, 2).float() / 255.0, self.labels[ids]
             head, region = head_region(lab, self.margin)
             w = region * color_weight(lab)
         with timer("forward"):
-            pre, alpha, gs = self.render(ids)
+            metas: list[dict] = []
+            pre, alpha, gs = self.render(ids, metas if self.mcfg.gaussians.densify_every else None)
             pred = pre + (1 - alpha) * self.plate
             loss = region_loss(pred, gt, w, self.mcfg.gaussians.dssim_weight)
             if tcfg.opacity_weight > 0:
@@ -193,20 +184,12 @@ class GaussianTrainer(HeadTrainer):
             loss.backward()
         with timer("optimizer"):
             if self.mcfg.gaussians.densify_every:
-                self.density.accumulate(self.metas, self.data.size)
+                self.density.accumulate(metas, self.data.size)
             self.opt.step()
             self.sched.step()
         with torch.no_grad():
             mse = (((pred - gt) ** 2).mean(1) * w).sum() / w.sum().clamp_min(1.0)
-            visible = self.visible_share(gs, int(ids[0]))
+            # share of the first frame's Gaussians in front of its camera and inside its image
+            uv, z = project(gs["means"][0], self.viewmats[ids[:1]], self.K)
+            visible = ((z[0] > 0) & (uv[0] >= 0).all(-1) & (uv[0] < self.data.size).all(-1)).float().mean()
         return loss.detach(), mse, {"visible": visible}
-
-    @torch.no_grad()
-    def visible_share(self, gs: dict[str, torch.Tensor], f: int) -> torch.Tensor:
-        """Share of the batch's first frame (``f``)'s Gaussians in front of its camera and inside its image."""
-        view = self.viewmats[f]
-        cam = gs["means"][0] @ view[:3, :3].T + view[:3, 3]
-        u = cam[:, 0] / cam[:, 2] * self.K[0, 0] + self.K[0, 2]
-        v = cam[:, 1] / cam[:, 2] * self.K[1, 1] + self.K[1, 2]
-        s = self.data.size
-        return ((cam[:, 2] > 0) & (u >= 0) & (u < s) & (v >= 0) & (v < s)).float().mean()
