@@ -179,24 +179,30 @@ def _space(meta: dict, path: Path) -> HeadSpace:
         raise HeadError(path, f"head_space malformed ({exc})") from exc
 
 
-def _load_weights(module: torch.nn.Module, path: Path) -> None:
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
-        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError) as exc:
         raise HeadError(path, f"cannot load the head weights ({exc})") from exc
 
 
+def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise HeadError(path, f"the head weights do not fit head.json's model ({exc})") from exc
+
+
 def load_gaussian_head(files: Stage2Files, meta: dict, cfg: Stage2ModelConfig,
                        device: torch.device | str) -> GaussianHeadView:
-    """The Gaussian head: its size (Gaussians, rest landmarks) comes from the weights themselves."""
-    try:
-        weights = torch.load(files.head, map_location="cpu", weights_only=True)
-        n = int(weights["means"].shape[0])
-    except (RuntimeError, OSError, KeyError) as exc:
-        raise HeadError(files.head, f"cannot load the Gaussian head's weights ({exc})") from exc
-    rest = torch.zeros(478, 3)
-    head = GaussianHead(cfg, n, rest, meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
-    _load_weights(head, files.head)
+    """The Gaussian head: its number of Gaussians comes from the weights themselves (density control changes it),
+    its rest landmarks are a buffer of the weights."""
+    weights = _read_weights(files.head)
+    if "means" not in weights:
+        raise HeadError(files.head, "no 'means' in the weights: not a Gaussian head (head.json says gaussians)")
+    head = GaussianHead(cfg, int(weights["means"].shape[0]), torch.zeros(478, 3),
+                        meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
+    _load_weights(head, weights, files.head)
     return GaussianHeadView(head, _space(meta, files.head_meta), str(RELATIVE.stage2.head)).to(device)
 
 
@@ -214,7 +220,7 @@ def load_head(stage2_dir: Path | str, device: torch.device | str = "cpu") -> Any
     if cfg.head == "gaussians":
         return load_gaussian_head(files, meta, cfg, device)
     field = LandmarkField(cfg, audio_in_dim=meta["audio_in_dim"] if cfg.audio_dim > 0 else None)
-    _load_weights(field, files.head)
+    _load_weights(field, _read_weights(files.head), files.head)
     occ = OccupancyGrid(field.aabb, cfg.occupancy_resolution, cfg.occupancy_decay, cfg.occupancy_threshold)
     occ_path = files.occupancy
     if occ_path.is_file():
