@@ -1,15 +1,19 @@
-"""Where a stage-2 training step spends its time, for one or more configurations (GPU or CPU).
+"""Where a stage-2 training step spends its time, for one or more configurations (GPU or CPU), either head.
 
     PYTHONPATH=. python bench/profile_stage2_step.py --subject-dir S [--steps 60] [--warmup 20] \
         [--config '{"amp": true}' ...] [--out profile.json] [--ops-table ops.txt]
 
 S holds what ``train_head`` reads (docs/stage2.md, "Files a training run needs"; stage2/ made by cache_frames).
 For each ``--config`` (stage-2 keys over config.yaml's defaults; one run without it = the defaults) a fresh
-:class:`pipeline.stage2.train.Trainer` runs ``--warmup`` steps (kernel compilation, occupancy-grid warm-up),
-then ``--steps`` timed steps, each part synchronised on CUDA so the split is real: sampling rays (on the
-training device), forward (conditioning, marching, field, compositing, losses), backward, optimiser, error map;
+:class:`pipeline.stage2.train.Trainer` (or, with ``{"head": "gaussians"}``, a
+:class:`pipeline.stage2.gaussians.trainer.GaussianTrainer`) runs ``--warmup`` steps (kernel compilation,
+occupancy-grid warm-up), then ``--steps`` timed steps, each part synchronised on CUDA so the split is real:
+sampling rays (on the training device) or picking frames, forward (conditioning, marching, field, compositing,
+or deformation and rasterisation, losses), backward, optimiser, error map; the Gaussian head's density control
+is left out (it runs every ``densify_every`` steps and changes the number of Gaussians);
 then as many steps again without timers (``steps_per_sec_untimed``: the training rate, nothing synchronised
-inside a step). Reports ms per part, steps/s, rays/s, samples per ray and peak GPU memory. Writes nothing under S.
+inside a step). Reports ms per part, steps/s, rays/s (pixels/s of whole frames for the Gaussian head),
+samples per ray (NeRF) and peak GPU memory. Writes nothing under S.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import yaml
 from pipeline.core.config import stage2_configs
 from pipeline.core.device import resolve_device
 from pipeline.stage2.data import SubjectData
+from pipeline.stage2.gaussians.trainer import GaussianTrainer
 from pipeline.stage2.train import Trainer, setup_torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +58,16 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
         times[name].append(time.perf_counter() - t0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(data, mcfg, tcfg, Path(tmp), device)
+        gaussians = mcfg.head == "gaussians"
+        trainer = (GaussianTrainer if gaussians else Trainer)(data, mcfg, tcfg, Path(tmp), device)
+        rays = tcfg.frames_per_batch * data.size ** 2 if gaussians else tcfg.rays_per_batch
+
+        def occupancy(timed: bool) -> None:
+            if gaussians or trainer.step % tcfg.occupancy_every:
+                return
+            with timer("occupancy update") if timed else contextlib.nullcontext():
+                trainer.update_occupancy()
+
         spr = []
         for i in range(warmup + steps):
             if i == warmup:
@@ -63,10 +77,8 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
                 t_start = time.perf_counter()
             _, mse, s = trainer.train_step("main", timer if i >= warmup else None)
             trainer.step += 1
-            if trainer.step % tcfg.occupancy_every == 0:
-                with timer("occupancy update") if i >= warmup else contextlib.nullcontext():
-                    trainer.update_occupancy()
-            if i >= warmup:
+            occupancy(i >= warmup)
+            if i >= warmup and "samples_per_ray" in s:
                 spr.append(float(s["samples_per_ray"]))
         sync()
         total = time.perf_counter() - t_start
@@ -76,11 +88,11 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
         for _ in range(steps):
             trainer.train_step("main")
             trainer.step += 1
-            if trainer.step % tcfg.occupancy_every == 0:
-                trainer.update_occupancy()
+            occupancy(False)
         sync()
         untimed = time.perf_counter() - t0
-        occ = float(trainer.occ.binary.float().mean())
+        grid = trainer.occupancy_grid() if gaussians else trainer.occ
+        occ = float(grid.binary.float().mean())
         if ops_table is not None:  # torch.profiler over 10 more steps: the top operators by device time
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                              if device.type == "cuda" else [])
@@ -91,12 +103,11 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
             key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             with ops_table.open("a") as fh:
                 fh.write(f"== {json.dumps(overrides)}\n{prof.key_averages().table(sort_by=key, row_limit=30)}\n")
-    return {"overrides": overrides, "device": str(device), "steps": steps, "rays_per_batch": tcfg.rays_per_batch,
-            "steps_per_sec": round(steps / total, 3), "rays_per_sec": round(steps * tcfg.rays_per_batch / total),
-            "steps_per_sec_untimed": round(steps / untimed, 3),
-            "rays_per_sec_untimed": round(steps * tcfg.rays_per_batch / untimed),
+    return {"overrides": overrides, "device": str(device), "head": mcfg.head, "steps": steps, "rays_per_batch": rays,
+            "steps_per_sec": round(steps / total, 3), "rays_per_sec": round(steps * rays / total),
+            "steps_per_sec_untimed": round(steps / untimed, 3), "rays_per_sec_untimed": round(steps * rays / untimed),
             "ms_per_step": {k: round(1000 * float(np.sum(v)) / steps, 3) for k, v in times.items()},
-            "samples_per_ray": round(float(np.mean(spr)), 2), "occupied_fraction": round(float(occ), 4),
+            "samples_per_ray": round(float(np.mean(spr)), 2) if spr else None, "occupied_fraction": round(float(occ), 4),
             "last_psnr": round(float(-10 * np.log10(max(float(mse), 1e-12))), 2),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None}
 

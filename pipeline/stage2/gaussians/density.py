@@ -42,16 +42,17 @@ class DensityControl:
 
     @torch.no_grad()
     def accumulate(self, metas: list[dict], size: int) -> None:
-        """Add the centre gradients of one step's renders (``metas``: one rasteriser meta per frame, with
-        ``means2d`` whose ``.grad`` backward filled, ``[1, N, 2]``, and ``radii`` ``[1, N, 2]``)."""
+        """Add the centre gradients of one step's renders (``metas``: rasteriser metas, each with ``means2d``
+        whose ``.grad`` backward filled and ``radii``, ``[..., N, 2]``: one row per rendered view)."""
         for meta in metas:
             g = meta["means2d"].grad
             if g is None:
                 continue
-            visible = (meta["radii"][0] > 0).all(-1)
-            norm = (g[0] * (size / 2.0)).norm(dim=-1)
-            self.grad_sum += torch.where(visible, norm, torch.zeros_like(norm))
-            self.seen += visible.float()
+            n = g.shape[-2]
+            visible = (meta["radii"].reshape(-1, n, 2) > 0).all(-1)                # [V, N]
+            norm = (g.reshape(-1, n, 2) * (size / 2.0)).norm(dim=-1)
+            self.grad_sum += torch.where(visible, norm, torch.zeros_like(norm)).sum(0)
+            self.seen += visible.float().sum(0)
 
     @torch.no_grad()
     def step(self, head: GaussianHead, opt: torch.optim.Adam, gen: torch.Generator) -> dict[str, int]:

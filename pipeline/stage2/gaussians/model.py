@@ -136,15 +136,13 @@ class GaussianHead(nn.Module):
         """Premultiplied colour over black ``[B, 3, S, S]`` and alpha ``[B, 1, S, S]`` of the deformed Gaussians
         ``gs`` (:meth:`deform`), seen by ``viewmats [B, 4, 4]`` (OpenCV, :func:`viewmats_from_c2w`) with
         intrinsics ``K [3, 3]`` at ``size`` px; ``rasterize`` has gsplat's ``rasterization`` call (non-packed
-        layout). With ``metas``, each frame's rasteriser meta is appended to it, its ``means2d`` keeping its
-        gradient (adaptive density control)."""
-        rgb, alpha = [], []
-        for i in range(viewmats.shape[0]):
-            c, a, meta = rasterize(gs["means"][i], gs["quats"][i], gs["scales"][i], gs["opacities"][i],
-                                   gs["colors"][i], viewmats[i:i + 1], K[None], size, size, packed=False)
-            if metas is not None and meta["means2d"].requires_grad:
-                meta["means2d"].retain_grad()
-                metas.append(meta)
-            rgb.append(c[0])
-            alpha.append(a[0])
-        return torch.stack(rgb).permute(0, 3, 1, 2), torch.stack(alpha).permute(0, 3, 1, 2)
+        layout). All B frames go through one call (gsplat's batch dimension: each frame its own Gaussians and
+        camera; one host synchronisation instead of B). With ``metas``, the rasteriser's meta is appended to it,
+        its ``means2d [B, 1, N, 2]`` keeping its gradient (adaptive density control)."""
+        b = viewmats.shape[0]
+        c, a, meta = rasterize(gs["means"], gs["quats"], gs["scales"], gs["opacities"], gs["colors"],
+                               viewmats[:, None], K.expand(b, 1, 3, 3), size, size, packed=False)
+        if metas is not None and meta["means2d"].requires_grad:
+            meta["means2d"].retain_grad()
+            metas.append(meta)
+        return c[:, 0].permute(0, 3, 1, 2), a[:, 0].permute(0, 3, 1, 2)

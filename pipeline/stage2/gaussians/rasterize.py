@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from pipeline.stage2.gaussians.projection import ALPHA_THRESHOLD, Projected, project_gaussians
+from pipeline.stage2.gaussians.projection import ALPHA_THRESHOLD, project_gaussians
 
 MAX_ALPHA = 0.999                  # one Gaussian never makes a pixel fully opaque
 TRANSMITTANCE_THRESHOLD = 1e-4     # a pixel is done once its transmittance would fall to this
@@ -138,51 +138,58 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
 
     Inputs: ``means [N, 3]``, ``quats [N, 4]`` (w, x, y, z; any length), ``scales [N, 3]``,
     ``opacities [N]``, ``colors [N, D]`` or ``[C, N, D]`` (no spherical harmonics), ``viewmats [C, 4, 4]``
-    world-to-camera (OpenCV: x right, y down, z forward), ``Ks [C, 3, 3]``, ``backgrounds [C, D]``.
+    world-to-camera (OpenCV: x right, y down, z forward), ``Ks [C, 3, 3]``, ``backgrounds [C, D]``. With
+    leading batch dimensions ``...`` on every input (gsplat's layout: ``means [..., N, 3]``,
+    ``viewmats [..., C, 4, 4]``), each batch entry is its own scene and cameras.
     ``render_mode``: ``RGB``, ``D`` (accumulated depth ``sum w z``), ``ED`` (depth / alpha), ``RGB+D``,
     ``RGB+ED`` (depth as the last channel). ``rasterize_mode``: ``classic`` or ``antialiased``. ``packed``
     only changes gsplat's memory layout, not its output, and is ignored here.
 
-    Returns ``render_colors [C, H, W, D']``, ``render_alphas [C, H, W, 1]`` and ``meta`` with the projection
-    (``means2d``, ``conics``, ``depths``, ``opacities``, ``radii`` int32 ``[C, N, 2]``, ``compensations``),
-    all ``[C, N, ...]`` (gsplat's non-packed layout), plus ``width``, ``height``, ``tile_size``,
+    Returns ``render_colors [..., C, H, W, D']``, ``render_alphas [..., C, H, W, 1]`` and ``meta`` with the
+    projection (``means2d``, ``conics``, ``depths``, ``opacities``, ``radii`` int32 ``[..., C, N, 2]``,
+    ``compensations``), all ``[..., C, N, ...]`` (gsplat's non-packed layout), plus ``width``, ``height``, ``tile_size``,
     ``n_cameras``."""
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode {render_mode!r}: the reference supports {RENDER_MODES}")
     if rasterize_mode not in ("classic", "antialiased"):
         raise ValueError(f"rasterize_mode {rasterize_mode!r}: 'classic' or 'antialiased'")
     del packed
-    C, N = viewmats.shape[0], means.shape[0]
-    proj: Projected = project_gaussians(
-        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane=near_plane,
-        far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d, antialiased=rasterize_mode == "antialiased")
-    if colors.dim() == 2:
-        colors = colors[None].expand(C, N, colors.shape[-1])
+    batch, (C, N) = means.shape[:-2], (viewmats.shape[-3], means.shape[-2])
+    flat = lambda t: t.reshape(math.prod(batch), *t.shape[len(batch):])   # noqa: E731  [B, ...], B = prod(...)
+    means, quats, scales, opacities, viewmats, Ks = map(flat, (means, quats, scales, opacities, viewmats, Ks))
+    projs = [project_gaussians(means[b], quats[b], scales[b], opacities[b], viewmats[b], Ks[b], width, height,
+                               near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
+                               antialiased=rasterize_mode == "antialiased") for b in range(means.shape[0])]
+    # the projection's fields stacked to [..., C, N, ...] *before* rasterising from them, so that a gradient
+    # kept on meta["means2d"] (density control) is the one the images send back
+    fields = {k: None if getattr(projs[0], k) is None else torch.stack([getattr(p, k) for p in projs])
+              .reshape(*batch, *getattr(projs[0], k).shape) for k in ("means2d", "conics", "depths", "opacities",
+                                                                      "radii", "compensations")}
+    proj = {k: None if v is None else flat(v) for k, v in fields.items()}
+    colors = flat(colors)
+    if colors.dim() == 3:
+        colors = colors[:, None].expand(-1, C, N, colors.shape[-1])
     with_rgb, with_depth = render_mode.startswith("RGB"), "D" in render_mode
-    features = []
-    if with_rgb:
-        features.append(colors)
-    if with_depth:
-        features.append(proj.depths[..., None])
-    features = torch.cat(features, dim=-1)
-    if backgrounds is not None and with_depth:   # depth channel's background is 0
-        zero = torch.zeros_like(backgrounds[:, :1])
-        backgrounds = torch.cat([backgrounds, zero], dim=-1) if with_rgb else zero
+    features = torch.cat(([colors] if with_rgb else []) + ([proj["depths"][..., None]] if with_depth else []), -1)
+    if backgrounds is not None:
+        backgrounds = flat(backgrounds)
+        if with_depth:                          # depth channel's background is 0
+            zero = torch.zeros_like(backgrounds[..., :1])
+            backgrounds = torch.cat([backgrounds, zero], dim=-1) if with_rgb else zero
 
     images, alphas = [], []
-    for cam in range(C):
-        image, alpha = rasterize_to_pixels(
-            proj.means2d[cam], proj.conics[cam], proj.opacities[cam], features[cam], proj.depths[cam],
-            proj.radii[cam], width, height, tile_size=tile_size,
-            background=None if backgrounds is None else backgrounds[cam])
-        images.append(image)
-        alphas.append(alpha)
-    render_colors, render_alphas = torch.stack(images), torch.stack(alphas)
+    for b in range(means.shape[0]):
+        for cam in range(C):
+            image, alpha = rasterize_to_pixels(
+                proj["means2d"][b, cam], proj["conics"][b, cam], proj["opacities"][b, cam], features[b, cam],
+                proj["depths"][b, cam], proj["radii"][b, cam], width, height, tile_size=tile_size,
+                background=None if backgrounds is None else backgrounds[b, cam])
+            images.append(image)
+            alphas.append(alpha)
+    render_colors = torch.stack(images).reshape(*batch, C, height, width, -1)
+    render_alphas = torch.stack(alphas).reshape(*batch, C, height, width, 1)
     if render_mode in ("ED", "RGB+ED"):          # expected depth: normalise by the accumulated alpha
         depth = render_colors[..., -1:] / render_alphas.clamp(min=1e-10)
         render_colors = torch.cat([render_colors[..., :-1], depth], dim=-1)
-
-    meta = {"means2d": proj.means2d, "conics": proj.conics, "depths": proj.depths, "opacities": proj.opacities,
-            "radii": proj.radii, "compensations": proj.compensations, "width": width, "height": height,
-            "tile_size": tile_size, "n_cameras": C}
+    meta = {**fields, "width": width, "height": height, "tile_size": tile_size, "n_cameras": C}
     return render_colors, render_alphas, meta

@@ -138,17 +138,15 @@ class GaussianTrainer(HeadTrainer):
         return {"gaussians": self.head.n, "rasterizer": self.backend}
 
     # ---------------------------------------------------------------- rendering
-    def render(self, ids: torch.Tensor, metas: list | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Premultiplied colour ``[B, 3, S, S]``, alpha ``[B, 1, S, S]`` and the deformed Gaussians of frames
-        ``ids`` (device tensor); with ``metas``, the rasteriser's metas (density control)."""
+    def render(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Premultiplied colour ``[B, 3, S, S]`` and alpha ``[B, 1, S, S]`` of frames ``ids`` (device tensor)."""
         gs = self.head.deform(*self.data.conditioning(ids))
-        pre, alpha = self.head.render(gs, self.viewmats[ids], self.K, self.data.size, self.rasterize, metas)
-        return pre, alpha, gs
+        return self.head.render(gs, self.viewmats[ids], self.K, self.data.size, self.rasterize)
 
     @torch.no_grad()
     def render_frame(self, f: int) -> np.ndarray:
         """uint8 ``[S, S, 3]``: the head over the plate on the frame's region, the plate elsewhere (as the NeRF's)."""
-        pre, alpha, _ = self.render(torch.tensor([f], device=self.device))
+        pre, alpha = self.render(torch.tensor([f], device=self.device))
         over = (pre + (1 - alpha) * self.plate)[0].clamp(0, 1)
         _, region = self.data.region(f, self.margin)
         img = self.data.plate.copy()
@@ -170,9 +168,13 @@ class GaussianTrainer(HeadTrainer):
             gt, lab = self.frames[ids].permute(0, 3, 1, 2).float() / 255.0, self.labels[ids]
             head, region = head_region(lab, self.margin)
             w = region * color_weight(lab)
-        with timer("forward"):
-            metas: list[dict] = []
-            pre, alpha, gs = self.render(ids, metas if self.mcfg.gaussians.densify_every else None)
+        metas: list[dict] = []
+        with timer("deform"):
+            gs = self.head.deform(*self.data.conditioning(ids))
+        with timer("rasterize"):
+            pre, alpha = self.head.render(gs, self.viewmats[ids], self.K, self.data.size, self.rasterize,
+                                          metas if self.mcfg.gaussians.densify_every else None)
+        with timer("loss"):
             pred = pre + (1 - alpha) * self.plate
             loss = region_loss(pred, gt, w, self.mcfg.gaussians.dssim_weight)
             if tcfg.opacity_weight > 0:
