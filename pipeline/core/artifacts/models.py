@@ -131,7 +131,7 @@ RENDER_STATS = JsonSpec(
         "head": str,                     # "stage2/head.pt" or "untrained" (random weights: tests only)
         "compositing": str,              # "soft" | "hard"
         "num_samples": int,              # head samples per ray (0: the Gaussian head)
-        "frames_per_sec": (int, float),  # synthesis speed (head + torso + compositing), wall clock
+        "frames_per_sec": (int, float),  # synthesis (head + torso + compositing, frames on the host), wall clock
         "device": str,
         "seam_jump": (float, type(None)),  # mean colour step (0-1) across the neck seam band; None: no seam seen
     },
@@ -139,6 +139,7 @@ RENDER_STATS = JsonSpec(
         "peak_gpu_mib": (float, type(None)),  # torch.cuda.max_memory_allocated during synthesis (None off CUDA)
         "peak_host_rss_mib": float,      # the process's maximum resident set size
         "torso": str,                    # "model" | "replay" (driving clips: the recorded torso of the replayed frames)
+        "frames_per_sec_with_output": (int, float),  # the render loop with its writer (mp4 encode or npz)
     },
 )
 
