@@ -12,7 +12,9 @@ GPU when there is one). Layers:
 model's). ``composite_hard`` pastes binary layers (alpha > 0.5): what a naive pipeline does, kept for comparison.
 ``composite_soft`` keeps the soft alphas and, in the neck band (where the torso layer is near, i.e. the
 Gaussian-blurred torso alpha), replaces the head alpha by its Gaussian blur (sigma ``feather_px``), so the
-head fades into the torso's neck over a few pixels instead of ending at a line. Where the blurred head
+head fades into the torso's neck over a few pixels instead of ending at a line. Its wide blurs are made at a
+reduced resolution (``smooth``: the layers are smooth at that scale), the exact ``gaussian_blur`` being the
+reference the test compares with. Where the blurred head
 alpha reaches past the head, its colour comes from a normalised convolution of the head layer (the
 head's own colours smeared outwards), never from black.
 
@@ -44,6 +46,18 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A wide Gaussian blur (sigma >= 8 px) of a smooth layer at half resolution: 2x2-averaged, blurred with
+    ``sigma / 2``, bilinearly upsampled back; ~8x less work than :func:`gaussian_blur`, which it is for smaller
+    sigmas or odd sizes. At 512² the seam's wide blur (sigma 15 px) differs from the exact one by < 2 % (0.02 %
+    on average) on hard real mattes (tests/test_torso_render.py); coarser grids interpolate worse."""
+    h, w = x.shape[-2:]
+    if sigma < 8 or h % 2 or w % 2:
+        return gaussian_blur(x, sigma)
+    half = gaussian_blur(F.avg_pool2d(x, 2), sigma / 2)
+    return F.interpolate(half, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def _over(bg: torch.Tensor, rgb: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return rgb * a + bg * (1 - a)
 
@@ -71,10 +85,11 @@ def composite_soft(bg: torch.Tensor, torso_rgb: torch.Tensor, torso_a: torch.Ten
     under = _over(bg.expand_as(torso_rgb), torso_rgb, torso_a)
     if feather_px <= 0:
         return head_pre + (1 - head_a) * under
-    near_torso = gaussian_blur(torso_a, 2 * feather_px).clamp(0, 1)
-    a_blur = gaussian_blur(head_a, feather_px)
+    near_torso = smooth(torso_a, 2 * feather_px).clamp(0, 1)
+    a_blur = smooth(head_a, feather_px)
     a = near_torso * a_blur + (1 - near_torso) * head_a
-    fill = gaussian_blur(head_pre, 2 * feather_px) / gaussian_blur(head_a, 2 * feather_px).clamp_min(1e-3)
+    wide = smooth(torch.cat([head_pre, head_a], dim=1), 2 * feather_px)      # one call for colour and alpha
+    fill = wide[:, :-1] / wide[:, -1:].clamp_min(1e-3)
     # a * true colour + (1 - a) * smeared head colour: the head's colour inside, continuous outwards
     colour = (head_pre + (1 - head_a) * fill.clamp(0, 1)).clamp(0, 1)
     return colour * a + under * (1 - a)
@@ -82,12 +97,19 @@ def composite_soft(bg: torch.Tensor, torso_rgb: torch.Tensor, torso_a: torch.Ten
 
 def seam_band(head_a: torch.Tensor, torso_a: torch.Tensor, width: int = 3) -> torch.Tensor:
     """``[B, 1, H, W]`` bool: within ``width`` px of the hard head boundary, next to the torso layer."""
-    k = 2 * width + 1
     h = (head_a > 0.5).float()
-    dil = F.max_pool2d(h, k, 1, width)
-    ero = -F.max_pool2d(-h, k, 1, width)
-    near_torso = F.max_pool2d((torso_a > 0.5).float(), k, 1, width)
+    dil = _box_max(h, width)
+    ero = -_box_max(-h, width)
+    near_torso = _box_max((torso_a > 0.5).float(), width)
     return (dil - ero > 0) & (near_torso > 0)
+
+
+def _box_max(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.max_pool2d(x, 2r+1, 1, r)`` as two 1-D passes (rows, then columns; both pad with -inf as the 2-D
+    pool does): the square's maximum is the maximum of its row maxima, so the result is the same, with 2(2r+1)
+    instead of (2r+1)^2 comparisons per pixel."""
+    k = 2 * r + 1
+    return F.max_pool2d(F.max_pool2d(x, (1, k), 1, (0, r)), (k, 1), 1, (r, 0))
 
 
 def seam_jump(image: torch.Tensor, band: torch.Tensor) -> float | None:
