@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Several short Gaussian-head trainings in one GPU call, each scored on the audio-driven test split like [head-v2]
+# (bench/gpu_eval_render.py). The Gaussian head reaches its plateau within 2 minutes on talk_dfrf_cnn_en
+# (BENCHMARKS.md), so 2-minute variants compare configurations at a third of a full run's cost.
+#
+#   bench/gpu_gaussian_variants.sh SUBJECT_DIR OUT_DIR MINUTES JSON [JSON ...]
+#
+# SUBJECT_DIR as bench/gpu_head_eval.sh describes (e.g. .carry/cnn; carry .carry/gsplat_sm90.tar.xz too). Each
+# JSON holds stage-2 keys over '{"head": "gaussians"}', e.g. '{}' '{"audio_dim": 0}' '{"gaussians": {"hidden_dim":
+# 128}}'. The torso is trained once (default config) before the first render. Writes OUT_DIR/variants.jsonl (one
+# line per variant: its config, steps, teacher-forced test and train head PSNR, eval curve, Gaussians, and the
+# audio-driven head / region PSNR and sharpness, head-only frames/s) and OUT_DIR/steps.log. A failing variant is
+# logged and the next one runs. Env: PYTHON (python3), EVAL_EVERY (steps between teacher-forced evaluations, 1500).
+set -uo pipefail
+if [[ $# -lt 4 ]]; then
+    sed -n '2,14p' "$0"; exit 2
+fi
+s=$1; out=$2; minutes=$3; shift 3
+repo=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+mkdir -p "$out"
+log="$out/steps.log"
+source "$repo/bench/gpu_gsplat_env.sh" >> "$log" 2>&1 || { echo "gsplat unavailable (see $log)"; exit 1; }
+if [[ ! -f "$s/stage2/cache.json" ]]; then
+    "$py" -m pipeline.stage2.cache --video "$s/crop/video.mp4" --labels "$s/parsing/labels.npz" \
+        --outdir "$s/stage2" --config '{"image_size": 0}' >> "$log" 2>&1
+fi
+if [[ ! -f "$s/torso/torso.json" ]]; then
+    "$py" -m pipeline.torso.train --crop-video "$s/crop/video.mp4" --torso "$s/parsing/torso.npz" \
+        --labels "$s/parsing/labels.npz" --background "$s/parsing/background.png" \
+        --tracks "$s/tracking/tracks.parquet" --transforms "$s/tracking/transforms.json" \
+        --crop-meta "$s/crop/crop.json" --outdir "$s/torso" --config '{"device": "cuda"}' >> "$log" 2>&1 \
+        || { echo "torso training failed (see $log)"; exit 1; }
+fi
+k=0
+for variant in "$@"; do
+    cfg=$("$py" -c 'import json, sys; c = {"head": "gaussians"}; c.update(json.loads(sys.argv[1])); print(json.dumps(c))' \
+        "$variant")
+    echo "variant $k: $cfg" | tee -a "$log"
+    # a fresh run: no checkpoint or head of the previous variant
+    rm -f "$s"/stage2/{checkpoint.pt,head.pt,head.json,occupancy.npz,metrics.json}
+    if EVAL_EVERY=${EVAL_EVERY:-1500} PYTHON=$py bash "$repo/bench/gpu_train_head.sh" "$s" "$s/stage2" "$minutes" "$cfg" \
+            > /dev/null 2>&1 \
+        && "$py" -m pipeline.render video --subject-dir "$s" --out "$s/video.npz" --config '{"device": "cuda"}' \
+            >> "$log" 2>&1 \
+        && "$py" "$repo/bench/gpu_eval_render.py" --subject-dir "$s" --frames "$s/video.npz" --out "$s/eval_$k" \
+            --fps-frames 24 >> "$log" 2>&1; then
+        "$py" - "$cfg" "$s/stage2/metrics.json" "$s/eval_$k/render_eval.json" <<'PY' | tee -a "$out/variants.jsonl"
+import json, sys
+m, r = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+print(json.dumps({"config": json.loads(sys.argv[1]), "steps": m["steps"], "steps_per_sec": m["steps_per_sec"],
+                  "gaussians": m.get("gaussians"), "test_head_teacher_forced": round(m["psnr_head"], 2),
+                  "train_head": round(m["psnr_head_train"], 2), "eval_curve": m["eval_curve"],
+                  "head_audio_driven": round(r["mean"]["psnr_head"], 2), "full_frame": round(r["mean"]["psnr"], 2),
+                  "regions": {k: [v["psnr"], v["sharpness"]] for k, v in r["regions"].items()},
+                  "head_only_fps": r["head_only"]["frames_per_sec"],
+                  "head_torso_fps": r["head_torso"]["frames_per_sec"]}))
+PY
+    else
+        echo "variant $k failed:" | tee -a "$log"
+        tail -5 "$s/stage2/bench.log" 2> /dev/null | tee -a "$log"
+    fi
+    k=$((k + 1))
+done
