@@ -24,6 +24,8 @@ class GaussianConfig:
     hidden_dim: int = 64            # deformation network (landmarks, audio, AU45 -> offsets of each Gaussian)
     num_layers: int = 2
     skin_k: int = 4                 # nearest landmarks whose motion a Gaussian follows (linear blend skinning)
+    audio_region: float = 0.0       # audio reaches the Gaussians in a window around the mouth: sigma = this x the
+                                    # mouth's corner-to-corner width (0 = every Gaussian, as in the NeRF)
     init_opacity: float = 0.1
     lr_means: float = 1.6e-4        # decayed to x lr_final_factor, as the other rates
     lr_scales: float = 5e-3
@@ -51,6 +53,8 @@ class GaussianConfig:
             raise ConfigError("stage2.gaussians: init_opacity in (0, 1), dssim_weight in [0, 1]")
         if self.densify_every < 0 or not 0 <= self.densify_from <= self.densify_until <= 1:
             raise ConfigError("stage2.gaussians: densify_every >= 0, 0 <= densify_from <= densify_until <= 1")
+        if self.audio_region < 0:
+            raise ConfigError(f"stage2.gaussians.audio_region must be >= 0, got {self.audio_region}")
         if not 0 <= self.prune_opacity < 1:
             raise ConfigError("stage2.gaussians: prune_opacity in [0, 1)")
         if self.densify_grad <= 0 or self.split_scale <= 0:

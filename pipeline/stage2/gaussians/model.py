@@ -15,7 +15,9 @@ Canonical Gaussians (parameters, ``N`` of them): ``means [N, 3]``, ``log_scales 
    ``[features, mean, GaussianLandmarkEncoding(mean + s, frame landmarks), gated audio code, gated AU45]``
    gives offsets of position, log-scale, rotation, opacity and colour (last layer zero-initialised, so training
    starts from the skinned Gaussians). Audio and AU45 are gated per Gaussian by its features as the NeRF gates
-   them by its hash features; AU45 also by a Gaussian window around each eye (``eye_region``).
+   them by its hash features; AU45 also by a Gaussian window around each eye (``eye_region``), and the audio,
+   with ``gaussians.audio_region > 0``, by one around the mouth (:func:`mouth_window`): hair and brows then
+   cannot use the audio code to tell training frames apart.
 
 :meth:`GaussianHead.render` rasterises each frame (gsplat or the torch reference, ``backend.rasterizer``) and
 returns the premultiplied colour over black and the alpha, like the NeRF head.
@@ -29,10 +31,21 @@ import torch
 from torch import nn
 
 from pipeline.core.config import Stage2ModelConfig
-from pipeline.stage2.nerf.field import (LANDMARK_SUBSETS, LEFT_EYE, RIGHT_EYE, add_conditioning, audio_code,
+from pipeline.stage2.nerf.field import (LANDMARK_SUBSETS, LEFT_EYE, LIPS, RIGHT_EYE, add_conditioning, audio_code,
                                         eye_regions, eye_window, mlp)
 
 N_OUT = 3 + 3 + 4 + 1 + 3        # offsets: position, log-scale, quaternion, opacity logit, colour logit
+MOUTH_CORNERS = (61, 291)        # mediapipe mesh ids of the lip corners
+
+
+def mouth_window(x: torch.Tensor, landmarks: torch.Tensor, width_factor: float) -> torch.Tensor:
+    """``[B, N, 1]``: a Gaussian window at points ``x [B, N, 3]`` around each frame's mouth (the centre of its
+    ``LIPS`` landmarks), sigma ``width_factor`` x the corner-to-corner width; ``landmarks [B, 478, 3]``."""
+    centre = landmarks[:, list(LIPS)].mean(1)                                        # [B, 3]
+    a, b = MOUTH_CORNERS
+    sigma = width_factor * (landmarks[:, a] - landmarks[:, b]).norm(dim=-1)            # [B]
+    d2 = ((x - centre[:, None]) ** 2).sum(-1, keepdim=True) / (sigma[:, None, None] ** 2)
+    return torch.exp(-0.5 * d2)
 
 
 def viewmats_from_c2w(c2w: torch.Tensor) -> torch.Tensor:
@@ -117,7 +130,10 @@ class GaussianHead(nn.Module):
             parts.append(self.landmark_enc(x.reshape(-1, 3), frame, lm).view(b, n, -1))
         if self.audio_att is not None:
             code = audio_code(self.audio_att, audio, self.cfg.audio_window, dev)   # [B, A]
-            parts.append(torch.sigmoid(self.audio_gate(self.features))[None] * code[:, None])
+            gated = torch.sigmoid(self.audio_gate(self.features))[None] * code[:, None]
+            if self.cfg.gaussians.audio_region > 0:
+                gated = gated * mouth_window(x, landmarks, self.cfg.gaussians.audio_region)
+            parts.append(gated)
         if self.cfg.use_au45:
             if au45 is None:
                 raise ValueError("this head uses AU45: pass au45 [B]")
