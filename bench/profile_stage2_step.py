@@ -107,7 +107,8 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
             "steps_per_sec": round(steps / total, 3), "rays_per_sec": round(steps * rays / total),
             "steps_per_sec_untimed": round(steps / untimed, 3), "rays_per_sec_untimed": round(steps * rays / untimed),
             "ms_per_step": {k: round(1000 * float(np.sum(v)) / steps, 3) for k, v in times.items()},
-            "samples_per_ray": round(float(np.mean(spr)), 2) if spr else None, "occupied_fraction": round(float(occ), 4),
+            "samples_per_ray": round(float(np.mean(spr)), 2) if spr else None,
+            "occupied_fraction": round(float(occ), 4),
             "last_psnr": round(float(-10 * np.log10(max(float(mse), 1e-12))), 2),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None}
 

@@ -124,8 +124,8 @@ def test_soft_compositing_hides_the_neck_seam(subject):
 
 def test_fast_seam_blurs_and_band_match_their_references(subject):
     """The render's cheap wide blur (``smooth``: at half resolution) stays within 2 % (mean 0.02 %) of the
-    exact separable Gaussian on real face and neck mattes at 512² with the seam's sigmas, and the separable box maximum of
-    ``seam_band`` equals ``max_pool2d``'s square window exactly."""
+    exact separable Gaussian on real face and neck mattes at 512² with the seam's sigmas, and the separable box
+    maximum of ``seam_band`` equals ``max_pool2d``'s square window exactly."""
     from torch.nn import functional as F
 
     from pipeline.core.artifacts import LABEL_FACE, LABEL_NECK, PARSING_LABELS

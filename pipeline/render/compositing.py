@@ -12,8 +12,8 @@ GPU when there is one). Layers:
 model's). ``composite_hard`` pastes binary layers (alpha > 0.5): what a naive pipeline does, kept for comparison.
 ``composite_soft`` keeps the soft alphas and, in the neck band (where the torso layer is near, i.e. the
 Gaussian-blurred torso alpha), replaces the head alpha by its Gaussian blur (sigma ``feather_px``), so the
-head fades into the torso's neck over a few pixels instead of ending at a line. Its wide blurs are made at a
-reduced resolution (``smooth``: the layers are smooth at that scale), the exact ``gaussian_blur`` being the
+head fades into the torso's neck over a few pixels instead of ending at a line. Its wide blurs are made at
+half resolution (``smooth``: the layers are smooth at that scale), the exact ``gaussian_blur`` being the
 reference the test compares with. Where the blurred head
 alpha reaches past the head, its colour comes from a normalised convolution of the head layer (the
 head's own colours smeared outwards), never from black.

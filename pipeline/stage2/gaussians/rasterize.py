@@ -147,8 +147,8 @@ def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor
 
     Returns ``render_colors [..., C, H, W, D']``, ``render_alphas [..., C, H, W, 1]`` and ``meta`` with the
     projection (``means2d``, ``conics``, ``depths``, ``opacities``, ``radii`` int32 ``[..., C, N, 2]``,
-    ``compensations``), all ``[..., C, N, ...]`` (gsplat's non-packed layout), plus ``width``, ``height``, ``tile_size``,
-    ``n_cameras``."""
+    ``compensations``), all ``[..., C, N, ...]`` (gsplat's non-packed layout), plus ``width``, ``height``,
+    ``tile_size``, ``n_cameras``."""
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode {render_mode!r}: the reference supports {RENDER_MODES}")
     if rasterize_mode not in ("classic", "antialiased"):
