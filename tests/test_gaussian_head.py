@@ -37,7 +37,7 @@ def test_head_key_and_gaussian_section_are_validated():
     with pytest.raises(ConfigError, match="init_opacity"):
         stage2_configs({"gaussians": {"init_opacity": 1.5}})
     with pytest.raises(ConfigError, match="audio_region"):
-        stage2_configs({"gaussians": {"audio_region": -0.5}})
+        stage2_configs({"audio_region": -0.5})
 
 
 def test_backend_falls_back_with_one_warning_or_refuses_at_full_size(caplog):
@@ -165,18 +165,18 @@ def test_render_path_draws_the_head_training_drew(trained, subject):
 
 
 def test_audio_region_keeps_the_audio_at_the_mouth(trained, subject):
-    """``gaussians.audio_region``: the trained head's weights, two frames' audio windows under the same landmarks
+    """``stage2.audio_region``: the trained head's weights, two frames' audio windows under the same landmarks
     and AU45. With the audio everywhere (the trained default) Gaussians far from the mouth move with the audio;
     with a mouth window they stay put while the ones at the mouth still follow it."""
     from pipeline.stage2.data import SubjectData
-    from pipeline.stage2.gaussians.model import mouth_window
     from pipeline.stage2.gaussians.trainer import build_head
+    from pipeline.stage2.regions import mouth_region, mouth_window
 
     state = torch.load(trained / "head.pt", weights_only=True)
     _, tcfg = stage2_configs(_config())
     changes = {}
     for region in (0.0, 0.5):
-        mcfg, _ = stage2_configs(_config(gaussians={"count": 1500, "audio_region": region}))
+        mcfg, _ = stage2_configs(_config(audio_region=region))
         data = SubjectData(subject, tcfg.head_radius, mcfg.bound, "cpu", mcfg.landmark_motion)
         head = build_head(data, mcfg, torch.device("cpu"))
         head.load_state_dict(state)
@@ -184,7 +184,7 @@ def test_audio_region_keeps_the_audio_at_the_mouth(trained, subject):
         lm, audio, au45 = data.conditioning(np.array([f, g]))
         with torch.no_grad():
             gs = head.deform(lm[[0, 0]], audio, au45[[0, 0]])
-            window = mouth_window(head.means[None], lm[:1], 0.5)[0, :, 0]
+            window = mouth_window(head.means, mouth_region(lm[:1], 0.5))[:, 0]
         changes[region] = sum((gs[k][0] - gs[k][1]).abs().reshape(head.n, -1).sum(-1) for k in gs)
     far, near = window < 1e-6, window > 0.5
     print(f"\naudio change of far / near Gaussians ({int(far.sum())} / {int(near.sum())}): everywhere "

@@ -338,6 +338,32 @@ def test_field_conditioning_api_and_errors():
     assert tri.encoding.output_dim == 3 * 16
 
 
+def test_field_audio_region_keeps_the_audio_at_the_mouth():
+    """``stage2.audio_region``: the audio code reaches the field only in a Gaussian window around the frame's mouth
+    (``regions.mouth_region``), so far from it a change of audio changes nothing; at the mouth it still does."""
+    from pipeline.stage2.regions import LIPS, MOUTH_CORNERS, mouth_region, mouth_window
+
+    cfg = _small_cfg(use_landmarks=True, audio_dim=8, audio_window=16, audio_region=0.5)
+    torch.manual_seed(3)
+    field = LandmarkField(cfg, audio_in_dim=20)
+    lm = (torch.rand(2, 478, 3) - 0.5) * 0.6
+    lm[:, list(LIPS)] = lm[:, list(LIPS)] * 0.3 + torch.tensor([0.0, -0.3, 0.2])     # a small mouth below
+    lm[:, MOUTH_CORNERS[0], 0], lm[:, MOUTH_CORNERS[1], 0] = -0.1, 0.1
+    audio = torch.randn(2, 16, 20)
+    x = torch.rand(4000, 3) * 1.6 - 0.8
+    fr = torch.zeros(4000, dtype=torch.int64)
+    with torch.no_grad():
+        ctx = field.prepare(lm, audio)
+        window = mouth_window(x, mouth_region(lm[:1], 0.5))[:, 0]
+        change = (field.density(x, fr, ctx) - field.density(x, fr, field.prepare(lm, audio.flip(0)))).abs()
+    far, near = window < 1e-8, window > 0.5
+    assert ctx.mouth.shape == (2, 4) and far.sum() > 1000 and near.sum() > 5
+    assert float(change[far].max()) < 1e-5 * float(change[near].mean())
+    assert float(change[near].mean()) > 0
+    assert field.prepare(lm, audio).mouth is not None and LandmarkField(_small_cfg(
+        use_landmarks=True, audio_dim=8, audio_window=16), audio_in_dim=20).prepare(lm, audio).mouth is None
+
+
 def test_stage2_imports_without_preprocessing_libraries():
     blocked = ["mediapipe", "librosa", "parselmouth", "av", "snakemake", "scipy", "sklearn", "imageio_ffmpeg"]
     code = ("import sys\n"

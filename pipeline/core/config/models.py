@@ -24,8 +24,6 @@ class GaussianConfig:
     hidden_dim: int = 64            # deformation network (landmarks, audio, AU45 -> offsets of each Gaussian)
     num_layers: int = 2
     skin_k: int = 4                 # nearest landmarks whose motion a Gaussian follows (linear blend skinning)
-    audio_region: float = 0.0       # audio reaches the Gaussians in a window around the mouth: sigma = this x the
-                                    # mouth's corner-to-corner width (0 = every Gaussian, as in the NeRF)
     init_opacity: float = 0.1
     lr_means: float = 1.6e-4        # decayed to x lr_final_factor, as the other rates
     lr_scales: float = 5e-3
@@ -53,8 +51,6 @@ class GaussianConfig:
             raise ConfigError("stage2.gaussians: init_opacity in (0, 1), dssim_weight in [0, 1]")
         if self.densify_every < 0 or not 0 <= self.densify_from <= self.densify_until <= 1:
             raise ConfigError("stage2.gaussians: densify_every >= 0, 0 <= densify_from <= densify_until <= 1")
-        if self.audio_region < 0:
-            raise ConfigError(f"stage2.gaussians.audio_region must be >= 0, got {self.audio_region}")
         if not 0 <= self.prune_opacity < 1:
             raise ConfigError("stage2.gaussians: prune_opacity in [0, 1)")
         if self.densify_grad <= 0 or self.split_scale <= 0:
@@ -100,6 +96,8 @@ class Stage2ModelConfig:
     audio_window: int = 16          # audio feature steps per frame given to the attention
     use_au45: bool = True           # blink scalar gated into the eye region
     eye_region: float = 0.6         # AU45 weighted by a Gaussian around each eye, sigma = this x the eye's width
+    audio_region: float = 0.0       # audio weighted by a Gaussian around the mouth, sigma = this x the lip corners'
+                                    # distance (0 = everywhere): hair and brows cannot learn frames from the audio
                                     # (0 = everywhere, the learnt gate alone)
     appearance_dim: int = 0         # per-frame appearance code into the colour net (ER-NeRF: 4); zero at render
     landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
@@ -130,8 +128,9 @@ class Stage2ModelConfig:
             raise ConfigError("stage2.finest_resolution must be >= base_resolution")
         if self.bound <= 0 or self.landmark_sigma <= 0:
             raise ConfigError("stage2.bound and stage2.landmark_sigma must be > 0")
-        if self.samples_per_ray < 0 or self.appearance_dim < 0 or self.eye_region < 0:
-            raise ConfigError("stage2.samples_per_ray, stage2.appearance_dim and stage2.eye_region must be >= 0")
+        if self.samples_per_ray < 0 or self.appearance_dim < 0 or self.eye_region < 0 or self.audio_region < 0:
+            raise ConfigError("stage2.samples_per_ray, stage2.appearance_dim, stage2.eye_region and "
+                              "stage2.audio_region must be >= 0")
         if self.audio_dim < 0 or self.audio_window < 1:
             raise ConfigError("stage2.audio_dim must be >= 0 and audio_window >= 1")
 

@@ -16,8 +16,8 @@ Canonical Gaussians (parameters, ``N`` of them): ``means [N, 3]``, ``log_scales 
    gives offsets of position, log-scale, rotation, opacity and colour (last layer zero-initialised, so training
    starts from the skinned Gaussians). Audio and AU45 are gated per Gaussian by its features as the NeRF gates
    them by its hash features; AU45 also by a Gaussian window around each eye (``eye_region``), and the audio,
-   with ``gaussians.audio_region > 0``, by one around the mouth (:func:`mouth_window`): hair and brows then
-   cannot use the audio code to tell training frames apart.
+   with ``audio_region > 0``, by one around the mouth (``pipeline.stage2.regions``): hair and brows then cannot
+   use the audio code to tell training frames apart.
 
 :meth:`GaussianHead.render` rasterises each frame (gsplat or the torch reference, ``backend.rasterizer``) and
 returns the premultiplied colour over black and the alpha, like the NeRF head.
@@ -31,21 +31,11 @@ import torch
 from torch import nn
 
 from pipeline.core.config import Stage2ModelConfig
-from pipeline.stage2.nerf.field import (LANDMARK_SUBSETS, LEFT_EYE, LIPS, RIGHT_EYE, add_conditioning, audio_code,
-                                        eye_regions, eye_window, mlp)
+from pipeline.stage2.nerf.field import add_conditioning, audio_code, mlp
+from pipeline.stage2.regions import (LANDMARK_SUBSETS, LEFT_EYE, LIPS, RIGHT_EYE, eye_regions, eye_window,
+                                     mouth_region, mouth_window)
 
 N_OUT = 3 + 3 + 4 + 1 + 3        # offsets: position, log-scale, quaternion, opacity logit, colour logit
-MOUTH_CORNERS = (61, 291)        # mediapipe mesh ids of the lip corners
-
-
-def mouth_window(x: torch.Tensor, landmarks: torch.Tensor, width_factor: float) -> torch.Tensor:
-    """``[B, N, 1]``: a Gaussian window at points ``x [B, N, 3]`` around each frame's mouth (the centre of its
-    ``LIPS`` landmarks), sigma ``width_factor`` x the corner-to-corner width; ``landmarks [B, 478, 3]``."""
-    centre = landmarks[:, list(LIPS)].mean(1)                                        # [B, 3]
-    a, b = MOUTH_CORNERS
-    sigma = width_factor * (landmarks[:, a] - landmarks[:, b]).norm(dim=-1)            # [B]
-    d2 = ((x - centre[:, None]) ** 2).sum(-1, keepdim=True) / (sigma[:, None, None] ** 2)
-    return torch.exp(-0.5 * d2)
 
 
 def viewmats_from_c2w(c2w: torch.Tensor) -> torch.Tensor:
@@ -131,8 +121,8 @@ class GaussianHead(nn.Module):
         if self.audio_att is not None:
             code = audio_code(self.audio_att, audio, self.cfg.audio_window, dev)   # [B, A]
             gated = torch.sigmoid(self.audio_gate(self.features))[None] * code[:, None]
-            if self.cfg.gaussians.audio_region > 0:
-                gated = gated * mouth_window(x, landmarks, self.cfg.gaussians.audio_region)
+            if self.cfg.audio_region > 0 and landmarks.shape[1] > max(LIPS):
+                gated = gated * mouth_window(x, mouth_region(landmarks, self.cfg.audio_region)[:, None])
             parts.append(gated)
         if self.cfg.use_au45:
             if au45 is None:

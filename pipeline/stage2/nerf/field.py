@@ -47,35 +47,8 @@ from torch.nn import functional as F
 from pipeline.core.config import Stage2ModelConfig
 from pipeline.stage2.nerf.encoding import HashGridSpec, build_encoding
 from pipeline.stage2.nerf.kernels import landmark_triton
-
-# mediapipe FaceMesh indices (478-point topology)
-LIPS = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185,
-        78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
-BROWS = (70, 63, 105, 66, 107, 300, 293, 334, 296, 336)
-JAW = (234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323, 454)
-NOSE = (168, 6, 197, 195, 5, 4, 1, 2, 98, 327)
-LANDMARK_SUBSETS: dict[str, tuple[int, ...]] = {
-    "lips_eyes_jaw_nose": LIPS + RIGHT_EYE + LEFT_EYE + BROWS + JAW + NOSE,
-    "lips_eyes": LIPS + RIGHT_EYE + LEFT_EYE,
-    "lips": LIPS,
-}
-
-
-EYE_CORNERS = ((33, 133), (263, 362))   # outer and inner corner of each eye (mediapipe ids)
-
-
-def eye_regions(landmarks: torch.Tensor, width_factor: float) -> torch.Tensor:
-    """``[B, 8]``: per frame, each eye's centre (mean of its contour, ``RIGHT_EYE`` / ``LEFT_EYE``) and a Gaussian
-    sigma of ``width_factor`` x its corner-to-corner width, from full landmarks ``[B, 478, 3]``."""
-    out = []
-    for ids, (a, b) in zip((RIGHT_EYE, LEFT_EYE), EYE_CORNERS):
-        centre = landmarks[:, list(ids)].mean(1)
-        width = (landmarks[:, a] - landmarks[:, b]).norm(dim=-1, keepdim=True)
-        out += [centre, width_factor * width]
-    return torch.cat(out, dim=-1)
-
+from pipeline.stage2.regions import (LANDMARK_SUBSETS, LEFT_EYE, LIPS, RIGHT_EYE, eye_regions, eye_window,
+                                     mouth_region, mouth_window)
 
 class _TruncExp(torch.autograd.Function):
     """exp with the gradient's exponent clamped at 15 (Instant-NGP's density activation)."""
@@ -273,13 +246,6 @@ def audio_code(att: AudioAttention, audio: torch.Tensor | None, window: int, dev
     return att(audio.to(device, torch.float32))
 
 
-def eye_window(x: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
-    """``[..., 1]``: the larger of the two eyes' Gaussian windows at points ``x [..., 3]``; ``eyes [..., 2, 4]``
-    (centre, sigma) as :func:`eye_regions`, broadcast against ``x``."""
-    d2 = ((x[..., None, :] - eyes[..., :3]) ** 2).sum(-1) / (eyes[..., 3] ** 2)
-    return torch.exp(-0.5 * d2).amax(-1, keepdim=True)
-
-
 @dataclass
 class FieldContext:
     """Per-frame conditioning of one batch (B frames); ``frame`` indices of samples point into it."""
@@ -289,6 +255,7 @@ class FieldContext:
     au45: torch.Tensor | None       # [B] in [0, 1] (au45_r / 5)
     appearance: torch.Tensor | None = None  # [B, appearance_dim] per-frame appearance code (None: zeros)
     eyes: torch.Tensor | None = None        # [B, 8] both eyes' centre (xyz) and Gaussian sigma: AU45's region
+    mouth: torch.Tensor | None = None       # [B, 4] the mouth's centre and sigma: the audio's (stage2.audio_region)
 
     @property
     def n_frames(self) -> int:
@@ -333,8 +300,11 @@ class LandmarkField(nn.Module):
                 raise ValueError(f"landmarks have {landmarks.shape[1]} points; the subset needs ids up to "
                                  f"{int(self.landmark_ids.max())}")
             lm = landmarks.to(self.aabb.device, torch.float32)[:, self.landmark_ids]
+        mouth = None
         if self.audio_att is not None:
             aud = audio_code(self.audio_att, audio, self.cfg.audio_window, self.aabb.device)
+            if self.cfg.audio_region > 0 and landmarks is not None and landmarks.shape[1] > max(LIPS):
+                mouth = mouth_region(landmarks.to(self.aabb.device, torch.float32), self.cfg.audio_region)
         eyes = None
         if self.cfg.use_au45:
             if au45 is None:
@@ -348,7 +318,7 @@ class LandmarkField(nn.Module):
         if appearance is not None and appearance.shape[-1] != self.cfg.appearance_dim:
             raise ValueError(f"appearance codes have {appearance.shape[-1]} values; stage2.appearance_dim is "
                              f"{self.cfg.appearance_dim}")
-        return FieldContext(lm, aud, eye, appearance, eyes)
+        return FieldContext(lm, aud, eye, appearance, eyes, mouth)
 
     def _sigma_geo(self, x: torch.Tensor, frame: torch.Tensor, ctx: FieldContext) -> tuple[torch.Tensor, torch.Tensor]:
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
@@ -359,7 +329,10 @@ class LandmarkField(nn.Module):
         if self.audio_att is not None:
             # frame_rows, not ctx.audio[frame]: advanced indexing's backward (a sort over N samples that all point
             # at a handful of frames) took 30 ms a step at 4096 x 128 samples on an H200, index_select's atomics 2 ms
-            parts.append(torch.sigmoid(self.audio_gate(enc)) * frame_rows(ctx.audio, frame))
+            gated = torch.sigmoid(self.audio_gate(enc)) * frame_rows(ctx.audio, frame)
+            if ctx.mouth is not None:    # the audio reaches only the mouth's neighbourhood (stage2.audio_region)
+                gated = gated * mouth_window(x, frame_rows(ctx.mouth, frame))
+            parts.append(gated)
         if self.cfg.use_au45:
             blink = ctx.au45.index_select(0, frame)[:, None]
             if ctx.eyes is not None:     # AU45 reaches only the eyes' neighbourhood (stage2.eye_region)
