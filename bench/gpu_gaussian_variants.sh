@@ -6,14 +6,15 @@
 #   bench/gpu_gaussian_variants.sh SUBJECT_DIR OUT_DIR MINUTES JSON [JSON ...]
 #
 # SUBJECT_DIR as bench/gpu_head_eval.sh describes (e.g. .carry/cnn; carry .carry/gsplat_sm90.tar.xz too). Each
-# JSON holds stage-2 keys over '{"head": "gaussians"}', e.g. '{}' '{"audio_dim": 0}' '{"gaussians": {"hidden_dim":
-# 128}}'. The torso is trained once (default config) before the first render. Writes OUT_DIR/variants.jsonl (one
+# JSON holds stage-2 keys over '{"head": "gaussians"}', e.g. '{}' '{"audio_region": 0.6}' '{"gaussians":
+# {"hidden_dim": 128}}'; '{"head": "nerf", "amp": true}' trains the NeRF head instead, for a same-call comparison.
+# The torso is trained once (default config) before the first render. Writes OUT_DIR/variants.jsonl (one
 # line per variant: its config, steps, teacher-forced test and train head PSNR, eval curve, Gaussians, and the
 # audio-driven head / region PSNR and sharpness, head-only frames/s) and OUT_DIR/steps.log. A failing variant is
 # logged and the next one runs. Env: PYTHON (python3), EVAL_EVERY (steps between teacher-forced evaluations, 1500).
 set -uo pipefail
 if [[ $# -lt 4 ]]; then
-    sed -n '2,14p' "$0"; exit 2
+    sed -n '2,15p' "$0"; exit 2
 fi
 s=$1; out=$2; minutes=$3; shift 3
 repo=$(cd "$(dirname "$0")/.." && pwd)
