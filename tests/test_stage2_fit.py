@@ -11,7 +11,7 @@ from pipeline.stage2.nerf.field import LandmarkField
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.nerf.renderer import VolumeRenderer, camera_rays, intersect_sphere, pixel_centers
 
-from test_stage2_core import _small_cfg
+from test_stage2_field import _small_cfg
 
 
 # ---------------------------------------------------------------- end-to-end fits
