@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from pipeline.audio import sync
 from pipeline.core.artifacts import CROP_META, INGEST_META
@@ -36,7 +35,7 @@ def main() -> None:
     t = time.perf_counter()
     visual = sync.visual_signals(s.crop.video, int(CROP_META.read(s.crop.meta)["size"]), s.landmarks.table, n, fps)
     decode = time.perf_counter() - t
-    pcm = sf.read(str(s.ingest.audio), dtype="int16")[0]
+    pcm = sync.read_pcm(s.ingest.audio)
     runs = []
     for _ in range(args.repeat):
         t = time.perf_counter()

@@ -8,12 +8,13 @@
 # SUBJECT_DIR as bench/gpu_head_eval.sh describes (e.g. .carry/cnn; carry .carry/gsplat_sm90.tar.xz too). Each
 # JSON holds stage-2 keys over '{"head": "gaussians"}', e.g. '{}' '{"audio_region": 0.6}' '{"gaussians":
 # {"hidden_dim": 128}}'; '{"head": "nerf", "amp": true}' trains the NeRF head instead, for a same-call comparison.
-# The torso is trained once (default config) before the first render. Writes OUT_DIR/variants.jsonl (one
-# line per variant: its config, steps, teacher-forced test and train head PSNR, eval curve, Gaussians, and the
-# audio-driven head / region PSNR and sharpness, head-only frames/s) and OUT_DIR/steps.log. A failing variant is
-# logged and the next one runs. Then bench/gpu_render_speed.py times the last head and the synthesis split into
-# its parts (head, torso, compositing, seam, host copy): OUT_DIR/render_speed.json. Env: PYTHON (python3),
-# EVAL_EVERY (steps between teacher-forced evaluations, 1500), RENDER_SPEED (1; 0 skips the timing).
+# The torso is trained once (default config, bench/gpu_torso_eval.sh: OUT_DIR/torso_0.json) before the first
+# render. Writes OUT_DIR/variants.jsonl (one line per variant: its config, steps, teacher-forced test and train
+# head PSNR, eval curve, Gaussians, and the audio-driven head / region PSNR and sharpness, head-only frames/s) and
+# OUT_DIR/steps.log. A failing variant is logged and the next one runs. Then bench/gpu_render_speed.py times the
+# last head and the synthesis split into its parts (head, torso, compositing, seam, host copy):
+# OUT_DIR/render_speed.json. Env: PYTHON (python3), EVAL_EVERY (steps between teacher-forced evaluations, 1500),
+# RENDER_SPEED (1; 0 skips the timing).
 set -uo pipefail
 if [[ $# -lt 4 ]]; then
     sed -n '2,17p' "$0"; exit 2
@@ -24,15 +25,9 @@ py=${PYTHON:-python3}
 mkdir -p "$out"
 log="$out/steps.log"
 source "$repo/bench/gpu_gsplat_env.sh" >> "$log" 2>&1 || { echo "gsplat unavailable (see $log)"; exit 1; }
-if [[ ! -f "$s/stage2/cache.json" ]]; then
-    "$py" -m pipeline.stage2.cache --video "$s/crop/video.mp4" --labels "$s/parsing/labels.npz" \
-        --outdir "$s/stage2" --config '{"image_size": 0}' >> "$log" 2>&1
-fi
-if [[ ! -f "$s/torso/torso.json" ]]; then
-    "$py" -m pipeline.torso.train --crop-video "$s/crop/video.mp4" --torso "$s/parsing/torso.npz" \
-        --labels "$s/parsing/labels.npz" --background "$s/parsing/background.png" \
-        --tracks "$s/tracking/tracks.parquet" --transforms "$s/tracking/transforms.json" \
-        --crop-meta "$s/crop/crop.json" --outdir "$s/torso" --config '{"device": "cuda"}' >> "$log" 2>&1 \
+if [[ ! -f "$s/torso/torso.json" ]]; then     # the default torso, trained once (no head yet: nothing rendered)
+    rm -f "$s/stage2/head.pt"
+    PYTHON=$py bash "$repo/bench/gpu_torso_eval.sh" "$s" "$out" '{}' > /dev/null && cp -r "$s/torso_0" "$s/torso" \
         || { echo "torso training failed (see $log)"; exit 1; }
 fi
 k=0

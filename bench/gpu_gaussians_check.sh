@@ -26,10 +26,6 @@ if ! "$py" -c "import pytest" 2> /dev/null; then     # the GPU image may have no
 fi
 (cd "$repo" && "$py" -m pytest -q -rs tests/test_gaussians_reference.py) > "$out/parity.log" 2>&1
 tail -3 "$out/parity.log"
-if [[ ! -f "$s/stage2/cache.json" ]]; then
-    "$py" -m pipeline.stage2.cache --video "$s/crop/video.mp4" --labels "$s/parsing/labels.npz" \
-        --outdir "$s/stage2" --config '{"image_size": 0}' >> "$out/gsplat.log" 2>&1
-fi
 EVAL_EVERY=${EVAL_EVERY:-1000000} PYTHON=$py bash "$repo/bench/gpu_train_head.sh" "$s" "$s/stage2" "$minutes" \
     '{"head": "gaussians"}' > /dev/null 2>&1
 cp "$s/stage2/bench.log" "$out/" 2> /dev/null && tail -6 "$out/bench.log"

@@ -6,10 +6,10 @@
 #
 # SUBJECT_DIR: a copy of results/<s> as bench/gpu_train_head.sh describes, plus parsing/torso.npz,
 # tracking/tracks.parquet, crop/{video.mp4,crop.json}, aus/aus.json and stage1/pred/self.parquet (what the torso and the
-# render read); the frame cache stage2/{frames,labels,cache} is made here when missing (OpenCV decode, ~8 s).
+# render read); the frame cache stage2/{frames,labels,cache} is made when missing (bench/gpu_train_head.sh).
 # The torso, render and scoring are bench/gpu_torso_eval.sh with one variant (TORSO_CONFIG, default '{}').
 # Writes six files into OUT_DIR (the device tool brings back 8): bench.log and metrics.json (the head run, its eval
-# curve), steps.log (cache, torso, render, scoring), torso_0.json (the torso's metrics.json), render_eval_0.json
+# curve), steps.log (torso, render, scoring), torso_0.json (the torso's metrics.json), render_eval_0.json
 # (PSNR and sharpness per region and the outline band, head-only frames/s) and frames.tar (the JPEG frames, to
 # score blinks and sync with pipeline.evaluate on the CPU machine: bench/gpu_eval_render.py's frames_to_npz, then
 # python -m pipeline.render mux). Env: PYTHON (python3), TORSO_CONFIG.
@@ -25,10 +25,6 @@ mkdir -p "$out"
 log="$out/steps.log"
 if [[ $extra == *gaussians* ]]; then     # gsplat for training and rendering the Gaussian head (docs/gaussians.md)
     source "$repo/bench/gpu_gsplat_env.sh" >> "$log" 2>&1
-fi
-if [[ ! -f "$s/stage2/cache.json" ]]; then
-    "$py" -m pipeline.stage2.cache --video "$s/crop/video.mp4" --labels "$s/parsing/labels.npz" \
-        --outdir "$s/stage2" --config '{"image_size": 0}' >> "$log" 2>&1
 fi
 EVAL_EVERY=$every PYTHON=$py bash "$repo/bench/gpu_train_head.sh" "$s" "$s/stage2" "$minutes" "$extra" > /dev/null 2>&1 \
     || { tail -20 "$s/stage2/bench.log"; exit 1; }

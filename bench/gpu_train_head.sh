@@ -5,16 +5,16 @@
 #   bench/gpu_train_head.sh SUBJECT_DIR OUT_DIR [MINUTES] [EXTRA_JSON]
 #
 # SUBJECT_DIR is a copy of results/<s> holding only what training reads (docs/stage2.md, "Files a training
-# run needs"): stage2/{frames.npy,labels.npy,cache.json} made by cache_frames at the training size (run
-# `python -m pipeline.stage2.cache --video crop/video.mp4 --labels parsing/labels.npz --outdir stage2
-# --config '{"image_size": 0}'` on the CPU machine, crop.size 512), tracking/{transforms.json,canonical.npz},
+# run needs"): stage2/{frames.npy,labels.npy,cache.json} made by cache_frames at the training size (made here
+# from crop/video.mp4 and parsing/labels.npz when missing: `python -m pipeline.stage2.cache`, OpenCV decode, ~8 s
+# for 1779 frames at 512²), tracking/{transforms.json,canonical.npz},
 # parsing/background.png, audio/self.npz, aus/aus.parquet, ingest/meta.json. Needs python with torch, numpy,
 # pandas, pyarrow, opencv (tqdm optional; no ffmpeg). EXTRA_JSON overrides stage2 keys, e.g. '{"amp": true}';
 # with '{"head": "gaussians"}' gsplat comes from bench/gpu_gsplat_env.sh (carry .carry/wheels or its package).
 # Env: PYTHON (default python), EVAL_EVERY (steps between test evaluations, default 2000).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-    sed -n '2,15p' "$0"; exit 2
+    sed -n '2,14p' "$0"; exit 2
 fi
 subject_dir=$1
 out_dir=$2
@@ -33,6 +33,12 @@ print(json.dumps(cfg))
 PY
 )
 echo "config: $cfg" | tee "$out_dir/bench.log"
+if [[ ! -f "$subject_dir/stage2/cache.json" ]]; then     # the frame cache at the training size (OpenCV decode, ~8 s)
+    size=$("$py" -c 'import json, sys; print(json.loads(sys.argv[1])["image_size"])' "$cfg")
+    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$py" -m pipeline.stage2.cache --video "$subject_dir/crop/video.mp4" \
+        --labels "$subject_dir/parsing/labels.npz" --outdir "$subject_dir/stage2" --config "{\"image_size\": $size}" \
+        >> "$out_dir/bench.log" 2>&1
+fi
 if [[ $cfg == *'"head": "gaussians"'* ]]; then      # the Gaussian head rasterises with gsplat (docs/gaussians.md)
     source "$repo/bench/gpu_gsplat_env.sh" >> "$out_dir/bench.log" 2>&1
 fi

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from pipeline.audio import sync
 from pipeline.core import media
@@ -57,7 +56,7 @@ def subject(work: Path, data: Path, clip: str, size: int) -> tuple[np.ndarray, n
     if int(meta["fps"]) != 25:
         raise SystemExit(f"{clip}: ingested at {meta['fps']} fps, this check assumes 25")
     visual = sync.visual_signals(s.crop.video, size, s.landmarks.table, int(meta["n_frames"]), 25)
-    return visual, sf.read(str(s.ingest.audio), dtype="int16")[0]
+    return visual, sync.read_pcm(s.ingest.audio)
 
 
 def pieces(pcm: np.ndarray, frames: int, limit: int | None = None) -> list[np.ndarray]:

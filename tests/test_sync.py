@@ -35,10 +35,6 @@ def _run(root, outdir=None, cfg: SyncConfig = SyncConfig(), audio=None) -> dict:
                     outdir or s.sync.path, cfg)
 
 
-def _pcm(path) -> np.ndarray:
-    return sf.read(str(path), dtype="int16")[0]
-
-
 @pytest.fixture(scope="module")
 def katie(processed, tmp_path_factory):
     """katiehill at 512 px: ingest from the cache, then crop, landmarks, sync, tracking and AUs here."""
@@ -107,7 +103,7 @@ def test_real_clip_offsets(processed, katie, clip):
     s = SubjectLayout(root)
     doc = SYNC_OFFSET.read(s.sync.offset)
     print(_line(clip, doc))
-    src, out = _pcm(s.ingest.audio), _pcm(s.sync.audio)
+    src, out = sync.read_pcm(s.ingest.audio), sync.read_pcm(s.sync.audio)
     assert len(out) == len(src) and np.array_equal(out, sync.shift_audio(src, doc["shift_frames"], SPF))
     assert doc["corrected"] == (doc["shift_frames"] != 0)
     if clip == KATIE:
@@ -130,12 +126,12 @@ def test_shifted_clip_is_brought_back(processed, tmp_path, frames):
     processed.landmarks(SHIFT_CLIP)
     src = SubjectLayout(processed.dir(SHIFT_CLIP))
     moved = tmp_path / "audio.wav"
-    sf.write(str(moved), sync.shift_audio(_pcm(src.ingest.audio), -frames, SPF), 16000, subtype="PCM_16")
+    sf.write(str(moved), sync.shift_audio(sync.read_pcm(src.ingest.audio), -frames, SPF), 16000, subtype="PCM_16")
     doc = _run(src.root, tmp_path / "sync", audio=moved)
     print(_line(f"{SHIFT_CLIP} {frames:+d}", doc))
     assert doc["reliable"] and abs(doc["offset_frames"] - frames) <= 1 and doc["corrected"], doc["decision"]
     assert doc["after"]["reliable"] and abs(doc["after"]["offset_frames"]) <= 1, doc["after"]
-    back, orig = _pcm(tmp_path / "sync/audio.wav"), _pcm(src.ingest.audio)
+    back, orig = sync.read_pcm(tmp_path / "sync/audio.wav"), sync.read_pcm(src.ingest.audio)
     keep = slice(abs(frames) * SPF, len(orig) - abs(frames) * SPF)
     if doc["offset_frames"] == frames:
         assert np.array_equal(back[keep], orig[keep])
@@ -171,7 +167,7 @@ def test_mouth_follows_audio_after_correction(processed, katie, clip):
         processed.aus(clip)
     after = doc["after"]
     aus = AUS.read_pandas(s.aus.table)
-    y = _pcm(s.sync.audio).astype(np.float32) / 32768
+    y = sync.read_pcm(s.sync.audio).astype(np.float32) / 32768
     env = band_envelope(y, 16000, doc["fps"], len(aus))
     r = {au: lagged_correlation(aus[au].to_numpy(np.float64), env, after["best_lag"]) for au in ("au25_r", "au26_r")}
     listed = {au: _smile_listing(aus, env, after["best_lag"], au) for au in r}
@@ -205,7 +201,7 @@ def test_foreign_audio_false_positive_rate(processed):
         meta = INGEST_META.read(s.ingest.meta)
         assert meta["fps"] == 25, clip
         videos[clip] = sync.visual_signals(s.crop.video, processed.CROP_SIZE, s.landmarks.table, meta["n_frames"], 25)
-        audios[clip] = _pcm(s.ingest.audio)
+        audios[clip] = sync.read_pcm(s.ingest.audio)
     for name in SPEECH:
         audios[name] = (media.read_audio(speech_path(name), 16000) * 32767).astype(np.int16)
     results = [sync.measure(visual[j:j + PIECE], piece, 25, SyncConfig())
@@ -257,7 +253,7 @@ def test_bad_audio_is_left_alone_with_one_warning(processed, tmp_path, caplog, c
     else:
         processed.landmarks(SHIFT_CLIP)
         root = processed.dir(SHIFT_CLIP)
-        n = len(_pcm(SubjectLayout(root).ingest.audio))
+        n = len(sync.read_pcm(SubjectLayout(root).ingest.audio))
         audio = tmp_path / f"{case}.wav"
         sf.write(str(audio), np.zeros(n, np.int16) if case == "silent" else _music(n), 16000, subtype="PCM_16")
     caplog.clear()  # the short clip's ingest warns about its length: only this rule's warnings count here
@@ -269,7 +265,7 @@ def test_bad_audio_is_left_alone_with_one_warning(processed, tmp_path, caplog, c
     assert not doc["reliable"] and not doc["corrected"] and doc["shift_frames"] == 0
     assert {"silent": "silent", "music": "chance", "short": "speech frames"}[case] in doc["reason"]
     assert SYNC_OFFSET.read(tmp_path / "sync/sync.json")["decision"] == warnings[0]
-    assert np.array_equal(_pcm(tmp_path / "sync/audio.wav"), _pcm(audio))
+    assert np.array_equal(sync.read_pcm(tmp_path / "sync/audio.wav"), sync.read_pcm(audio))
 
 
 def test_failure_leaves_nothing(processed, tmp_path):

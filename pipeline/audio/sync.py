@@ -131,6 +131,20 @@ def _summary(found: dict) -> dict:
     return {k: found.get(k) for k in SUMMARY}
 
 
+def read_pcm(audio: Path | str) -> np.ndarray:
+    """The 16 kHz mono int16 samples of a WAV (``ingest/audio.wav``, ``sync/audio.wav``); anything else is an
+    error naming the file."""
+    import soundfile as sf
+
+    audio = Path(audio)
+    if not audio.is_file():
+        raise SyncError(audio, "audio file not found")
+    pcm, sr = sf.read(str(audio), dtype="int16", always_2d=True)
+    if sr != SAMPLE_RATE or pcm.shape[1] != 1:
+        raise SyncError(audio, f"{sr} Hz x {pcm.shape[1]} channels, expected 16 kHz mono (ingest/audio.wav)")
+    return pcm[:, 0]
+
+
 def run(audio: Path | str, meta: Path | str, video: Path | str, crop_meta: Path | str, landmarks: Path | str,
         outdir: Path | str, cfg: SyncConfig = SyncConfig()) -> dict:
     """Measure the lip-audio offset of one subject -> ``outdir``/{sync.json, audio.wav}; return sync.json."""
@@ -141,12 +155,7 @@ def run(audio: Path | str, meta: Path | str, video: Path | str, crop_meta: Path 
     info = INGEST_META.read(meta)
     fps, n = int(info["fps"]), int(info["n_frames"])
     spf = SAMPLE_RATE // fps
-    if not audio.is_file():
-        raise SyncError(audio, "audio file not found")
-    pcm, sr = sf.read(str(audio), dtype="int16", always_2d=True)
-    if sr != SAMPLE_RATE or pcm.shape[1] != 1:
-        raise SyncError(audio, f"{sr} Hz x {pcm.shape[1]} channels, expected 16 kHz mono (ingest/audio.wav)")
-    pcm = pcm[:, 0]
+    pcm = read_pcm(audio)
     if abs(len(pcm) - n * spf) > spf:
         raise SyncError(audio, f"{len(pcm)} samples, ingest's {n} frames need {n * spf}")
     if cfg.offset_frames is not None and abs(cfg.offset_frames) >= n:

@@ -146,7 +146,7 @@ def sync_visual(darkness: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     The dark interior alone: the jaw drop (:func:`jaw_drop`) was the second signal of a fitted combination; with
     fixed weights it adds smiles (katiehill's peak: +4 and 2.7 null sd above the null mean with it, +3 and 3.5
     without; BENCHMARKS.md, measure_av_sync)."""
-    seen = np.isfinite(jaw_drop(landmarks))
+    seen = np.isfinite(np.asarray(landmarks, np.float64)[..., :2]).all(axis=(1, 2))
     return np.where(seen, np.asarray(darkness, np.float64), np.nan)[:, None]
 
 

@@ -96,9 +96,9 @@ class Stage2ModelConfig:
     audio_window: int = 16          # audio feature steps per frame given to the attention
     use_au45: bool = True           # blink scalar gated into the eye region
     eye_region: float = 0.6         # AU45 weighted by a Gaussian around each eye, sigma = this x the eye's width
+                                    # (0 = everywhere, the learnt gate alone)
     audio_region: float = 0.0       # audio weighted by a Gaussian around the mouth, sigma = this x the lip corners'
                                     # distance (0 = everywhere): hair and brows cannot learn frames from the audio
-                                    # (0 = everywhere, the learnt gate alone)
     appearance_dim: int = 0         # per-frame appearance code into the colour net (ER-NeRF: 4); zero at render
     landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
                                     # as stage 1 predicts them; blinks then come from AU45); "all": every tracked one

@@ -50,6 +50,7 @@ from pipeline.stage2.nerf.kernels import landmark_triton
 from pipeline.stage2.regions import (LANDMARK_SUBSETS, LEFT_EYE, LIPS, RIGHT_EYE, eye_regions, eye_window,
                                      mouth_region, mouth_window)
 
+
 class _TruncExp(torch.autograd.Function):
     """exp with the gradient's exponent clamped at 15 (Instant-NGP's density activation)."""
 
