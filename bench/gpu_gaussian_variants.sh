@@ -27,13 +27,13 @@ log="$out/steps.log"
 source "$repo/bench/gpu_gsplat_env.sh" >> "$log" 2>&1 || { echo "gsplat unavailable (see $log)"; exit 1; }
 if [[ ! -f "$s/torso/torso.json" ]]; then     # the default torso, trained once (no head yet: nothing rendered)
     rm -f "$s/stage2/head.pt"
-    PYTHON=$py bash "$repo/bench/gpu_torso_eval.sh" "$s" "$out" '{}' > /dev/null && cp -r "$s/torso_0" "$s/torso" \
-        || { echo "torso training failed (see $log)"; exit 1; }
+    PYTHON=$py bash "$repo/bench/gpu_torso_eval.sh" "$s" "$out" '{}' > /dev/null \
+        && cp -r "$s/torso_0" "$s/torso" || { echo "torso training failed (see $log)"; exit 1; }
 fi
 k=0
 for variant in "$@"; do
     cfg=$("$py" -c 'import json, sys; c = {"head": "gaussians"}; c.update(json.loads(sys.argv[1])); print(json.dumps(c))' \
-        "$variant")
+          "$variant")
     echo "variant $k: $cfg" | tee -a "$log"
     # a fresh run: no checkpoint or head of the previous variant
     rm -f "$s"/stage2/{checkpoint.pt,head.pt,head.json,occupancy.npz,metrics.json}

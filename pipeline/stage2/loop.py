@@ -3,9 +3,9 @@
 evaluation, checkpoints with everything a resume needs, SIGTERM -> checkpoint -> :class:`TrainingInterrupted`.
 
 A head's trainer subclasses :class:`HeadTrainer` and implements its abstract methods: ``train_step(phase)``,
-``model`` and ``render_frame(f)`` (what ``evaluate`` scores), ``model_state()`` / ``load_model_state(st)`` (its own part of a checkpoint) and what
-``train.run`` writes (``weights()``, ``occupancy_grid()``, ``extra_metrics()``); optionally ``after_step()`` and
-``extra_curve_keys``.
+``model`` and ``render_frame(f)`` (what ``evaluate`` scores), ``model_state()`` / ``load_model_state(st)`` (its
+own part of a checkpoint) and what ``train.run`` writes (``weights()``, ``occupancy_grid()``,
+``extra_metrics()``); optionally ``after_step()`` and ``extra_curve_keys``.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ NERF_CODE = code("stage2/nerf/hash_grid", "stage2/nerf/encoding", "stage2/nerf/f
 # the Gaussian-splatting head (stage2.head: gaussians), its rasteriser's torch reference included
 GAUSSIAN_CODE = code("stage2/gaussians/projection", "stage2/gaussians/rasterize", "stage2/gaussians/backend",
                      "stage2/gaussians/model", "stage2/gaussians/init", "stage2/gaussians/density",
-                     "stage2/gaussians/trainer", "stage2/regions", "stage2/nerf/field", "stage2/nerf/occupancy", "stage2/nerf/kernels/landmark_triton",
-                     "stage2/nerf/kernels/landmark_triton_kernels")
+                     "stage2/gaussians/trainer", "stage2/regions", "stage2/nerf/field", "stage2/nerf/occupancy",
+                     "stage2/nerf/kernels/landmark_triton", "stage2/nerf/kernels/landmark_triton_kernels")
 # only the configured head's code and settings are inputs: editing the other head's re-runs nothing
 GAUSSIAN_HEAD = config.get("stage2", {}).get("head", "nerf") == "gaussians"
 HEAD_CODE = GAUSSIAN_CODE if GAUSSIAN_HEAD else NERF_CODE
