@@ -12,12 +12,12 @@
 # render. Writes OUT_DIR/variants.jsonl (one line per variant: its config, steps, teacher-forced test and train
 # head PSNR, eval curve, Gaussians, and the audio-driven head / region PSNR and sharpness, head-only frames/s) and
 # OUT_DIR/steps.log. A failing variant is logged and the next one runs. Then bench/gpu_render_speed.py times the
-# last head and the synthesis split into its parts (head, torso, compositing, seam, host copy):
-# OUT_DIR/render_speed.json. Env: PYTHON (python3), EVAL_EVERY (steps between teacher-forced evaluations, 1500),
-# RENDER_SPEED (1; 0 skips the timing).
+# last head and the synthesis split into its parts (head, torso, compositing, seam, host copy), and profiles
+# them: OUT_DIR/render_speed.json and render_profile.txt. Env: PYTHON (python3), EVAL_EVERY (steps between
+# teacher-forced evaluations, 1500), RENDER_SPEED (1; 0 skips the timing).
 set -uo pipefail
 if [[ $# -lt 4 ]]; then
-    sed -n '2,17p' "$0"; exit 2
+    sed -n '2,18p' "$0"; exit 2
 fi
 s=$1; out=$2; minutes=$3; shift 3
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,6 +62,6 @@ PY
 done
 if [[ ${RENDER_SPEED:-1} == 1 && -f "$s/stage2/head.pt" ]]; then
     "$py" "$repo/bench/gpu_render_speed.py" --subject-dir "$s" --device cuda --out "$out/speed" >> "$log" 2>&1 \
-        && cp "$out/speed/render_speed.json" "$out/" && rm -rf "$out/speed"
+        && cp "$out/speed/render_speed.json" "$out/speed/render_profile.txt" "$out/" && rm -rf "$out/speed"
     tail -2 "$log"
 fi

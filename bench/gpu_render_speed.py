@@ -11,7 +11,7 @@ the images must agree to float rounding). Then one ``torch.profiler`` pass over 
 setting lists the CUDA kernels and CPU operators by total time. Where S has a trained torso (``torso/``),
 the whole synthesis (``pipeline.render.video.synthesize``: head, torso, soft compositing, the seam measure, uint8
 frames on the host) is timed over the same frames, and split into those parts with a CUDA synchronisation
-after each. Writes ``OUT/render_speed.json`` and ``OUT/render_profile.txt``.
+after each, and profiled kernel by kernel. Writes ``OUT/render_speed.json`` and ``OUT/render_profile.txt``.
 """
 
 from __future__ import annotations
@@ -160,6 +160,13 @@ def main() -> None:
         result["synthesis"] = {"frames": n, "frames_per_sec": round(n / (time.perf_counter() - t0), 2),
                                "parts": synthesis_parts(head, torso, scene, sub, n, rcfg, sync)}
         print(json.dumps(result["synthesis"]))
+        with torch.profiler.profile(activities=acts) as prof:      # the whole synthesis, kernel by kernel
+            for _ in synthesize(head, torso, scene, sub, rcfg, {}):
+                pass
+            sync()
+        with open(args.out / "render_profile.txt", "a") as f:
+            f.write(f"\n\nsynthesis of {n} frames ({rcfg.batch_frames} a batch)\n"
+                    + prof.key_averages().table(sort_by=sort, row_limit=40))
     (args.out / "render_speed.json").write_text(json.dumps(result, indent=1))
     print(f"best: {best['frames_per_sec']} frames/s at {size}² ({best})")
 

@@ -95,6 +95,45 @@ def test_density_control_clones_splits_prunes_and_carries_adam_state():
     assert torch.equal(head.means[5], head.means[2])
 
 
+def test_deform_caches_the_static_parts_until_the_gaussians_change():
+    """At render time (no grad) the skinning weights, gates and the first layer's per-Gaussian part are computed
+    once; the result equals the network on the whole concatenated input, and an update of the Gaussians (an
+    optimiser step, a load) is seen at the next call."""
+    from pipeline.core.config import GaussianConfig, Stage2ModelConfig
+    from pipeline.stage2.gaussians.model import GaussianHead
+
+    torch.manual_seed(0)
+    cfg = Stage2ModelConfig(gaussians=GaussianConfig(count=64, hidden_dim=16), audio_dim=8, audio_window=4,
+                            landmark_subset="lips")
+    rest = torch.randn(478, 3) * 0.3
+    head = GaussianHead(cfg, 64, rest, audio_in_dim=5)
+    with torch.no_grad():
+        head.means.copy_(torch.randn(64, 3) * 0.3)
+        for p in head.deform_net.parameters():
+            p.normal_(0, 0.3)
+    lm, aud, au = rest[None] + 0.02 * torch.randn(3, 478, 3), torch.randn(3, 4, 5), torch.tensor([0.0, 2.0, 4.0])
+    with torch.enable_grad():
+        ref = head.deform(lm, aud, au)              # with grad: nothing cached, computed as in training
+
+    def whole_input_first_layer():              # the unsplit network on [features, mean, per-frame inputs]
+        lin, s = head.deform_net[0], head.features.shape[1] + 3
+        return torch.addmm(lin.bias, torch.cat([head.features, head.means], 1), lin.weight[:, :s].T)
+
+    with torch.no_grad():
+        assert torch.allclose(head._static_input(), whole_input_first_layer())
+        first, again = head.deform(lm, aud, au), head.deform(lm, aud, au)
+        assert set(head._cache) == {"skin", "static", "audio_gate", "eye_gate"}
+        for k in ref:
+            assert torch.allclose(first[k], ref[k], atol=1e-6) and torch.equal(first[k], again[k])
+        head.means.add_(0.05)                       # in place, as Adam's step
+        moved = head.deform(lm, aud, au)
+    with torch.enable_grad():
+        fresh = head.deform(lm, aud, au)
+    for k in ref:
+        assert torch.allclose(moved[k], fresh[k], atol=1e-6)
+    assert not torch.allclose(moved["means"], first["means"])
+
+
 @pytest.fixture(scope="module")
 def subject(processed) -> Path:
     processed.stage2(CLIP)      # the frame cache at the tiny size (and the session's NeRF head)

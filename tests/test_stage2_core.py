@@ -308,3 +308,24 @@ def test_marching_matches_the_two_pass_early_stop_and_evaluates_less():
         assert marched.ray_indices.numel() < ref.ray_indices.numel() + two_pass.ray_indices.numel()
         if window == 1:
             assert marched.ray_indices.numel() <= two_pass.ray_indices.numel() + o.shape[0]
+
+
+def test_time_shift_c2w_interpolates_between_frames():
+    """stage2.pose_offset_frames: the camera of frame f at time f + offset: whole offsets pick a neighbour
+    (clamped at the clip's ends), half a frame lies halfway in rotation angle and translation."""
+    import numpy as np
+
+    from pipeline.stage2.data import time_shift_c2w
+
+    ang = np.deg2rad([0.0, 10.0, 20.0, 20.0])
+    c2w = np.tile(np.eye(4), (4, 1, 1))
+    c2w[:, 0, 0], c2w[:, 0, 1], c2w[:, 1, 0], c2w[:, 1, 1] = np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)
+    c2w[:, :3, 3] = [[0, 0, 0], [2, 0, 0], [4, 2, 0], [4, 2, 0]]
+    assert np.array_equal(time_shift_c2w(c2w, 0.0), c2w)
+    assert np.allclose(time_shift_c2w(c2w, 1.0), c2w[[1, 2, 3, 3]])
+    assert np.allclose(time_shift_c2w(c2w, -1.0), c2w[[0, 0, 1, 2]])
+    half = time_shift_c2w(c2w, 0.5)
+    got = np.rad2deg(np.arctan2(half[:, 1, 0], half[:, 0, 0]))
+    assert np.allclose(got, [5.0, 15.0, 20.0, 20.0], atol=1e-6)
+    assert np.allclose(half[:, :3, 3], [[1, 0, 0], [3, 1, 0], [4, 2, 0], [4, 2, 0]])
+    assert np.allclose(np.einsum("nij,nkj->nik", half[:, :3, :3], half[:, :3, :3]), np.eye(3), atol=1e-12)

@@ -229,8 +229,11 @@ def test_drive_video_with_a_trained_gaussian_head(subject, tmp_path):
     assert abs(stats["n_frames"] - round(dur * 25)) <= 1 and abs(info.video.n_frames - round(dur * 25)) <= 1
     assert info.audio is not None and abs(info.audio.duration_sec - dur) < 0.1
     assert stats["head"] == "stage2/head.pt" and stats["num_samples"] == 0 and stats["torso"] == "replay"
-    # the synthesis rate leaves the mp4 encode out; the loop with the encoder is slower
+    # the synthesis rate leaves the mp4 encode out; the loop with the encoder (and the warm-up batch) is slower
     assert stats["frames_per_sec"] > stats["frames_per_sec_with_output"] > 0
+    n = stats["n_frames"]
+    assert stats["warmup_seconds"] > 0
+    assert n / stats["frames_per_sec_with_output"] >= stats["warmup_seconds"] + n / stats["frames_per_sec"] - 1e-3
     frames = np.concatenate(list(media.iter_frames(out, SIZE, SIZE)))
     assert frames.std(axis=0).mean() > 1.0, "the frames do not change over time"
 

@@ -63,6 +63,11 @@ class Head:
     def num_samples(self) -> int:
         return self.renderer.num_samples
 
+    @property
+    def pose_offset_frames(self) -> float:
+        """The time shift of the cameras this head was trained with (``stage2.pose_offset_frames``)."""
+        return self.field.cfg.pose_offset_frames
+
     def to(self, device: torch.device | str) -> "Head":
         self.field.to(device)
         self.renderer.to(device)
@@ -126,6 +131,10 @@ class GaussianHeadView:
     def uses_audio(self) -> bool:
         return self.head.uses_audio
 
+    @property
+    def pose_offset_frames(self) -> float:
+        return self.head.cfg.pose_offset_frames
+
     def to(self, device: torch.device | str) -> "GaussianHeadView":
         self.head.to(device)
         self.rasterize = None
@@ -167,7 +176,7 @@ def untrained_head(cfg: Stage2ModelConfig, landmarks_cm: np.ndarray, audio_in_di
     return Head(field, renderer, space, "untrained")
 
 
-LEGACY_MODEL_KEYS = {"eye_region": 0.0, "landmark_motion": "all"}
+LEGACY_MODEL_KEYS = {"eye_region": 0.0, "landmark_motion": "all", "pose_offset_frames": 0.0}
 
 
 def _space(meta: dict, path: Path) -> HeadSpace:

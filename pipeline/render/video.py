@@ -26,7 +26,7 @@ import logging
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -45,6 +45,7 @@ from pipeline.core.progress import progress
 from pipeline.render import compositing, motion
 from pipeline.render.head import AnyHead, load_head
 from pipeline.render.replay import ReplayTorso
+from pipeline.stage2.data import time_shift_c2w
 from pipeline.torso.model import Torso, read_poses
 from pipeline.torso.model import load as load_torso
 
@@ -168,19 +169,17 @@ def synthesize(head: AnyHead, torso: Torso, scene: Scene, drive: Drive, cfg: Ren
                stats: dict, replay: ReplayTorso | None = None) -> Iterator[np.ndarray]:
     """Yield uint8 RGB frames ``[b, S, S, 3]``; fills ``stats`` at the end: ``frames_per_sec`` (synthesis alone:
     head, torso and compositing until the frames are on the host; the consumer's time, e.g. the mp4 encode, left
-    out), ``frames_per_sec_with_output`` (the whole loop, the consumer included), seam_jump, peak_gpu_mib,
-    peak_host_rss_mib. With ``replay``, the recorded torso of ``drive.source_frames`` lies over
-    the model's (:mod:`pipeline.render.replay`)."""
+    out; after the warm-up), ``warmup_seconds`` (the first batch drawn once before, untimed in the rate: loading
+    the rasteriser's extension, compiling kernels, choosing convolution algorithms),
+    ``frames_per_sec_with_output`` (the whole loop from before the warm-up, the consumer included), seam_jump,
+    peak_gpu_mib, peak_host_rss_mib. With ``replay``, the recorded torso of ``drive.source_frames`` lies over the
+    model's (:mod:`pipeline.render.replay`)."""
     size = cfg.size or scene.crop_size
     dev = head.device
     bg_t = background_tensor(scene, size, dev)
     feather = cfg.feather * size
-    jumps: list[float] = []
-    reset_peak(dev)
-    t_start, synth = time.perf_counter(), 0.0
-    for s in progress(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch", mininterval=5, disable=None):
-        t0 = time.perf_counter()
-        sl = slice(s, s + cfg.batch_frames)
+
+    def batch(sl: slice) -> tuple[np.ndarray, float | None]:
         pre, h_a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
                                scene.cx, scene.cy, scene.crop_size, size, cfg.ray_chunk)
         t_rgb, t_a = torso.predict(drive.poses[sl], size, h_a)
@@ -191,9 +190,20 @@ def synthesize(head: AnyHead, torso: Torso, scene: Scene, drive: Drive, cfg: Ren
         else:
             img = compositing.composite_hard(bg_t, t_rgb, t_a, pre, h_a)
         jump = compositing.seam_jump(img, compositing.seam_band(h_a, t_a, max(1, int(round(feather)))))
+        block = (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)    # 1/4 of the copy as floats
+        return block.cpu().numpy(), jump
+
+    jumps: list[float] = []
+    reset_peak(dev)
+    t_start = time.perf_counter()
+    batch(slice(0, cfg.batch_frames))       # warm-up: its frames are drawn again below
+    stats["warmup_seconds"] = round(time.perf_counter() - t_start, 4)
+    synth = 0.0
+    for s in progress(range(0, len(drive), cfg.batch_frames), desc="render", unit="batch", mininterval=5, disable=None):
+        t0 = time.perf_counter()
+        block, jump = batch(slice(s, s + cfg.batch_frames))
         if jump is not None:
             jumps.append(jump)
-        block = (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # 1/4 of the copy
         synth += time.perf_counter() - t0      # the frames are on the host: the synthesis of this batch is done
         yield block
     seconds = time.perf_counter() - t_start
@@ -257,6 +267,8 @@ def _render(root: Path, drive: Drive, scene: Scene, out: Path, audio: Path, star
         head = (head or load_head(files.stage2.path, device)).to(device).with_samples(cfg.num_samples,
                                                                                         cfg.early_stop_eps)
         torso = load_torso(files.torso.path, device)
+        # the head's cameras at the time shift it was trained with (consecutive drive frames, clamped at the ends)
+        drive = replace(drive, c2w=time_shift_c2w(drive.c2w, head.pose_offset_frames))
         size = cfg.size or scene.crop_size
         n = len(drive)
         stats = {"n_frames": n, "fps": FPS, "size": size, "audio": str(audio), "audio_start_sec": start,

@@ -4,7 +4,8 @@ Files read from a subject folder ``results/<s>/`` (everything the GPU machine ne
 :class:`pipeline.core.layout.SubjectLayout` (``REQUIRED_FILES``: the same paths relative to the folder):
 
 * ``stage2/frames.npy``, ``stage2/labels.npy``, ``stage2/cache.json`` (rule ``cache_frames``, uint8 memmaps);
-* ``tracking/transforms.json`` (camera-to-head 4x4 per frame, cm; focal_px, cx, cy at the crop size);
+* ``tracking/transforms.json`` (camera-to-head 4x4 per frame, cm; focal_px, cx, cy at the crop size; with
+  ``stage2.pose_offset_frames`` taken that many frames later, :func:`time_shift_c2w`);
 * ``tracking/canonical.npz`` (pose-free landmarks [N, 478, 3] cm: the field's conditioning);
 * ``parsing/background.png`` (the background plate: the colour behind every ray);
 * ``audio/self.npz`` (features [N, W, D]);
@@ -118,7 +119,7 @@ class SubjectData:
     """Everything a training run reads, with per-frame conditioning as tensors on ``device``."""
 
     def __init__(self, root: Path | str, head_radius: float = 1.6, bound: float = 1.0,
-                 device: torch.device | str = "cpu", landmark_motion: str = "all"):
+                 device: torch.device | str = "cpu", landmark_motion: str = "all", pose_offset: float = 0.0):
         root = Path(root)
         self.root = root
         files = SubjectLayout(root)
@@ -157,7 +158,7 @@ class SubjectData:
         plate = cv2.cvtColor(plate, cv2.COLOR_BGR2RGB)
         self.plate = cv2.resize(plate, (s, s), interpolation=cv2.INTER_AREA) if plate.shape[0] != s else plate
         self.device = torch.device(device)
-        self.c2w = torch.from_numpy(self.head_space.c2w(c2w)).to(self.device)
+        self.c2w = torch.from_numpy(self.head_space.c2w(time_shift_c2w(c2w, pose_offset))).to(self.device)
         self.landmarks = torch.from_numpy(conditioning_landmarks(self.head_space.points(lms), a, b,
                                                                  landmark_motion)).to(self.device)
         self.audio = torch.from_numpy(np.ascontiguousarray(audio, np.float32)).to(self.device)
@@ -195,6 +196,24 @@ class SubjectData:
     def to_json(self) -> dict:
         return {"n_frames": self.n, "size": self.size, "train": [int(self.train_ids[0]), int(self.train_ids[-1]) + 1],
                 "test": [int(self.test_ids[0]), int(self.test_ids[-1]) + 1], "au45_source": self.au45_source}
+
+
+def time_shift_c2w(c2w: np.ndarray, offset: float) -> np.ndarray:
+    """``[N, 4, 4]`` camera-to-head transforms taken at time ``f + offset`` (frames, clamped to the clip): blended
+    linearly between the two neighbouring frames, the rotation part projected back onto SO(3) (SVD; a talking
+    head turns little from one frame to the next). ``offset`` 0 returns a copy."""
+    out = np.array(c2w, np.float64)
+    if offset == 0 or len(out) < 2:
+        return out
+    t = np.clip(np.arange(len(out)) + offset, 0, len(out) - 1)
+    i0 = np.floor(t).astype(np.int64)
+    i1 = np.minimum(i0 + 1, len(out) - 1)
+    w = (t - i0)[:, None, None]
+    m = (1 - w) * out[i0] + w * out[i1]
+    u, _, vt = np.linalg.svd(m[:, :3, :3])
+    m[:, :3, :3] = u @ vt
+    m[:, 3] = (0.0, 0.0, 0.0, 1.0)
+    return m
 
 
 def conditioning_landmarks(lms: np.ndarray, a: int, b: int, motion: str) -> np.ndarray:

@@ -140,6 +140,7 @@ RENDER_STATS = JsonSpec(
         "peak_host_rss_mib": float,      # the process's maximum resident set size
         "torso": str,                    # "model" | "replay" (driving clips: the recorded torso of the replayed frames)
         "frames_per_sec_with_output": (int, float),  # the render loop with its writer (mp4 encode or npz)
+        "warmup_seconds": (int, float),  # the first batch drawn once before the timed loop (one-time start costs)
     },
 )
 

@@ -100,6 +100,8 @@ class Stage2ModelConfig:
     audio_region: float = 0.0       # audio weighted by a Gaussian around the mouth, sigma = this x the lip corners'
                                     # distance (0 = everywhere): hair and brows cannot learn frames from the audio
     appearance_dim: int = 0         # per-frame appearance code into the colour net (ER-NeRF: 4); zero at render
+    pose_offset_frames: float = 0.5 # the camera of frame f taken at time f + this (interpolated between frames), in
+                                    # training and render alike: the tracked poses trail the video (bench/pose_lag.py)
     landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
                                     # as stage 1 predicts them; blinks then come from AU45); "all": every tracked one
     # ray marching
@@ -131,6 +133,8 @@ class Stage2ModelConfig:
         if self.samples_per_ray < 0 or self.appearance_dim < 0 or self.eye_region < 0 or self.audio_region < 0:
             raise ConfigError("stage2.samples_per_ray, stage2.appearance_dim, stage2.eye_region and "
                               "stage2.audio_region must be >= 0")
+        if not -2 <= self.pose_offset_frames <= 2:
+            raise ConfigError(f"stage2.pose_offset_frames must be within [-2, 2], got {self.pose_offset_frames}")
         if self.audio_dim < 0 or self.audio_window < 1:
             raise ConfigError("stage2.audio_dim must be >= 0 and audio_window >= 1")
 

@@ -82,6 +82,7 @@ class GaussianHead(nn.Module):
         last = self.deform_net[-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
+        self._cache: dict[str, tuple] = {}
 
     @property
     def n(self) -> int:
@@ -91,15 +92,38 @@ class GaussianHead(nn.Module):
     def uses_audio(self) -> bool:
         return self.audio_att is not None
 
+    def _cached(self, name: str, make, *params: torch.Tensor):
+        """``make()``, kept while ``params`` are unchanged (same storage, no in-place update since): at render
+        time the canonical Gaussians are fixed, so their skinning weights and the deformation network's static
+        input and gates are computed once, not per batch. Training updates them every step, which recomputes."""
+        key = tuple((p.data_ptr(), p._version, p.shape) for p in params)
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == key and not torch.is_grad_enabled():
+            return hit[1]
+        value = make()
+        if not torch.is_grad_enabled():
+            self._cache[name] = (key, value)
+        return value
+
+    @torch.no_grad()
+    def _skin_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        dist, idx = nearest(self.means.detach(), self.rest, self.cfg.gaussians.skin_k)
+        w = torch.exp(-0.5 * (dist / self.cfg.landmark_sigma) ** 2)              # [N, k]
+        return idx, w / w.sum(1, keepdim=True).clamp_min(1.0)
+
     def skinning(self, lm: torch.Tensor) -> torch.Tensor:
         """``[B, N, 3]`` offsets of the Gaussians from the subset landmarks' motion ``lm [B, M, 3]`` (step 1)."""
-        k = self.cfg.gaussians.skin_k
         with torch.no_grad():
-            dist, idx = nearest(self.means.detach(), self.rest, k)
-            w = torch.exp(-0.5 * (dist / self.cfg.landmark_sigma) ** 2)          # [N, k]
-            w = w / w.sum(1, keepdim=True).clamp_min(1.0)
+            idx, w = self._cached("skin", self._skin_weights, self.means, self.rest)
         motion = lm - self.rest                                                  # [B, M, 3]
         return (motion[:, idx] * w[None, :, :, None]).sum(2)
+
+    def _static_input(self) -> torch.Tensor:
+        """``[N, H]``: the first layer of the deformation network applied to the per-Gaussian inputs
+        (features, canonical mean) plus its bias, the same for every frame."""
+        lin = self.deform_net[0]
+        s = self.features.shape[1] + 3
+        return torch.addmm(lin.bias, torch.cat([self.features, self.means], 1), lin.weight[:, :s].T)
 
     def deform(self, landmarks: torch.Tensor | None, audio: torch.Tensor | None,
                au45: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -113,14 +137,15 @@ class GaussianHead(nn.Module):
         b, n = landmarks.shape[0], self.n
         lm = landmarks[:, self.landmark_ids]
         x = self.means[None] + self.skinning(lm)                                 # [B, N, 3]
-        feat = self.features[None].expand(b, -1, -1)
-        parts = [feat, self.means[None].expand(b, -1, -1)]
+        parts = []      # the per-frame inputs; the static ones enter through _static_input
         if self.landmark_enc is not None:
             frame = torch.arange(b, device=dev).repeat_interleave(n)
             parts.append(self.landmark_enc(x.reshape(-1, 3), frame, lm).view(b, n, -1))
         if self.audio_att is not None:
             code = audio_code(self.audio_att, audio, self.cfg.audio_window, dev)   # [B, A]
-            gated = torch.sigmoid(self.audio_gate(self.features))[None] * code[:, None]
+            gate = self._cached("audio_gate", lambda: torch.sigmoid(self.audio_gate(self.features)), self.features,
+                                *self.audio_gate.parameters())
+            gated = gate[None] * code[:, None]
             if self.cfg.audio_region > 0 and landmarks.shape[1] > max(LIPS):
                 gated = gated * mouth_window(x, mouth_region(landmarks, self.cfg.audio_region)[:, None])
             parts.append(gated)
@@ -130,8 +155,15 @@ class GaussianHead(nn.Module):
             blink = (au45.to(dev, torch.float32) / 5.0).reshape(b, 1, 1).expand(b, n, 1)
             if self.cfg.eye_region > 0 and landmarks.shape[1] > max(RIGHT_EYE + LEFT_EYE):
                 blink = blink * eye_window(x, eye_regions(landmarks, self.cfg.eye_region).view(b, 1, 2, 4))
-            parts.append(torch.sigmoid(self.eye_gate(self.features))[None] * blink)
-        h = self.deform_net(torch.cat(parts, dim=-1))                             # [B, N, N_OUT]
+            gate = self._cached("eye_gate", lambda: torch.sigmoid(self.eye_gate(self.features)), self.features,
+                                *self.eye_gate.parameters())
+            parts.append(gate[None] * blink)
+        # the first layer on [features, mean, per-frame inputs], split: its static part once for all B frames
+        lin = self.deform_net[0]
+        static = self._cached("static", self._static_input, self.features, self.means, lin.weight, lin.bias)
+        s = self.features.shape[1] + 3
+        pre = torch.cat(parts, dim=-1) @ lin.weight[:, s:].T + static if parts else static.expand(b, -1, -1).clone()
+        h = self.deform_net[1:](pre)                                             # [B, N, N_OUT]
         return {"means": x + h[..., 0:3], "scales": torch.exp(self.log_scales[None] + h[..., 3:6]),
                 "quats": self.quats[None] + h[..., 6:10],
                 "opacities": torch.sigmoid(self.opacity_logits[None] + h[..., 10]),
