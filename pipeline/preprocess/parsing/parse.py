@@ -14,8 +14,11 @@ Inputs: ``crop/video.mp4`` (square face crop, 25 fps) and ``landmarks/landmarks.
 * ``contact_sheet.png``: colour-coded label overlays on evenly spaced frames.
 * ``stats.json`` (:data:`~pipeline.core.artifacts.PARSING_STATS`): label areas, flicker, plate error, speed.
 
-Temporal stability: the person confidence is an EMA over frames cut with hysteresis thresholds,
-the mesh polygons are smoothed over time (Gaussian), the shoulder line more strongly.
+Temporal stability: the person confidence is smoothed over time by a centred Gaussian (``matte_sigma``, a few
+frames of look-ahead) and cut with narrow hysteresis thresholds; the mesh polygons are smoothed over time
+(Gaussian), the shoulder line more strongly. Every filter is centred, so the labels keep time with the video:
+a causal EMA (before 2026-12-03) made the outline trail the head by about a frame, and the head trained on
+it trailed too (BENCHMARKS.md, session 10).
 Memory is bounded by the chunk size plus the plate samples, whatever the clip length.
 """
 
@@ -39,7 +42,8 @@ from pipeline.core.layout import ParsingFiles
 from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.parsing.background import PlateAccumulator
-from pipeline.preprocess.parsing.geometry import HysteresisMatte, label_frame, shoulder_lines, smooth_landmarks
+from pipeline.preprocess.parsing.geometry import (HysteresisMatte, centred_smoothing, label_frame, shoulder_lines,
+                                                  smooth_landmarks)
 
 log = logging.getLogger("pipeline.preprocess.parsing.parse")
 
@@ -172,7 +176,7 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
 
     smooth = smooth_landmarks(pts, cfg.landmark_sigma)
     shoulder = shoulder_lines(smooth, cfg.neck_length, cfg.shoulder_sigma)
-    matte = HysteresisMatte(cfg.matte_ema, cfg.matte_lo, cfg.matte_hi)
+    matte = HysteresisMatte(cfg.matte_lo, cfg.matte_hi)
     plate = PlateAccumulator(n, size, size, cfg.plate_samples, cfg.plate_min_count,
                              max(1, round(cfg.plate_margin * size)))
     sheet_idx = {int(i) for i in np.round(np.linspace(0, n - 1, min(cfg.contact_frames, n))).astype(int)}
@@ -182,41 +186,46 @@ def run(crop_video: Path | str, landmarks: Path | str, outdir: Path | str,
     flicker = np.zeros(max(n - 1, 0))
     frame_idx = np.arange(n, dtype=np.int32)
 
+    def segmented(seg: PersonSegmenter):
+        """(frame, person confidence) of the first n frames (one more in the video is tolerated above)."""
+        i, conf = 0, None
+        for chunk in media.iter_frames(crop_video, size, size, chunk=cfg.chunk):
+            for frame in chunk[:max(0, n - i)]:
+                if conf is None or i % cfg.segment_stride == 0:
+                    conf = seg(frame, i * 40)
+                yield frame, conf
+                i += 1
+
     t0, c0 = time.perf_counter(), time.process_time()
-    i, conf, prev = 0, None, None
+    i, prev = 0, None
+    labs: list[np.ndarray] = []
+    alphas: list[np.ndarray] = []
     shape, small = (n, size, size), {"frame_idx": frame_idx}
     with PersonSegmenter(model) as seg, \
             npz_stream(files.labels, PARSING_LABELS, {"labels": shape}, small, prov) as w_lab, \
             npz_stream(files.torso, PARSING_TORSO, {"alpha": shape}, small, prov) as w_tor, \
             progress(total=n, desc="parsing", unit="frame", disable=None) as bar:
-        for chunk in media.iter_frames(crop_video, size, size, chunk=cfg.chunk):
-            k = min(len(chunk), n - i)
-            if k <= 0:
-                break  # the video has one more frame than the landmarks (tolerated above): ignore it
-            labs = np.empty((k, size, size), np.uint8)
-            alphas = np.empty((k, size, size), np.uint8)
-            for j in range(k):
-                frame = chunk[j]
-                if conf is None or i % cfg.segment_stride == 0:
-                    conf = seg(frame, i * 40)
-                c, person = matte.update(conf)
-                lab = label_frame(person, smooth[i], float(shoulder[i]), cfg.neck_width)
-                labs[j] = lab
-                body = (lab == LABEL_TORSO) | (lab == LABEL_NECK)
-                alphas[j] = np.where(body, np.round(np.clip(c, 0, 1) * 255), 0).astype(np.uint8)
-                counts[i] = np.bincount(lab.ravel(), minlength=len(PARSING_LABEL_NAMES))
-                if prev is not None:
-                    flicker[i - 1] = np.count_nonzero(lab != prev) / lab.size
-                prev = lab
-                if plate.wants(i):
-                    plate.add(i, frame, lab)
-                if i in sheet_idx:
-                    sheet_frames.append(frame.copy())
-                    sheet_labels.append(lab)
-                i += 1
-            w_lab.append("labels", labs)
-            w_tor.append("alpha", alphas)
-            bar.update(k)
+        for frame, c in centred_smoothing(segmented(seg), cfg.matte_sigma):
+            person = matte.update(c)
+            lab = label_frame(person, smooth[i], float(shoulder[i]), cfg.neck_width)
+            body = (lab == LABEL_TORSO) | (lab == LABEL_NECK)
+            labs.append(lab)
+            alphas.append(np.where(body, np.round(np.clip(c, 0, 1) * 255), 0).astype(np.uint8))
+            counts[i] = np.bincount(lab.ravel(), minlength=len(PARSING_LABEL_NAMES))
+            if prev is not None:
+                flicker[i - 1] = np.count_nonzero(lab != prev) / lab.size
+            prev = lab
+            if plate.wants(i):
+                plate.add(i, frame, lab)
+            if i in sheet_idx:
+                sheet_frames.append(frame.copy())
+                sheet_labels.append(lab)
+            i += 1
+            if len(labs) == cfg.chunk or i == n:
+                w_lab.append("labels", np.stack(labs))
+                w_tor.append("alpha", np.stack(alphas))
+                bar.update(len(labs))
+                labs, alphas = [], []
         if i != n:
             raise ParsingError(crop_video, f"decoded {i} frames but {landmarks.name} has {n} rows")
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
