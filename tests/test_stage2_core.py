@@ -322,8 +322,8 @@ def test_time_shift_c2w_interpolates_between_frames():
     c2w[:, 0, 0], c2w[:, 0, 1], c2w[:, 1, 0], c2w[:, 1, 1] = np.cos(ang), -np.sin(ang), np.sin(ang), np.cos(ang)
     c2w[:, :3, 3] = [[0, 0, 0], [2, 0, 0], [4, 2, 0], [4, 2, 0]]
     assert np.array_equal(time_shift_c2w(c2w, 0.0), c2w)
-    assert np.allclose(time_shift_c2w(c2w, 1.0), c2w[[1, 2, 3, 3]])
-    assert np.allclose(time_shift_c2w(c2w, -1.0), c2w[[0, 0, 1, 2]])
+    assert np.array_equal(time_shift_c2w(c2w, 1.0), c2w[[1, 2, 3, 3]])
+    assert np.array_equal(time_shift_c2w(c2w, -1.0), c2w[[0, 0, 1, 2]])
     half = time_shift_c2w(c2w, 0.5)
     got = np.rad2deg(np.arctan2(half[:, 1, 0], half[:, 0, 0]))
     assert np.allclose(got, [5.0, 15.0, 20.0, 20.0], atol=1e-6)

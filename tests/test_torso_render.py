@@ -269,6 +269,34 @@ def test_frames_npz_then_mux(subject, head, tmp_path):
     assert n == stats["n_frames"] == media.probe(tmp_path / "video.mp4").video.n_frames
 
 
+def test_render_gives_the_head_its_cameras_at_its_time_shift(subject, head, tmp_path, monkeypatch):
+    """stage2.pose_offset_frames: the head trained with cameras taken tau frames later renders with the drive's
+    cameras taken tau frames later too (neighbouring drive frames blended, the last one clamped)."""
+    from dataclasses import replace
+
+    from pipeline.core.config import RenderConfig
+    from pipeline.render import video as render
+    from pipeline.stage2.data import time_shift_c2w
+
+    seen = []
+
+    def synthesize(head_, torso, scene, drive, cfg, stats, replay=None):     # records what the head is given
+        seen.append(drive.c2w.copy())
+        stats.update(frames_per_sec=1.0, seam_jump=None)
+        return iter(())
+
+    monkeypatch.setattr(render, "synthesize", synthesize)
+    monkeypatch.setattr(render, "write_video", lambda frames, *a, **k: list(frames))
+    scene = render.load_scene(subject)
+    t0, t1 = scene.split["test"]
+    for tau in (0.0, 1.0):
+        monkeypatch.setattr(head.field, "cfg", replace(head.field.cfg, pose_offset_frames=tau))
+        render.run_video(subject, tmp_path / f"v{tau}.npz", RenderConfig(**FAST), head=head)
+    assert np.array_equal(seen[0], scene.c2w[t0:t1])
+    assert np.allclose(seen[1], time_shift_c2w(scene.c2w[t0:t1], 1.0))
+    assert np.allclose(seen[1][:-1], scene.c2w[t0 + 1:t1]) and not np.allclose(seen[1], seen[0])
+
+
 def test_motion_replay_and_blinks():
     from pipeline.render import motion
 

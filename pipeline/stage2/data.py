@@ -211,7 +211,7 @@ def time_shift_c2w(c2w: np.ndarray, offset: float) -> np.ndarray:
     w = (t - i0)[:, None, None]
     m = (1 - w) * out[i0] + w * out[i1]
     u, _, vt = np.linalg.svd(m[:, :3, :3])
-    m[:, :3, :3] = u @ vt
+    m[:, :3, :3] = np.where(w > 0, u @ vt, m[:, :3, :3])     # whole offsets: the neighbour's transform as it is
     m[:, 3] = (0.0, 0.0, 0.0, 1.0)
     return m
 

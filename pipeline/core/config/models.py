@@ -100,8 +100,8 @@ class Stage2ModelConfig:
     audio_region: float = 0.0       # audio weighted by a Gaussian around the mouth, sigma = this x the lip corners'
                                     # distance (0 = everywhere): hair and brows cannot learn frames from the audio
     appearance_dim: int = 0         # per-frame appearance code into the colour net (ER-NeRF: 4); zero at render
-    pose_offset_frames: float = 0.5 # the camera of frame f taken at time f + this (interpolated between frames), in
-                                    # training and render alike: the tracked poses trail the video (bench/pose_lag.py)
+    pose_offset_frames: float = 0.0 # the camera of frame f taken at time f + this (interpolated between frames), in
+                                    # training and render alike, for poses that trail the video (bench/pose_lag.py)
     landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
                                     # as stage 1 predicts them; blinks then come from AU45); "all": every tracked one
     # ray marching
