@@ -56,7 +56,8 @@ def label_timing(frames: np.ndarray, labels: np.ndarray, lags=(-2, -1, 0, 1, 2))
 
 def pose_timing(c2w: np.ndarray, shape: np.ndarray, lms: np.ndarray, focal: float, cx: float, cy: float,
                 taus=(-0.5, -0.25, 0.0, 0.25, 0.5, 0.75)) -> dict[str, float]:
-    """Mean px error of ``shape [K, 3]`` (head space) projected with the cameras at t + tau against ``lms [N, K, 2]``."""
+    """Mean px error of ``shape [K, 3]`` (head space) projected with the cameras at t + tau against frame t's
+    landmarks ``lms [N, K, 2]``."""
     out = {}
     for tau in taus:
         w2c = np.linalg.inv(time_shift_c2w(c2w, tau))

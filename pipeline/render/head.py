@@ -64,6 +64,10 @@ class Head:
         return self.renderer.num_samples
 
     @property
+    def model_config(self) -> Stage2ModelConfig:
+        return self.field.cfg
+
+    @property
     def pose_offset_frames(self) -> float:
         """The time shift of the cameras this head was trained with (``stage2.pose_offset_frames``)."""
         return self.field.cfg.pose_offset_frames
@@ -130,6 +134,10 @@ class GaussianHeadView:
     @property
     def uses_audio(self) -> bool:
         return self.head.uses_audio
+
+    @property
+    def model_config(self) -> Stage2ModelConfig:
+        return self.head.cfg
 
     @property
     def pose_offset_frames(self) -> float:
