@@ -16,6 +16,8 @@ labels ``stage2/labels.npy`` are the parsing labels at the cache size), ``landma
   against the landmarks' own motion, correlated at lags -1, 0, +1, and the fractional lag of the parabola's
   peak (positive: the landmarks trail). Only for unsmoothed signals: temporal smoothing alone moves this
   estimate (a centred Gaussian of 2 frames reads as +0.4), so it is not applied to the smoothed pose.
+  It is also too weak to see a lag of half a frame: mediapipe's video mode trails by ~0.4 frame and read +0.05 /
+  +0.13 here. ``bench/landmark_modes.py`` checks the landmarks against per-frame detection instead.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class Processed:
         def build():
             self.landmarks(clip)  # also runs ingest and crop
             d = self.dir(clip)
-            return tracking.run(d / "landmarks" / "landmarks.parquet", d / "tracking", TrackingConfig(iters=60),
+            return tracking.run(d / "landmarks" / "landmarks.parquet", d / "tracking", TrackingConfig(),
                                 crop_meta=d / "crop" / "crop.json", meta=d / "ingest" / "meta.json",
                                 video=d / "crop" / "video.mp4")
 

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.preprocess import crop, ingest, landmarks
+from pipeline.preprocess.face_landmarker import landmark_chunk
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.core import media, metrics
 from pipeline.core.artifacts import CROP_BOXES, CROP_META, LANDMARKS, N_LANDMARKS, fixed_list_column
@@ -96,6 +97,26 @@ def test_tight_clip_is_padded_by_replication(processed):
     assert sum(doc["padding"].values()) > 0
     x0, y0, x1, y1 = doc["valid_box"]
     assert 0 <= x0 < x1 <= doc["size"] and 0 <= y0 < y1 <= doc["size"] and (x1 - x0) * (y1 - y0) < doc["size"] ** 2
+
+
+def test_each_frames_landmarks_are_that_frames_own(processed):
+    """The default running mode has no memory: a frame gives the same landmarks whatever came before it, so
+    nothing carries a moving head's past into its present. mediapipe's video mode (tracking + a causal
+    One-Euro filter) does carry it: there the same frames differ by up to pixels after a fresh start, and its
+    landmarks trail a moving head (BENCHMARKS.md, "Session 11: the landmarks trailed the video")."""
+    clip = "talk_dfrf_cnn_en"
+    size = processed.crop(clip)["size"]
+    video = str(processed.dir(clip) / "crop" / "video.mp4")
+    task = str(mp_models.locate(mp_models.FACE_LANDMARKER))
+    gap = {}
+    for mode in ("image", "video"):
+        cfg = LandmarksConfig(running_mode=mode)
+        from_100 = landmark_chunk(video, size, 100, 125, 25, task, cfg)["landmarks"][10:]
+        from_110 = landmark_chunk(video, size, 110, 125, 25, task, cfg)["landmarks"]
+        gap[mode] = float(np.abs(from_100 - from_110)[..., :2].max())
+    assert LandmarksConfig().running_mode == "image"
+    assert gap["image"] < 1e-3, gap
+    assert gap["video"] > 0.1, gap  # the property is a real one: the tracking mode fails it
 
 
 # ----------------------------------------------------------------------------- built clips

@@ -57,8 +57,11 @@ def test_same_seed_same_predictions(processed):
     a, b = (fit(feats, lms, [(0, 400)], cfg) for _ in range(2))
     pa, pb = (sliding_predict(r.model, feats[400:], cfg.seq_len) for r in (a, b))
     np.testing.assert_array_equal(pa, pb)
+    assert a.curve[1:] == b.curve[1:]  # (step 0 has no train loss: NaN)
+    # another seed trains differently (its predictions may still coincide when neither run beats the
+    # zero-initialised output of step 0 on validation, which fit then returns)
     c = fit(feats, lms, [(0, 400)], Stage1Config(steps=30, d_model=32, eval_every=15, seed=1))
-    assert not np.array_equal(pa, sliding_predict(c.model, feats[400:], cfg.seq_len))
+    assert [p["train_loss"] for p in c.curve[1:]] != [p["train_loss"] for p in a.curve[1:]]
 
 
 @pytest.mark.parametrize("wav", ["speech_genefacepp_macron_fr", "speech_sadtalker_chinese_news_zh",

@@ -128,7 +128,7 @@ def _finite_mean(v: np.ndarray) -> float | None:
 
 
 def render_landmarks(video: Path, size: int, n: int, fps: int, model_path: str) -> dict[str, np.ndarray]:
-    """mediapipe FaceLandmarker (the landmark stage's worker, VIDEO mode) on every rendered frame."""
+    """mediapipe FaceLandmarker (the landmark stage's worker and default running mode) on every rendered frame."""
     from pipeline.preprocess import mediapipe_models
     from pipeline.preprocess.face_landmarker import landmark_chunk
 

@@ -1,10 +1,18 @@
-"""mediapipe FaceLandmarker (Tasks API, VIDEO running mode) over a range of frames of a square video.
+"""mediapipe FaceLandmarker (Tasks API) over a range of frames of a square video.
 
 :func:`landmark_chunk` is the worker of rule ``detect_landmarks`` (one call per process and chunk of the crop,
 :mod:`pipeline.preprocess.landmarks`) and what the evaluation runs on the rendered frames
 (:mod:`pipeline.evaluate.subject`): 478 points (x, y in px, z on the same scale), 52 blendshape scores and the
 4x4 facial transformation matrix per frame, NaN where no face was found. The model file comes from
 :mod:`pipeline.preprocess.mediapipe_models`.
+
+``landmarks.running_mode``: ``image`` (the default) finds the face in every frame on its own, so each frame's
+landmarks are that frame's. ``video`` is mediapipe's tracking mode: it crops each frame around the previous
+frame's face and smooths the landmarks with a causal One-Euro filter, so on a moving head they trail the video
+by about 0.4 of a frame (measured against ``image`` on talk_dfrf_cnn_en, BENCHMARKS.md "Session 11:
+the landmarks trailed the video"). Everything downstream is fitted to the landmarks; the tracked camera, and with
+it the trained head, trailed with them. Jitter from independent frames is taken out by the tracking's
+centred smoothness terms.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ def init_worker(progress) -> None:
 
 def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task: str, cfg: LandmarksConfig,
                    progress=None, thumb_step: int = 0, thumb_size: int = 256) -> dict[str, np.ndarray]:
-    """FaceLandmarker (VIDEO mode) on frames [start, stop) of the crop; one landmarker per call.
+    """FaceLandmarker (``cfg.running_mode``) on frames [start, stop) of the crop; one landmarker per call.
 
     With ``thumb_step`` > 0 it also keeps every frame whose index is a multiple of it, resized to
     ``thumb_size``² (``thumbs``, ``thumb_idx``), so the contact sheet needs no second decoding pass."""
@@ -47,8 +55,10 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
     lms = np.full((n, N_LANDMARKS, 3), np.nan, np.float32)
     bss = np.full((n, N_BLENDSHAPES), np.nan, np.float32)
     poses = np.full((n, 16), np.nan, np.float32)
+    video_mode = cfg.running_mode == "video"
     options = vision.FaceLandmarkerOptions(
-        base_options=BaseOptions(model_asset_path=task), running_mode=vision.RunningMode.VIDEO, num_faces=1,
+        base_options=BaseOptions(model_asset_path=task),
+        running_mode=vision.RunningMode.VIDEO if video_mode else vision.RunningMode.IMAGE, num_faces=1,
         min_face_detection_confidence=cfg.min_detection_confidence,
         min_face_presence_confidence=cfg.min_presence_confidence,
         min_tracking_confidence=cfg.min_tracking_confidence,
@@ -63,9 +73,11 @@ def landmark_chunk(video: str, size: int, start: int, stop: int, fps: int, task:
                 if thumb_step and (start + i) % thumb_step == 0:
                     thumbs.append(cv2.resize(frame, (t, t), interpolation=cv2.INTER_AREA))
                     thumb_idx.append(start + i)
-                ts_ms = int(round((start + i) * 1000 / fps))
-                res = landmarker.detect_for_video(
-                    mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame)), ts_ms)
+                image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(frame))
+                if video_mode:
+                    res = landmarker.detect_for_video(image, int(round((start + i) * 1000 / fps)))
+                else:
+                    res = landmarker.detect(image)
                 if res.face_landmarks:
                     lms[i] = [(p.x, p.y, p.z) for p in res.face_landmarks[0]]
                     names = tuple(c.category_name for c in res.face_blendshapes[0])

