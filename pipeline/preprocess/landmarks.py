@@ -2,7 +2,8 @@
 
 The FaceLandmarker (Tasks API; ``running_mode`` image: each frame on its own, without the temporal filter
 of mediapipe's video mode, which makes landmarks trail a moving head) gives per frame 478 points, 52
-blendshape scores and the 4x4 facial transformation matrix. The model file comes from :mod:`pipeline.preprocess.mediapipe_models`.
+blendshape scores and the 4x4 facial transformation matrix. The model file comes from
+:mod:`pipeline.preprocess.mediapipe_models`.
 
 Contract (:data:`pipeline.core.artifacts.LANDMARKS`, one row per frame of ``crop/video.mp4``):
 x, y in crop pixels, z = mediapipe's z (same normalised scale as x) times the crop width.
