@@ -14,7 +14,8 @@
 # OUT_DIR/steps.log. A failing variant is logged and the next one runs. Then bench/gpu_render_speed.py times the
 # last head and the synthesis split into its parts (head, torso, compositing, seam, host copy), and profiles
 # them: OUT_DIR/render_speed.json and render_profile.txt. Env: PYTHON (python3), EVAL_EVERY (steps between
-# teacher-forced evaluations, 1500), RENDER_SPEED (1; 0 skips the timing).
+# teacher-forced evaluations, 1500), RENDER_SPEED (1; 0 skips the timing), POSE_LAG (0; 1 runs bench/pose_lag.py on
+# each variant's head -> OUT_DIR/pose_lag_K.json, with gsplat set up as for the training).
 set -uo pipefail
 if [[ $# -lt 4 ]]; then
     sed -n '2,18p' "$0"; exit 2
@@ -54,6 +55,10 @@ print(json.dumps({"config": json.loads(sys.argv[1]), "steps": m["steps"], "steps
                   "head_only_fps": r["head_only"]["frames_per_sec"],
                   "head_torso_fps": r["head_torso"]["frames_per_sec"]}))
 PY
+        if [[ ${POSE_LAG:-0} == 1 ]]; then
+            PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$py" "$repo/bench/pose_lag.py" --subject-dir "$s" \
+                --out "$out/pose_lag_$k.json" >> "$log" 2>&1 || echo "variant $k: pose_lag failed" | tee -a "$log"
+        fi
     else
         echo "variant $k failed:" | tee -a "$log"
         tail -5 "$s/stage2/bench.log" 2> /dev/null | tee -a "$log"
