@@ -12,7 +12,8 @@ One-Euro filter). Reported:
   Also the median over the 10 % fastest frames of (video - image) projected on the frame's motion, in
   frames (negative: trails).
 * **jitter**: RMS of the second time difference of the rigid points, px.
-* **blinks**: the 1st percentile of the left lid gap (points 159-145, px): how far the eye closes.
+* **blinks**: the 1st percentile of the eye aspect ratio (``action_units``' lid gap / eye width): how far the
+  eyes close.
 * **seconds** per mode (one process, decoding included).
 """
 
@@ -27,10 +28,11 @@ import numpy as np
 
 from pipeline.core import media
 from pipeline.core.config import LandmarksConfig
+from pipeline.core.metrics import RIGID_IDS
 from pipeline.preprocess import mediapipe_models as mp_models
+from pipeline.preprocess.au_signals import eye_aspect_ratio
 from pipeline.preprocess.face_landmarker import landmark_chunk
 
-RIGID = [1, 4, 5, 6, 8, 9, 10, 33, 133, 151, 168, 195, 197, 263, 362]  # mediapipe mesh: nose, eye corners, brow
 TAUS = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -43,8 +45,8 @@ def shifted(x: np.ndarray, tau: float, t: np.ndarray) -> np.ndarray:
 
 
 def compare(image: np.ndarray, video: np.ndarray) -> dict:
-    """Lag, jitter and blink depth of ``video``-mode points against ``image``-mode points ([N, 478, 2] px)."""
-    im, vi = image[:, RIGID], video[:, RIGID]
+    """Lag, jitter and blink depth of ``video``-mode points against ``image``-mode points ([N, 478, 3] px)."""
+    im, vi = image[:, list(RIGID_IDS), :2], video[:, list(RIGID_IDS), :2]
     t = np.arange(2, len(im) - 2)
     rms = {f"{tau:+.2f}": float(np.sqrt(np.nanmean((vi[t] - shifted(im, tau, t)) ** 2))) for tau in TAUS}
     motion = im[1:] - im[:-1]
@@ -55,13 +57,13 @@ def compare(image: np.ndarray, video: np.ndarray) -> dict:
     def jitter(x):
         return float(np.sqrt(np.nanmean(np.diff(x, 2, axis=0) ** 2)))
 
-    def lid_p1(x):
-        return float(np.nanpercentile(np.linalg.norm(x[:, 159] - x[:, 145], axis=-1), 1))
+    def closed(x):  # the eye aspect ratio of action_units (lid gap / eye width, both eyes), 1st percentile
+        return float(np.nanpercentile(eye_aspect_ratio(x), 1))
 
     return {"rms_px_video_vs_image_at_t_minus_tau": rms, "best_tau": float(TAUS[int(np.argmin(list(rms.values())))]),
             "fast_frames_offset_along_motion": float(np.nanmedian(along)),
             "jitter_px": {"image": jitter(im), "video": jitter(vi)},
-            "lid_gap_p1_px": {"image": lid_p1(image), "video": lid_p1(video)}}
+            "eye_aspect_ratio_p1": {"image": closed(image), "video": closed(video)}}
 
 
 def run(video: Path, frames: int = 0) -> dict:
@@ -74,7 +76,7 @@ def run(video: Path, frames: int = 0) -> dict:
         t0 = time.perf_counter()
         out = landmark_chunk(str(video), info.width, 0, n, 25, task, LandmarksConfig(running_mode=mode))
         seconds[mode] = round(time.perf_counter() - t0, 2)
-        pts[mode] = out["landmarks"][..., :2]
+        pts[mode] = out["landmarks"]
         missing[mode] = int((~out["detected"]).sum())
     return {"video": str(video), "frames": n, "size": info.width, "seconds": seconds, "frames_without_face": missing,
             **compare(pts["image"], pts["video"])}

@@ -33,9 +33,9 @@ from pipeline.core.artifacts import (CANONICAL_LANDMARKS, LANDMARKS, N_LANDMARKS
                                      TRANSFORMS)
 from pipeline.core.artifacts.store import fixed_list_column
 from pipeline.core.layout import SubjectLayout
+from pipeline.core.metrics import RIGID_IDS
 from pipeline.stage2.data import time_shift_c2w
 
-RIGID = [1, 4, 5, 6, 8, 9, 10, 33, 133, 151, 168, 195, 197, 263, 362]   # mediapipe mesh: nose, eye corners, brow
 RING = np.ones((3, 3), np.uint8)
 
 
@@ -99,9 +99,10 @@ def timing(subject_dir: Path, n: int) -> dict:
     labels = STAGE2_LABELS.read(files.stage2.labels)[:n]
     tr = TRANSFORMS.read(files.tracking.transforms)
     k = frames.shape[1] / tr["w"]
-    lms = fixed_list_column(LANDMARKS.read(files.landmarks.table), "landmarks", (N_LANDMARKS, 3))[:, RIGID, :2]
+    rigid = list(RIGID_IDS)
+    lms = fixed_list_column(LANDMARKS.read(files.landmarks.table), "landmarks", (N_LANDMARKS, 3))[:, rigid, :2]
     c2w = np.array([f["transform_matrix"] for f in tr["frames"]], np.float64)
-    shape = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"][:, RIGID].mean(0)
+    shape = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"][:, rigid].mean(0)
     centre = lms[:len(frames)].mean(1) * k
     return {"frames": int(len(frames)),
             "label_outline_edge_strength_by_lag": label_timing(frames, labels),

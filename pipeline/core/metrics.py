@@ -36,6 +36,9 @@ LIP_IDS = np.array(sorted({
 JAW_IDS = (58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 132, 361,
            175, 199, 200, 18, 83, 313, 201, 421, 208, 428, 32, 262, 194, 418, 204, 424, 106, 335, 182, 406)
 MOUTH_REGION = np.array(sorted(set(LIP_IDS.tolist()) | set(JAW_IDS)))
+# points that move with the skull, not with expressions (nose bridge and tip, inner and outer eye corners, glabella):
+# where the head is, for timing checks of landmarks and poses (bench/pose_timing.py, bench/landmark_modes.py)
+RIGID_IDS = (1, 4, 5, 6, 8, 9, 10, 33, 133, 151, 168, 195, 197, 263, 362)
 
 
 def _as_float(img: np.ndarray) -> np.ndarray:
