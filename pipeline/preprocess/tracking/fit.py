@@ -211,16 +211,33 @@ def rigid_directions(shape: np.ndarray) -> np.ndarray:
     return Q
 
 
-def build_model(init: Init, mesh: CanonicalMesh, weights: np.ndarray, n_expr: int) -> LinearModel:
-    """Mean = canonical mesh (iris: the clip's mean); identity = clip mean - mean; basis = PCA of the rest."""
+def build_model(init: Init, mesh: CanonicalMesh, weights: np.ndarray, n_expr: int,
+                pose_ids: np.ndarray | None = None) -> LinearModel:
+    """Mean = canonical mesh (iris: the clip's mean); identity = clip mean - mean; basis = PCA of the rest.
+
+    Before the PCA, the part of each frame's pose-free shape that a head motion explains is removed (gauge
+    fixing, :func:`rigid_directions`), so that expression and pose cannot trade places. ``pose_ids`` says which
+    points define "head motion": None removes the similarity that best fits the whole face (an orthogonal
+    projection); given the skull's rigid points (``tracking.pose_points: rigid``) it removes the similarity that
+    fits those points alone and applies it to every point. The expressions then leave the rigid points where they
+    are, and the pose follows them. With the whole face, the similarity part of an opening jaw (the face grows
+    taller) stays outside the expression basis and the fit explains it as the head moving closer: on
+    talk_dfrf_cnn_en the tracked depth then follows the jaw (r -0.68 at high pass), and the hair, which the
+    landmarks do not reach, is drawn 1-3 px off (BENCHMARKS.md "Session 12").
+    """
     K = init.posefree.shape[1]
     w = weights / weights.sum()
     clip_mean = np.einsum("n,nkd->kd", w, init.posefree)
     mean = clip_mean.copy()
     mean[:N_MESH] = mesh.vertices[:min(K, N_MESH)]
     resid = (init.posefree - clip_mean).reshape(len(w), K * 3)
-    G = rigid_directions(clip_mean)            # remove what a pose change can explain (gauge fixing)
-    resid = resid - (resid @ G) @ G.T
+    G = rigid_directions(clip_mean)            # [K*3, 7] orthonormal
+    if pose_ids is None:
+        resid = resid - (resid @ G) @ G.T
+    else:
+        rows = (np.asarray(pose_ids)[:, None] * 3 + np.arange(3)).reshape(-1)
+        theta = np.linalg.lstsq(G[rows], resid[:, rows].T, rcond=None)[0]    # [7, N]: the rigid points' motion
+        resid = resid - (G @ theta).T
     sw = np.sqrt(w)[:, None]
     U, S, Vt = np.linalg.svd(resid * sw, full_matrices=False)
     E = min(n_expr, len(S))

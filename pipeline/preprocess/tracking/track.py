@@ -32,6 +32,7 @@ from pipeline.core.config import TrackingConfig, from_mapping
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import PipelineError
 from pipeline.core.layout import TrackingFiles
+from pipeline.core.metrics import RIGID_IDS
 from pipeline.core.progress import progress
 from pipeline.preprocess import mediapipe_models as mp_models
 from pipeline.preprocess.tracking import fit as tf
@@ -129,7 +130,8 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
         with threadpool_limits(max(1, threads)), progress(total=cfg.iters, desc="track_face L-BFGS", unit="eval",
                                                           mininterval=5, disable=None) as bar:
             init = tf.closed_form_init(obs, mesh)
-            model = tf.build_model(init, mesh, weight, N_EXPR)
+            model = tf.build_model(init, mesh, weight, N_EXPR,
+                                   np.asarray(RIGID_IDS) if cfg.pose_points == "rigid" else None)
             res = tf.fit(obs[..., :2], weight, model, init, cfg.focal_init * W, cx, cy, wts, iters=cfg.iters,
                          fit_focal=cfg.fit_focal, refine_basis=cfg.refine_basis, device=device, progress=bar)
     finally:
