@@ -1,7 +1,8 @@
 """Stage-1 targets and batches.
 
 Targets are the subject's pose-free (canonical) landmarks, expressed as offsets from the
-subject's mean train-split shape and compressed by PCA (``LandmarkBasis``): the network predicts
+subject's mean train-split shape, the jaw outline's weighted down (``target_weights``), and compressed by PCA
+(``LandmarkBasis``): the network predicts
 K coefficients per frame, decoded linearly to all landmarks. Only the mouth and jaw region
 (``MOUTH_REGION``) moves: audio does not determine blinks or brows (the NeRF takes AU45 for the
 eyes), and fitting them from audio only adds noise targets to overfit. The coefficients share
@@ -19,22 +20,25 @@ import numpy as np
 import torch
 
 from pipeline.core.config import Stage1Config
-from pipeline.core.metrics import MOUTH_REGION, smooth_frames
+from pipeline.core.metrics import LIP_IDS, MOUTH_REGION, smooth_frames
 
 
 
 @dataclass
 class LandmarkBasis:
     mean: np.ndarray         # [P, 3] mean canonical shape of the train split
-    components: np.ndarray   # [K, P*3] orthonormal PCA directions of the offsets
+    components: np.ndarray   # [K, P*3] orthonormal PCA directions of the weighted offsets
     scale: np.ndarray        # [K] one shared value: RMS coefficient std on the train split
+    weight: np.ndarray       # [P] each point's weight in the target space (``stage1.jaw_weight``)
 
     @classmethod
     def fit(cls, landmarks: np.ndarray, max_components: int, variance: float = 0.99,
-            region: np.ndarray | None = MOUTH_REGION) -> "LandmarkBasis":
-        """PCA of the offsets from the mean; points outside ``region`` keep the mean shape."""
+            region: np.ndarray | None = MOUTH_REGION, weight: np.ndarray | None = None) -> "LandmarkBasis":
+        """PCA of the offsets from the mean, each point's offset times its ``weight`` [P] (default 1); points
+        outside ``region`` keep the mean shape."""
         mean = landmarks.mean(0)
-        off = landmarks - mean
+        w = np.ones(landmarks.shape[1], np.float32) if weight is None else np.asarray(weight, np.float32)
+        off = (landmarks - mean) * w[None, :, None]
         if region is not None:
             keep = np.zeros(off.shape[1], bool)
             keep[region] = True
@@ -44,22 +48,32 @@ class LandmarkBasis:
         ratio = np.cumsum(s**2) / max(np.sum(s**2), 1e-12)
         k = int(min(max_components, np.searchsorted(ratio, variance) + 1, len(s)))
         rms = np.sqrt(np.mean(s[:k] ** 2) / max(len(x) - 1, 1))
-        return cls(mean.astype(np.float32), vt[:k].astype(np.float32), np.full(k, max(rms, 1e-8), np.float32))
+        return cls(mean.astype(np.float32), vt[:k].astype(np.float32), np.full(k, max(rms, 1e-8), np.float32), w)
 
     @property
     def k(self) -> int:
         return len(self.components)
 
     def encode(self, landmarks: np.ndarray) -> np.ndarray:
-        x = landmarks.reshape(len(landmarks), -1) - self.mean.reshape(1, -1)
-        return (x @ self.components.T) / self.scale
+        x = (landmarks - self.mean) * self.weight[None, :, None]
+        return (x.reshape(len(landmarks), -1) @ self.components.T) / self.scale
 
     def decode(self, coeffs: np.ndarray) -> np.ndarray:
-        x = (coeffs * self.scale) @ self.components + self.mean.reshape(1, -1)
-        return x.reshape(len(coeffs), -1, 3).astype(np.float32)
+        x = ((coeffs * self.scale) @ self.components).reshape(len(coeffs), -1, 3) / self.weight[None, :, None]
+        return (x + self.mean).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean, "components": self.components, "scale": self.scale}
+        return {"mean": self.mean, "components": self.components, "scale": self.scale, "weight": self.weight}
+
+
+def target_weights(n_points: int, jaw_weight: float) -> np.ndarray:
+    """[P] weights of stage 1's target space: 1, and ``jaw_weight`` on the jaw outline (``MOUTH_REGION`` without the
+    lips). Those points follow the face's silhouette, whose slide with the head's turn and tracking noise is not
+    in the audio; at full weight that variance dominates the loss and the early stopping, and the lips, which LMD
+    and the head's mouth need, are learnt less (BENCHMARKS.md, "Session 12")."""
+    w = np.ones(n_points, np.float32)
+    w[np.setdiff1d(MOUTH_REGION, LIP_IDS)] = jaw_weight
+    return w
 
 
 def random_sequences(n_frames_range: tuple[int, int], seq_len: int, batch: int, rng: np.random.Generator) -> np.ndarray:

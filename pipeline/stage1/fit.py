@@ -15,7 +15,7 @@ import torch
 
 from pipeline.core.config import Stage1Config
 from pipeline.core.progress import progress
-from pipeline.stage1.data import LandmarkBasis, gather, random_sequences, ridge_fit, sliding_predict
+from pipeline.stage1.data import LandmarkBasis, gather, random_sequences, ridge_fit, sliding_predict, target_weights
 from pipeline.stage1.model import Audio2Landmarks
 
 log = logging.getLogger("pipeline.stage1")
@@ -64,7 +64,8 @@ def fit(feats: np.ndarray, landmarks: np.ndarray, train_ranges: list[tuple[int, 
     steps = steps or cfg.steps
     fit_ranges, val_ranges = split_validation(train_ranges, cfg)
     if basis is None:
-        basis = LandmarkBasis.fit(np.concatenate([landmarks[a:b] for a, b in fit_ranges]), cfg.max_components)
+        basis = LandmarkBasis.fit(np.concatenate([landmarks[a:b] for a, b in fit_ranges]), cfg.max_components,
+                                  weight=target_weights(landmarks.shape[1], cfg.jaw_weight))
     coeffs = basis.encode(landmarks).astype(np.float32)
     model = copy.deepcopy(init) if init is not None else Audio2Landmarks(
         feats.shape[-1], basis.k, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.dropout, feats.shape[1])

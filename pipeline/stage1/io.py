@@ -93,7 +93,7 @@ def load_model(model_dir: Path | str) -> tuple[Audio2Landmarks, LandmarkBasis, d
         raise Stage1Error(files.model, f"cannot load weights ({exc})") from exc
     model.eval()
     b = STAGE1_BASIS.read(files.basis)
-    return model, LandmarkBasis(b["mean"], b["components"], b["scale"]), meta
+    return model, LandmarkBasis(b["mean"], b["components"], b["scale"], b["weight"]), meta
 
 
 def config_json(cfg: Stage1Config) -> str:

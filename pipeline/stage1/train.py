@@ -79,7 +79,7 @@ def run(features: Path | str, canonical: Path | str, transforms: Path | str, out
         init, pre_basis, _ = load_model(pretrained)
         a, b = train_ranges[0]
         subject_mean = lms[a:b].mean(0)
-        basis = LandmarkBasis(subject_mean + pre_basis.mean, pre_basis.components, pre_basis.scale)
+        basis = LandmarkBasis(subject_mean + pre_basis.mean, pre_basis.components, pre_basis.scale, pre_basis.weight)
     start = time.time()
     result = fit(feats, lms, train_ranges, cfg, init=init, basis=basis)
     seconds = time.time() - start

