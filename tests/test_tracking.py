@@ -43,21 +43,12 @@ def test_rodrigues_matches_scipy():
     np.testing.assert_allclose(got, Rotation.from_rotvec(om).as_matrix(), atol=1e-9)
 
 
-def skull_still(basis: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    """Expression motions ``basis`` [K, 3, E] minus the head motion of the skull's rigid points (RIGID_IDS), which is
-    what a face's expressions are: they leave the nose bridge, eye corners and glabella where they are."""
-    G = tf.rigid_directions(shape)
-    flat = basis.reshape(-1, basis.shape[-1])
-    rows = (np.asarray(RIGID_IDS)[:, None] * 3 + np.arange(3)).reshape(-1)
-    return (flat - G @ np.linalg.lstsq(G[rows], flat[rows], rcond=None)[0]).reshape(basis.shape)
-
-
 def synthesize(tmp_path, n=300, size=512, focal=1400.0, noise_px=0.5, seed=0, jaw_cm=0.0, skull=False):
     """Observations from a known face model, focal and smooth pose/expression sequence (+ noise).
 
     The expressions are smooth local motions without a whole-face similarity part (the gauge of ``pose_points:
     all``), or with ``skull`` local motions of the mouth, jaw, cheeks and brows that leave the rigid points still
-    (:func:`skull_still`, the gauge of ``rigid``); ``jaw_cm`` adds a jaw that opens and closes (points below the
+    (the gauge of ``rigid``); ``jaw_cm`` adds a jaw that opens and closes (points below the
     mouth move down, up to that many cm at the chin)."""
     rng = np.random.default_rng(seed)
     C = _mesh().vertices
@@ -69,12 +60,9 @@ def synthesize(tmp_path, n=300, size=512, focal=1400.0, noise_px=0.5, seed=0, ja
     centres = C[rng.choice(np.flatnonzero(far), 6, replace=False)] if skull else C[rng.choice(468, 6, replace=False)]
     basis = np.stack([np.exp(-((C - c) ** 2).sum(1) / (2 * 2.5 ** 2))[:, None] * rng.normal(0, 0.4, 3)
                       for c in centres], -1)                                  # [K, 3, 6] smooth local motions
-    if skull:                               # expression = what leaves the skull still (a rigid part would be pose)
-        basis = skull_still(basis, C + ident)
-    else:                                   # expression = the part orthogonal to every whole-face similarity
-        G = tf.rigid_directions(C + ident)
-        flat = basis.reshape(-1, 6)
-        basis = (flat - G @ (G.T @ flat)).reshape(basis.shape)
+    # expression = what the gauge does not call head motion (that part would be pose)
+    flat = tf.without_head_motion(basis.reshape(-1, 6).T, C + ident, np.asarray(RIGID_IDS) if skull else None)
+    basis = flat.T.reshape(basis.shape)
     coeffs = np.stack([np.sin(2 * np.pi * t / rng.uniform(0.5, 3) + rng.uniform(0, 6)) * 1.4 for _ in range(6)], 1)
     shapes = C + ident + np.einsum("kde,ne->nkd", basis, coeffs)
     y_mouth, y_chin = C[13, 1], C[152, 1]                                     # upper-lip middle, chin (y up)
@@ -143,8 +131,8 @@ def test_recovers_known_face_camera_and_poses(tmp_path):
 @pytest.mark.parametrize("pose_points", ["rigid", "all"])
 def test_an_opening_jaw_does_not_move_the_head(tmp_path, pose_points):
     """A synthetic face whose expressions leave the skull still and whose jaw opens 1 cm 2.5 times a second. With
-    ``pose_points: rigid`` the tracked depth does not follow the jaw; with the whole face's similarity as the gauge
-    (``all``, the default) the taller face reads as a head coming closer (on talk_dfrf_cnn_en: depth r -0.68 with
+    ``pose_points: rigid`` (the default) the tracked depth does not follow the jaw; with the whole face's similarity
+    as the gauge (``all``) the taller face reads as a head coming closer (on talk_dfrf_cnn_en: depth r -0.68 with
     the jaw drop). Both are asserted: the test shows what each setting does."""
     path, truth = synthesize(tmp_path, n=200, seed=1, jaw_cm=1.0, skull=True)
     run(path, tmp_path / "tracking", TrackingConfig(device="cpu", pose_points=pose_points), size=512)

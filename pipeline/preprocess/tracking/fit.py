@@ -211,19 +211,29 @@ def rigid_directions(shape: np.ndarray) -> np.ndarray:
     return Q
 
 
+def without_head_motion(x: np.ndarray, shape: np.ndarray, pose_ids: np.ndarray | None = None) -> np.ndarray:
+    """Motions ``x`` [M, K*3] of ``shape`` [K, 3] minus the head motion (infinitesimal similarity) in them: the
+    similarity that best fits all points (``pose_ids`` None: an orthogonal projection), or the one that fits the
+    points ``pose_ids`` alone, applied to every point (they are then left still)."""
+    G = rigid_directions(shape)                # [K*3, 7] orthonormal
+    if pose_ids is None:
+        return x - (x @ G) @ G.T
+    rows = (np.asarray(pose_ids)[:, None] * 3 + np.arange(3)).reshape(-1)
+    theta = np.linalg.lstsq(G[rows], x[:, rows].T, rcond=None)[0]          # [7, M]: those points' motion
+    return x - (G @ theta).T
+
+
 def build_model(init: Init, mesh: CanonicalMesh, weights: np.ndarray, n_expr: int,
                 pose_ids: np.ndarray | None = None) -> LinearModel:
     """Mean = canonical mesh (iris: the clip's mean); identity = clip mean - mean; basis = PCA of the rest.
 
     Before the PCA, the part of each frame's pose-free shape that a head motion explains is removed (gauge
-    fixing, :func:`rigid_directions`), so that expression and pose cannot trade places. ``pose_ids`` says which
-    points define "head motion": None removes the similarity that best fits the whole face (an orthogonal
-    projection); given the skull's rigid points (``tracking.pose_points: rigid``) it removes the similarity that
-    fits those points alone and applies it to every point. The expressions then leave the rigid points where they
-    are, and the pose follows them. With the whole face, the similarity part of an opening jaw (the face grows
-    taller) stays outside the expression basis and the fit explains it as the head moving closer: on
-    talk_dfrf_cnn_en the tracked depth then follows the jaw (r -0.68 at high pass), and the hair, which the
-    landmarks do not reach, is drawn 1-3 px off (BENCHMARKS.md "Session 12").
+    fixing, :func:`without_head_motion`), so that expression and pose cannot trade places. ``pose_ids`` says which
+    points define "head motion": None, the whole face; the skull's rigid points (``tracking.pose_points: rigid``),
+    which the expressions then leave still, so the pose follows them. With the whole face, the similarity part of
+    an opening jaw (the face grows taller) stays outside the expression basis and the fit explains it as the head
+    moving closer: on talk_dfrf_cnn_en the tracked depth then follows the jaw (r -0.68 at high pass; BENCHMARKS.md
+    "Session 12").
     """
     K = init.posefree.shape[1]
     w = weights / weights.sum()
@@ -231,13 +241,7 @@ def build_model(init: Init, mesh: CanonicalMesh, weights: np.ndarray, n_expr: in
     mean = clip_mean.copy()
     mean[:N_MESH] = mesh.vertices[:min(K, N_MESH)]
     resid = (init.posefree - clip_mean).reshape(len(w), K * 3)
-    G = rigid_directions(clip_mean)            # [K*3, 7] orthonormal
-    if pose_ids is None:
-        resid = resid - (resid @ G) @ G.T
-    else:
-        rows = (np.asarray(pose_ids)[:, None] * 3 + np.arange(3)).reshape(-1)
-        theta = np.linalg.lstsq(G[rows], resid[:, rows].T, rcond=None)[0]    # [7, N]: the rigid points' motion
-        resid = resid - (G @ theta).T
+    resid = without_head_motion(resid, clip_mean, pose_ids)
     sw = np.sqrt(w)[:, None]
     U, S, Vt = np.linalg.svd(resid * sw, full_matrices=False)
     E = min(n_expr, len(S))
