@@ -43,13 +43,15 @@ def test_rodrigues_matches_scipy():
     np.testing.assert_allclose(got, Rotation.from_rotvec(om).as_matrix(), atol=1e-9)
 
 
-def synthesize(tmp_path, n=300, size=512, focal=1400.0, noise_px=0.5, seed=0, jaw_cm=0.0, skull=False):
+def synthesize(tmp_path, n=300, size=512, focal=1400.0, noise_px=0.5, seed=0, jaw_cm=0.0, skull=False, squeeze=0.0):
     """Observations from a known face model, focal and smooth pose/expression sequence (+ noise).
 
     The expressions are smooth local motions without a whole-face similarity part (the gauge of ``pose_points:
     all``), or with ``skull`` local motions of the mouth, jaw, cheeks and brows that leave the rigid points still
     (the gauge of ``rigid``); ``jaw_cm`` adds a jaw that opens and closes (points below the
-    mouth move down, up to that many cm at the chin)."""
+    mouth move down, up to that many cm at the chin); ``squeeze`` makes the observed mesh contract vertically by that
+    fraction in 5-frame "blinks" every 1.5 s, as mediapipe's does (BENCHMARKS.md, "Session 13"), the head itself
+    steady."""
     rng = np.random.default_rng(seed)
     C = _mesh().vertices
     C = np.concatenate([C, C[IRIS_STAND_INS] + [0, 0, 0.3]])                 # 478 points
@@ -79,6 +81,9 @@ def synthesize(tmp_path, n=300, size=512, focal=1400.0, noise_px=0.5, seed=0, ja
     log_s = np.log(16.0 * size / 512) + 0.05 * np.sin(2 * np.pi * t / 8)
     T = torch.from_numpy
     uv = tf.project(T(shapes), T(omega), T(uv0), T(log_s), focal, size / 2, size / 2).numpy()
+    blink = np.interp(np.arange(n) % 37, [0, 2, 4], [0, 1, 0], right=0.0)      # 5 frames every 1.5 s
+    centre_y = uv[..., 1].mean(1, keepdims=True)
+    uv[..., 1] = centre_y + (uv[..., 1] - centre_y) * (1 - squeeze * blink[:, None])
     t_cv = tf.camera_translation(uv0, log_s, focal, size / 2, size / 2)
     Xc = np.einsum("nij,nkj->nki", tf.FLIP @ R, shapes) + t_cv[:, None]
     z_px = (Xc[..., 2] - t_cv[:, 2:3]) * np.exp(log_s)[:, None]             # mediapipe-like relative depth
@@ -88,7 +93,7 @@ def synthesize(tmp_path, n=300, size=512, focal=1400.0, noise_px=0.5, seed=0, ja
                            "interpolated": np.zeros(n, bool), "landmarks": obs.reshape(n, -1),
                            "blendshapes": np.zeros((n, 52)), "pose": np.tile(np.eye(4).reshape(1, 16), (n, 1))},
                     Provenance("synthetic", "synthetic"))
-    return path, {"R": R, "focal": focal, "shapes": shapes, "t_cv": t_cv, "jaw": jaw}
+    return path, {"R": R, "focal": focal, "shapes": shapes, "t_cv": t_cv, "jaw": jaw, "blink": blink}
 
 
 def recovery_errors(tmp_path, seed: int = 0) -> dict:
@@ -133,9 +138,10 @@ def test_an_opening_jaw_does_not_move_the_head(tmp_path, pose_points):
     """A synthetic face whose expressions leave the skull still and whose jaw opens 1 cm 2.5 times a second. With
     ``pose_points: rigid`` (the default) the tracked depth does not follow the jaw; with the whole face's similarity
     as the gauge (``all``) the taller face reads as a head coming closer (on talk_dfrf_cnn_en: depth r -0.68 with
-    the jaw drop). Both are asserted: the test shows what each setting does."""
+    the jaw drop). Both are asserted: the test shows what each setting does, the gauge alone (no depth smoothing,
+    which would also hide much of a coupling this fast)."""
     path, truth = synthesize(tmp_path, n=200, seed=1, jaw_cm=1.0, skull=True)
-    run(path, tmp_path / "tracking", TrackingConfig(device="cpu", pose_points=pose_points), size=512)
+    run(path, tmp_path / "tracking", TrackingConfig(device="cpu", pose_points=pose_points, depth_sigma=0.0), size=512)
     tracks = TRACKS.read_pandas(tmp_path / "tracking" / "tracks.parquet")
     tz_err = tracks["tz"].to_numpy() / truth["t_cv"][:, 2]                 # depth relative to the truth (focal free)
     tz_err = tz_err / tz_err.mean() - 1
@@ -146,6 +152,25 @@ def test_an_opening_jaw_does_not_move_the_head(tmp_path, pose_points):
         assert abs(slope) < 0.003, (r, slope)      # measured -0.02 % (seed 1)
     else:
         assert abs(slope) > 0.008, (r, slope)      # measured -1.50 %
+
+
+def test_a_blinking_mesh_does_not_move_the_head(tmp_path):
+    """mediapipe's mesh contracts vertically in a blink; the fit reads the smaller face as a head moving away
+    (talk_dfrf_cnn_en: the depth's fast part follows AU45, r 0.57). ``tracking.depth_sigma`` smooths the depth over
+    time: a synthetic face whose observed mesh contracts by 2 % in 5-frame blinks, the head itself steady."""
+    path, truth = synthesize(tmp_path, n=200, seed=2, skull=True, squeeze=0.02)
+    blips = {}
+    for sigma in (0.0, TrackingConfig().depth_sigma):
+        run(path, tmp_path / f"tracking{sigma}", TrackingConfig(device="cpu", depth_sigma=sigma), size=512)
+        tracks = TRACKS.read_pandas(tmp_path / f"tracking{sigma}" / "tracks.parquet")
+        err = tracks["tz"].to_numpy() / truth["t_cv"][:, 2]
+        err = err / np.median(err) - 1                                     # relative depth error (focal free)
+        blips[sigma] = float(np.polyfit(truth["blink"], err, 1)[0])         # depth change at a full blink
+        print(f"\ndepth_sigma {sigma}: relative depth error at a full blink {100 * blips[sigma]:+.2f} %, "
+              f"sd {100 * err.std():.2f} %")
+        assert err.std() < 0.01, err.std()          # the steady head's slow depth swing (5 %) is followed
+    assert blips[0.0] > 0.003, blips                # measured +0.48 %: unsmoothed, the blink reads as moving away
+    assert abs(blips[TrackingConfig().depth_sigma]) < 0.4 * blips[0.0], blips    # measured +0.07 %
 
 
 def test_refuses_unusable_landmarks(tmp_path):

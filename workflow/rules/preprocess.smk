@@ -136,7 +136,7 @@ rule track_face:
         meta=S.ingest.meta,
         video=S.crop.video,
         code=code("preprocess/tracking/track", "preprocess/tracking/fit", "preprocess/tracking/plots",
-                  "preprocess/mediapipe_models", "core/media"),
+                  "preprocess/mediapipe_models", "core/media", "core/metrics"),   # metrics.RIGID_IDS: the gauge
     output:
         tracks=S.tracking.tracks,
         model=S.tracking.face_model,

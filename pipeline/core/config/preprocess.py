@@ -209,6 +209,9 @@ class TrackingConfig:
     pose_points: str = "rigid"      # "rigid": the pose follows the skull's rigid points (metrics.RIGID_IDS), which
                                     # expressions may not move | "all": the similarity of the whole face (an opening
                                     # jaw then partly reads as the head moving closer; docs/artifacts.md)
+    depth_sigma: float = 6.0        # the fitted scale (head-to-camera distance) smoothed by a Gaussian of this many
+                                    # frames, the head's image position kept: its fast part is the landmark mesh
+                                    # contracting with expressions (blinks), not the head moving (0 = off)
 
     def __post_init__(self) -> None:
         if self.pose_points not in ("rigid", "all"):
@@ -218,6 +221,8 @@ class TrackingConfig:
         if min(self.smooth_rot, self.smooth_trans, self.smooth_expr, self.expr_prior, self.identity_prior,
                self.focal_prior) < 0 or not 0 <= self.interpolated_weight <= 1:
             raise ConfigError("tracking: weights must be >= 0 and interpolated_weight in [0, 1]")
+        if not 0 <= self.depth_sigma <= 50:
+            raise ConfigError(f"tracking.depth_sigma must be within [0, 50] frames, got {self.depth_sigma}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"tracking.device: {self.device!r} is not one of auto, cpu, cuda")
 
