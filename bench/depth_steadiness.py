@@ -33,19 +33,15 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.signal import find_peaks
 
+from bench import alignment_bound
+from bench.pose_gauge import POSE, highpass
 from pipeline.core.artifacts import (AUS, FACE_MODEL, INGEST_META, LANDMARKS, N_LANDMARKS, PARSING_LABELS,
                                      STAGE2_FRAMES, STAGE2_LABELS, TRACKS, fixed_list_column)
 from pipeline.core.config import TrackingConfig
 from pipeline.core.layout import SubjectLayout
 from pipeline.preprocess.tracking.track import run as track
 
-POSE = ("yaw_rad", "pitch_rad", "roll_rad", "tx", "ty", "tz")
-REGIONS = {"head": lambda lab: lab >= 3, "face": lambda lab: lab == 3, "hair": lambda lab: lab == 4,
-           "lips": lambda lab: lab == 5, "eyes": lambda lab: lab == 7}
-
-
-def highpass(x: np.ndarray, sigma: float = 12.0) -> np.ndarray:
-    return x - gaussian_filter1d(x, sigma, axis=0)
+REGIONS = {**alignment_bound.REGIONS, "lips": lambda lab: lab == 5, "eyes": lambda lab: lab == 7}
 
 
 def blendshape_readout(tracks, blend: np.ndarray, split: dict) -> dict:
@@ -91,11 +87,11 @@ def rescaled_render(render: np.ndarray, gt: np.ndarray, labels: np.ndarray, trac
             k = tz[j] / smooth[j]                                  # new image scale over the rendered one
             M = np.float32([[k, 0, (1 - k) * u0[j]], [0, k, (1 - k) * v0[j]]])
             moved = cv2.warpAffine(img, M, img.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            d = ((moved.astype(np.float32) - gt[i].astype(np.float32)) / 255.0) ** 2
+            d = (((moved.astype(np.float32) - gt[i].astype(np.float32)) / 255.0) ** 2).mean(-1)
             for name, region in REGIONS.items():
                 m = region(labels[i])
                 if m.any():
-                    err[name].append(d.mean(-1)[m].mean())
+                    err[name].append(d[m].mean())
         out[str(sigma)] = {k: round(float(-10 * np.log10(np.mean(v))), 3) for k, v in err.items()}
     return out
 
@@ -126,13 +122,11 @@ def main() -> None:
               "blink_triggered": blink_triggered(tracks, aus, lm, labels)}
     print(json.dumps(report, indent=1), flush=True)
     if args.frames:
-        from bench.alignment_bound import read_frames
-
         t0, t1 = split["test"]
         cache = SubjectLayout(args.cache or args.subject_dir).stage2
         gt, lab = STAGE2_FRAMES.read(cache.frames), STAGE2_LABELS.read(cache.labels)
         camera = {"focal": float(model["focal_px"]), "cx": float(model["cx"]), "cy": float(model["cy"])}
-        report["rescaled_render"] = rescaled_render(read_frames(args.frames), np.asarray(gt[t0:t1]),
+        report["rescaled_render"] = rescaled_render(alignment_bound.read_frames(args.frames), np.asarray(gt[t0:t1]),
                                                     np.asarray(lab[t0:t1]), tracks, camera, t0)
         print(json.dumps(report["rescaled_render"], indent=1))
     if args.out:

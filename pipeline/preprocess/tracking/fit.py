@@ -303,6 +303,14 @@ def project(S, omega, uv0, log_s, focal, cx, cy):
     return (A[..., :2] * s[:, None, None] + (uv0 - centre)[:, None]) * inv[..., None] + centre
 
 
+def projected(mean: np.ndarray, res: FitResult, cx: float, cy: float) -> np.ndarray:
+    """The fitted landmarks of ``res`` projected into the crop, [N, K, 2] px (numpy)."""
+    T = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+    with torch.no_grad():
+        S = shapes(T(mean), T(res.identity), T(res.basis), T(res.coeffs))
+        return project(S, T(res.omega), T(res.uv0), T(res.log_s), res.focal_px, cx, cy).numpy()
+
+
 def camera_translation(uv0: np.ndarray, log_s: np.ndarray, focal: float, cx: float, cy: float) -> np.ndarray:
     """(u0, v0, log s) -> OpenCV-frame translation [N, 3] in cm."""
     s = np.exp(log_s)[:, None]

@@ -6,19 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.preprocess.tracking import fit as tf
-
-
-def projected(mean: np.ndarray, res: tf.FitResult, cx: float, cy: float) -> np.ndarray:
-    """Fitted landmarks projected into the crop, [N, K, 2] px."""
-    import torch
-
-    T = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
-    S = tf.shapes(T(mean), T(res.identity), T(res.basis), T(res.coeffs))
-    with torch.no_grad():
-        uv = tf.project(S, T(res.omega), T(res.uv0), T(res.log_s), res.focal_px, cx, cy)
-    return uv.numpy()
-
 
 def _frames(video: Path | str | None, w: int, h: int, picks: np.ndarray) -> dict[int, np.ndarray]:
     """The picked frames of ``video`` (uint8 RGB), streamed; empty when there is no video."""

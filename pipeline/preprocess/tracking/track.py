@@ -102,18 +102,13 @@ def steady_depth(res: tf.FitResult, model: tf.LinearModel, obs2: np.ndarray, cx:
     """
     import dataclasses
 
-    import torch
     from scipy.ndimage import gaussian_filter1d
 
     if sigma <= 0:
         return res
-    log_s = gaussian_filter1d(res.log_s, sigma, mode="nearest")
-    T = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
-    with torch.no_grad():
-        S = tf.shapes(T(model.mean), T(res.identity), T(res.basis), T(res.coeffs))
-        uv = tf.project(S, T(res.omega), T(res.uv0), T(log_s), res.focal_px, cx, cy)
-        err = (uv - T(obs2)).norm(dim=-1).mean(-1).numpy()
-    return dataclasses.replace(res, log_s=log_s, reproj_px=err)
+    res = dataclasses.replace(res, log_s=gaussian_filter1d(res.log_s, sigma, mode="nearest"))
+    err = np.linalg.norm(tf.projected(model.mean, res, cx, cy) - obs2, axis=-1).mean(-1)
+    return dataclasses.replace(res, reproj_px=err)
 
 
 def image_size(size: int | None, crop_meta: Path | str | None, landmarks: Path) -> int:
@@ -211,7 +206,7 @@ def run(landmarks: Path | str, outdir: Path | str, cfg: TrackingConfig = Trackin
             "frames": [{"frame_idx": int(i), "transform_matrix": np.round(m, 6).tolist()} for i, m in zip(frame_idx, c2h)],
         }, prov)
         TRACKING_METRICS.write(tmp["metrics"], metrics, prov)
-        uv_fit = tracking_plots.projected(model.mean, res, cx, cy)
+        uv_fit = tf.projected(model.mean, res, cx, cy)
         tracking_plots.overlay_sheet(tmp["overlay"], video, W, H, obs[..., :2], uv_fit, cfg.contact_sheet_tiles)
         tracking_plots.pose_plot(tmp["pose"], euler, tf.euler_yxz(tf.rodrigues(torch.from_numpy(init.omega)).numpy()),
                                  res.reproj_px, fps=25)
