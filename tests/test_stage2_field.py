@@ -90,10 +90,13 @@ def test_field_audio_region_keeps_the_audio_at_the_mouth():
     with torch.no_grad():
         ctx = field.prepare(lm, audio)
         window = mouth_window(x, mouth_region(lm[:1], 0.5))[:, 0]
-        change = (field.density(x, fr, ctx) - field.density(x, fr, field.prepare(lm, audio.flip(0)))).abs()
+        density = field.density(x, fr, ctx)
+        change = (density - field.density(x, fr, field.prepare(lm, audio.flip(0)))).abs()
     far, near = window < 1e-8, window > 0.5
     assert ctx.mouth.shape == (2, 4) and far.sum() > 1000 and near.sum() > 5
-    assert float(change[far].max()) < 1e-5 * float(change[near].mean())
+    # far away the audio enters times < 1e-8: what is left is float32 rounding of the density (a few ulps)
+    ulps = 4 * torch.finfo(torch.float32).eps * float(density[far].abs().max())
+    assert float(change[far].max()) <= max(1e-5 * float(change[near].mean()), ulps)
     assert float(change[near].mean()) > 0
     assert field.prepare(lm, audio).mouth is not None and LandmarkField(_small_cfg(
         use_landmarks=True, audio_dim=8, audio_window=16), audio_in_dim=20).prepare(lm, audio).mouth is None
