@@ -12,7 +12,10 @@
 # curve), steps.log (torso, render, scoring), torso_0.json (the torso's metrics.json), render_eval_0.json
 # (PSNR and sharpness per region and the outline band, head-only frames/s) and frames.tar (the JPEG frames, to
 # score blinks and sync with pipeline.evaluate on the CPU machine: bench/gpu_eval_render.py's frames_to_npz, then
-# python -m pipeline.render mux). Env: PYTHON (python3), TORSO_CONFIG.
+# python -m pipeline.render mux). Env: PYTHON (python3), TORSO_CONFIG; TEACHER_FORCED=1 also renders the split with the
+# tracked mouth instead of stage 1's (bench/teacher_forced_pred.py) and scores it as render_eval_tf.json: what the
+# head draws with the true mouth, beside what it draws from the audio; KEEP_HEAD=1 copies the trained head
+# (stage2/{head.pt,head.json,occupancy.npz}) to OUT_DIR/head/.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
     sed -n '2,15p' "$0"; exit 2
@@ -32,3 +35,20 @@ cp "$s/stage2/bench.log" "$s/stage2/metrics.json" "$out/" && tail -12 "$out/benc
 torso_cfg=${TORSO_CONFIG:-'{}'}
 PYTHON=$py bash "$repo/bench/gpu_torso_eval.sh" "$s" "$out" "$torso_cfg"
 cp "$s/eval/frames.tar" "$out/"
+if [[ ${TEACHER_FORCED:-0} == 1 ]]; then
+    pred="$s/stage1/pred/self.parquet"
+    cp "$pred" "$s/stage1/pred/self_audio.parquet"
+    "$py" "$repo/bench/teacher_forced_pred.py" --subject-dir "$s" --pred "$s/stage1/pred/self_audio.parquet" \
+        --out "$pred" >> "$log" 2>&1
+    "$py" -m pipeline.render video --subject-dir "$s" --out "$s/video_tf.npz" --config '{"device": "cuda"}' >> "$log" 2>&1
+    "$py" "$repo/bench/gpu_eval_render.py" --subject-dir "$s" --frames "$s/video_tf.npz" --out "$s/eval_tf" \
+        --fps-frames 24 >> "$log" 2>&1
+    cp "$s/eval_tf/render_eval.json" "$out/render_eval_tf.json"
+    mv "$s/stage1/pred/self_audio.parquet" "$pred"
+    "$py" -c 'import json, sys; m = json.load(open(sys.argv[1])); r = m["regions"]
+print("teacher-forced:", {"head": round(m["mean"]["psnr_head"], 2), **{k: r[k]["psnr"] for k in ("face", "hair", "lips", "mouth", "eyes")}})' \
+        "$out/render_eval_tf.json"
+fi
+if [[ ${KEEP_HEAD:-0} == 1 ]]; then
+    mkdir -p "$out/head" && cp "$s"/stage2/{head.pt,head.json,occupancy.npz} "$out/head/"
+fi

@@ -34,6 +34,8 @@ def test_head_key_and_gaussian_section_are_validated():
         stage2_configs({"head": "splats"})
     with pytest.raises(ConfigError, match="stage2.gaussians: unknown config keys"):
         stage2_configs({"gaussians": {"cnt": 10}})
+    with pytest.raises(ConfigError, match="steps"):
+        stage2_configs({"gaussians": {"steps": 0}})
     with pytest.raises(ConfigError, match="init_opacity"):
         stage2_configs({"gaussians": {"init_opacity": 1.5}})
     with pytest.raises(ConfigError, match="audio_region"):
@@ -235,9 +237,11 @@ def test_audio_region_keeps_the_audio_at_the_mouth(trained, subject):
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(subject, tmp_path):
-    # density control every 3 steps: the checkpoint holds another number of Gaussians than the start
-    cfg = _config(steps=16, checkpoint_every=4, deterministic=True, eval_max_frames=1, strip_frames=1, log_every=4,
-                  threads=1, gaussians={"count": 400, "densify_every": 3, "densify_from": 0.0, "densify_until": 0.9})
+    # density control every 3 steps: the checkpoint holds another number of Gaussians than the start; the head's
+    # own step count (16) caps the loop's 20
+    cfg = _config(steps=20, checkpoint_every=4, deterministic=True, eval_max_frames=1, strip_frames=1, log_every=4,
+                  threads=1, gaussians={"count": 400, "steps": 16, "densify_every": 3, "densify_from": 0.0,
+                                        "densify_until": 0.9})
     cmd = lambda out: [sys.executable, "-m", "pipeline.stage2.train", "--subject-dir", str(subject),  # noqa: E731
                        "--outdir", str(out), "--config", json.dumps(cfg)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -262,3 +266,4 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(subject, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     m_ref, m_cut = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "ref", out))
     assert m_cut["resumed_from"] == step and m_cut["psnr_head"] == m_ref["psnr_head"]
+    assert m_ref["steps"] == m_cut["steps"] == 16

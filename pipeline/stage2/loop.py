@@ -40,8 +40,12 @@ EVAL_KEYS = ("step", "seconds", "psnr_head", "ssim_head")
 
 
 def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
+    """What a checkpoint must agree on to be resumed: everything but the run's length (the Gaussian head's own
+    ``gaussians.steps`` included), so a longer run can continue a shorter one."""
     train = {k: v for k, v in asdict(tcfg).items() if k not in RUN_LENGTH_KEYS}
-    return config_hash({"model": asdict(mcfg), "train": train})
+    model = asdict(mcfg)
+    model["gaussians"].pop("steps")
+    return config_hash({"model": model, "train": train})
 
 
 class TrainBar:

@@ -8,13 +8,15 @@ left out as for the NeRF) the loss ``(1 - dssim_weight) L1 + dssim_weight (1 - S
 (``stage2.gaussians.lr_*``; the networks at ``lr_net``), decayed exponentially to ``lr_final_factor`` with the
 run's progress. The loop, checkpoints, resume and SIGTERM handling are the NeRF's (:mod:`pipeline.stage2.loop`).
 
-Every ``densify_every`` steps in the first ``densify_until`` of the run, adaptive density control clones, splits
+The run lasts ``min(stage2.steps, stage2.gaussians.steps)`` steps (or less with ``max_minutes``). Every
+``densify_every`` steps in the first ``densify_until`` of the run, adaptive density control clones, splits
 and prunes Gaussians (:mod:`pipeline.stage2.gaussians.density`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,9 @@ class GaussianTrainer(HeadTrainer):
 
     def __init__(self, data: SubjectData, mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig, outdir: Path,
                  device: torch.device):
+        # this head's own step count caps the loop's (it over-fits long before the NeRF's 30k steps); the learning
+        # rate decay and the density-control window follow the capped run's progress
+        tcfg = replace(tcfg, steps=min(tcfg.steps, mcfg.gaussians.steps))
         self.data, self.mcfg, self.tcfg, self.outdir, self.device = data, mcfg, tcfg, outdir, device
         self.init_loop()
         self.rng = np.random.default_rng(tcfg.seed)
