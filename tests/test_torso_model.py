@@ -54,7 +54,9 @@ def test_held_pose_does_not_flicker_and_a_new_pose_moves_the_torso():
     with torch.no_grad():
         still = net(pose.expand(5, -1))[0]
         moved = net(pose + torch.tensor([[0, 0, 0, 1.0, 0, 0]]))[0]
-    assert (still - still[:1]).abs().max() == 0
+    # the same pose gives the same torso in every frame of a batch, to float32 rounding (CPU convolutions may
+    # block a batch so that its rows round differently: 1.5e-6 measured with torch 2.13), far below one 8-bit level
+    assert (still - still[:1]).abs().max() < 1e-5
     assert (moved - still[:1]).abs().mean() > 1e-3
 
 
