@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.core.artifacts import CANONICAL_LANDMARKS, N_LANDMARKS, STAGE1_PRED, Provenance, fixed_list_column
+from pipeline.core.artifacts import CANONICAL_LANDMARKS, Provenance
 from pipeline.core.layout import SELF_AUDIO, SubjectLayout
 from pipeline.core.metrics import MOUTH_REGION
+from pipeline.render.video import FPS, read_landmarks
 from pipeline.stage1.io import write_predictions
 
 
@@ -31,14 +30,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     files = SubjectLayout(args.subject_dir)
-    pred = fixed_list_column(STAGE1_PRED.read(args.pred or files.stage1.pred(SELF_AUDIO)), "landmarks", (N_LANDMARKS, 3))
+    pred = read_landmarks(args.pred or files.stage1.pred(SELF_AUDIO))     # as the render reads them
     tracked = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"]
     if len(tracked) != len(pred):
         raise SystemExit(f"{files.tracking.canonical}: {len(tracked)} frames, the predictions have {len(pred)}")
-    out = np.array(pred, np.float32)
-    out[:, MOUTH_REGION] = tracked[:, MOUTH_REGION]
-    write_predictions(args.out, out, 25, Provenance("teacher-forced", "tracking"))
-    print(f"{args.out}: {len(out)} frames, mouth region from {files.tracking.canonical}")
+    pred[:, MOUTH_REGION] = tracked[:, MOUTH_REGION]
+    write_predictions(args.out, pred, FPS, Provenance("teacher-forced", "tracking"))
+    print(f"{args.out}: {len(pred)} frames, mouth region from {files.tracking.canonical}")
 
 
 if __name__ == "__main__":

@@ -39,13 +39,14 @@ BASE_CURVE_KEYS = ("step", "loss", "psnr", "seconds")
 EVAL_KEYS = ("step", "seconds", "psnr_head", "ssim_head")
 
 
+def _without_run_length(d: dict) -> dict:
+    return {k: _without_run_length(v) if isinstance(v, dict) else v for k, v in d.items() if k not in RUN_LENGTH_KEYS}
+
+
 def resume_hash(mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig) -> str:
-    """What a checkpoint must agree on to be resumed: everything but the run's length (the Gaussian head's own
-    ``gaussians.steps`` included), so a longer run can continue a shorter one."""
-    train = {k: v for k, v in asdict(tcfg).items() if k not in RUN_LENGTH_KEYS}
-    model = asdict(mcfg)
-    model["gaussians"].pop("steps")
-    return config_hash({"model": model, "train": train})
+    """What a checkpoint must agree on to be resumed: everything but the run's length, in any section (the
+    Gaussian head's own ``gaussians.steps`` too), so a longer run can continue a shorter one."""
+    return config_hash({"model": _without_run_length(asdict(mcfg)), "train": _without_run_length(asdict(tcfg))})
 
 
 class TrainBar:
