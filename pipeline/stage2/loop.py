@@ -111,6 +111,7 @@ class HeadTrainer(abc.ABC):
     rng: np.random.Generator
     hash: str
     extra_curve_keys: tuple[str, ...] = ()
+    has_phases = True       # the eyes / lips fine-tuning phases (stage2.eyes_fraction, lips_fraction) apply
 
     def init_loop(self) -> None:
         self.progress, self.step, self.wall_prev = 0.0, 0, 0.0
@@ -202,7 +203,8 @@ class HeadTrainer(abc.ABC):
         with ckpt.StopFlag() as stop:
             while self.step < tcfg.steps and not (budget and elapsed() >= budget):
                 self.progress = max(self.step / tcfg.steps, elapsed() / budget if budget else 0.0)
-                loss, mse, extra = self.train_step(phase_at(self.progress, tcfg))
+                phase = phase_at(self.progress, tcfg) if self.has_phases else "main"
+                loss, mse, extra = self.train_step(phase)
                 self.step += 1
                 bar.advance(self.step, elapsed())
                 self.after_step()
@@ -210,7 +212,7 @@ class HeadTrainer(abc.ABC):
                     point = {"step": self.step, "loss": float(loss), "psnr": psnr_from_mse(float(mse)),
                              "seconds": round(elapsed(), 3), **{k: round(float(v), 2) for k, v in extra.items()}}
                     self.curve.append(point)
-                    log.info("step %d %s loss %.5f psnr %.2f%s", self.step, phase_at(self.progress, tcfg),
+                    log.info("step %d %s loss %.5f psnr %.2f%s", self.step, phase,
                              point["loss"], point["psnr"], "".join(f", {k} {point[k]}" for k in extra))
                     bar.note(point["psnr"])
                 if tcfg.eval_every and self.step % tcfg.eval_every == 0:

@@ -74,6 +74,8 @@ def region_loss(pred: torch.Tensor, gt: torch.Tensor, w: torch.Tensor, dssim_wei
 
 class GaussianTrainer(HeadTrainer):
     extra_curve_keys = ("visible",)     # share of the Gaussians that land in a frame's image
+    # whole images: no eyes / lips phases (weighting those parts' pixels in them did not help: BENCHMARKS.md, session 15)
+    has_phases = False
 
     def __init__(self, data: SubjectData, mcfg: Stage2ModelConfig, tcfg: Stage2TrainConfig, outdir: Path,
                  device: torch.device):
