@@ -6,7 +6,8 @@
 #
 # SUBJECT_DIR: a copy of results/<s> as bench/gpu_train_head.sh describes, plus parsing/torso.npz,
 # tracking/tracks.parquet, crop/{video.mp4,crop.json}, aus/aus.json and stage1/pred/self.parquet (what the torso and the
-# render read); the frame cache stage2/{frames,labels,cache} is made when missing (bench/gpu_train_head.sh).
+# render read; with '{"train_mouth": "stage1"}' also stage1/oof.parquet); the frame cache stage2/{frames,labels,cache}
+# is made when missing (bench/gpu_train_head.sh).
 # The torso, render and scoring are bench/gpu_torso_eval.sh with one variant (TORSO_CONFIG, default '{}').
 # Writes six files into OUT_DIR (the device tool brings back 8): bench.log and metrics.json (the head run, its eval
 # curve), steps.log (torso, render, scoring), torso_0.json (the torso's metrics.json), render_eval_0.json

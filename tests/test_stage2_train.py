@@ -37,6 +37,9 @@ def test_stage2_section_splits_into_model_and_training_configs():
         stage2_configs({"levles": 8})
     with pytest.raises(ConfigError, match="loss"):
         stage2_configs({"loss": "l3"})
+    assert stage2_configs({"train_mouth": "stage1"})[0].train_mouth == "stage1"
+    with pytest.raises(ConfigError, match="train_mouth"):
+        stage2_configs({"train_mouth": "predicted"})
 
 
 def test_device_setting_auto_cpu_and_a_missing_gpu():

@@ -128,6 +128,9 @@ def test_switching_the_head_reruns_the_head_and_what_follows_only(demo, tmp_path
     overlay.write_text("stage2:\n  gaussians:\n    count: 1000\n")      # the NeRF head does not read them
     proc = snakemake(demo, "results/demo/video.mp4", "--cores", "2", "-n", "--configfile", TINY, str(overlay))
     assert planned_jobs(proc.stdout + proc.stderr) == {}
+    overlay.write_text("stage2:\n  train_mouth: stage1\n")         # stage 1's out-of-fold mouths, a new input
+    proc = snakemake(demo, "results/demo/video.mp4", "--cores", "2", "-n", "--configfile", TINY, str(overlay))
+    assert planned_jobs(proc.stdout + proc.stderr) == {"oof_audio2lmk": 1, "train_head": 1, "render_video": 1}
 
 
 def test_demo_evaluation_and_report(demo):

@@ -127,7 +127,8 @@ class SyncFiles(Folder):
 
 
 class Stage1Files(Folder):
-    """``stage1/`` (rules train_audio2lmk, predict_landmarks; also the shared pre-trained model's folder)."""
+    """``stage1/`` (rules train_audio2lmk, predict_landmarks, oof_audio2lmk; also the shared pre-trained model's
+    folder)."""
 
     NAME = "stage1"
     model = _file("model.pt")            # Audio2Landmarks state dict
@@ -135,6 +136,7 @@ class Stage1Files(Folder):
     meta = _file("model.json")           # STAGE1_MODEL
     metrics = _file("metrics.json")      # STAGE1_METRICS
     mouth_plot = _file("mouth_test.png")
+    oof = _file("oof.parquet")           # STAGE1_PRED: each frame predicted by a model that did not train on it
 
     def pred(self, clip: str = SELF_AUDIO) -> Path:
         return self.path / "pred" / f"{clip}.parquet"  # STAGE1_PRED

@@ -11,7 +11,9 @@ Files read from a subject folder ``results/<s>/`` (everything the GPU machine ne
 * ``audio/self.npz`` (features [N, W, D]);
 * ``aus/aus.parquet`` (``au45_r``), or when it is absent ``landmarks/landmarks.parquet``: AU45 = 5 x mean of the
   ``eyeBlinkLeft``/``eyeBlinkRight`` blendshapes (the fallback is recorded as ``au45_source``);
-* ``ingest/meta.json`` (the train/test split).
+* ``ingest/meta.json`` (the train/test split);
+* with ``stage2.train_mouth: stage1`` also ``stage1/oof.parquet``: the train frames' mouth region is stage 1's
+  out-of-fold prediction instead of the tracked one (:func:`with_stage1_mouth`; rule oof_audio2lmk).
 
 Head space normalisation (:class:`HeadSpace`): one similarity per subject, ``x_n = (x_cm - c) * s``, applied to
 the camera positions and to the landmarks alike (rotations unchanged). ``c`` is the centre of the mean landmark
@@ -35,8 +37,8 @@ import torch
 
 from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
                                      LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
-                                     STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
-                                     fixed_list_column)
+                                     N_LANDMARKS, STAGE1_PRED, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS,
+                                     ArtifactError, fixed_list_column)
 from pipeline.core.layout import RELATIVE, SubjectLayout
 from pipeline.core.metrics import MOUTH_REGION
 from pipeline.stage2.nerf.renderer import camera_rays
@@ -119,7 +121,8 @@ class SubjectData:
     """Everything a training run reads, with per-frame conditioning as tensors on ``device``."""
 
     def __init__(self, root: Path | str, head_radius: float = 1.6, bound: float = 1.0,
-                 device: torch.device | str = "cpu", landmark_motion: str = "all", pose_offset: float = 0.0):
+                 device: torch.device | str = "cpu", landmark_motion: str = "all", pose_offset: float = 0.0,
+                 train_mouth: str = "tracked"):
         root = Path(root)
         self.root = root
         files = SubjectLayout(root)
@@ -149,6 +152,8 @@ class SubjectData:
         lms = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"]
         lms = _fit_length(lms, n, files.tracking.canonical, "landmarks", slack=0)
         self.head_space = HeadSpace.from_landmarks(lms[a:b].mean(0), head_radius, bound)
+        if train_mouth == "stage1":
+            lms = with_stage1_mouth(lms, files.stage1.oof, a, b)
         audio = AUDIO_FEATURES.read(files.audio.features())["features"]
         audio = _fit_length(audio, n, files.audio.features(), "features")
         au45, self.au45_source = load_au45(files, n)
@@ -214,6 +219,20 @@ def time_shift_c2w(c2w: np.ndarray, offset: float) -> np.ndarray:
     m[:, :3, :3] = np.where(w > 0, u @ vt, m[:, :3, :3])     # whole offsets: the neighbour's transform as it is
     m[:, 3] = (0.0, 0.0, 0.0, 1.0)
     return m
+
+
+def with_stage1_mouth(lms: np.ndarray, oof: Path, a: int, b: int) -> np.ndarray:
+    """``lms`` [N, P, 3] with the mouth region (``metrics.MOUTH_REGION``) of the train frames ``[a, b)`` taken from
+    stage 1's out-of-fold predictions (``stage1/oof.parquet``, rule oof_audio2lmk; ``stage2.train_mouth: stage1``)."""
+    if not oof.is_file():
+        raise ArtifactError(oof, "missing: stage2.train_mouth is stage1, which needs rule oof_audio2lmk's output")
+    pred = fixed_list_column(STAGE1_PRED.read(oof), "landmarks", (N_LANDMARKS, 3))
+    if len(pred) < b or not np.isfinite(pred[a:b]).all():
+        raise ArtifactError(oof, f"{len(pred)} frames (non-finite ones?); the train split is frames {a}-{b - 1}")
+    pred = pred[a:b]
+    out = np.array(lms, copy=True)
+    out[a:b, MOUTH_REGION] = pred[:, MOUTH_REGION]
+    return out
 
 
 def conditioning_landmarks(lms: np.ndarray, a: int, b: int, motion: str) -> np.ndarray:

@@ -211,7 +211,7 @@ def run(subject_dir: Path | str, outdir: Path | str | None = None, mcfg: Stage2M
     device = resolve_device(tcfg.device, "stage2.device")
     setup_torch(tcfg, device)
     data = SubjectData(subject_dir, tcfg.head_radius, mcfg.bound, device, mcfg.landmark_motion,
-                       mcfg.pose_offset_frames)
+                       mcfg.pose_offset_frames, mcfg.train_mouth)
     if tcfg.image_size and data.size != tcfg.image_size:
         raise ArtifactError(subject.stage2.frames, f"cached at {data.size} px, stage2.image_size is "
                             f"{tcfg.image_size}: re-run cache_frames")

@@ -145,6 +145,12 @@ def stage1_pretrained(wildcards):
     return str(RESULTS.pretrain.meta) if config["stage1"]["pretrain"] else []
 
 
+def stage1_oof(wildcards):
+    """Stage 1's out-of-fold predictions, which train_head reads with stage2.train_mouth: stage1 (else none)."""
+    return str(S.stage1.oof).format(subject=wildcards.subject) \
+        if config.get("stage2", {}).get("train_mouth", "tracked") == "stage1" else []
+
+
 def benchmark_metrics(wildcards):
     """eval/metrics.json of the subjects in results/benchmark.* (config benchmark_subjects; empty = all)."""
     chosen = config.get("benchmark_subjects") or SUBJECTS

@@ -66,6 +66,33 @@ rule train_audio2lmk:
         " > {log:q} 2>&1"
 
 
+rule oof_audio2lmk:
+    """Out-of-fold stage-1 landmarks of the subject's own audio: the train split in 4 folds, each predicted by a fit
+    on the others (read by train_head with stage2.train_mouth: stage1)."""
+    input:
+        features=S.audio.features(),
+        canonical=S.tracking.canonical,
+        transforms=S.tracking.transforms,
+        code=code("stage1/oof", "stage1/fit", "stage1/data", "stage1/io", "stage1/model"),
+    output:
+        S.stage1.oof,
+    params:
+        cfg=stage_config("stage1"),
+    log:
+        "logs/oof_audio2lmk/{subject}.log",
+    conda:
+        "../../envs/train.yaml"
+    benchmark:
+        "benchmarks/oof_audio2lmk/{subject}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "python -m pipeline.stage1.oof --features {input.features:q} --canonical {input.canonical:q}"
+        " --transforms {input.transforms:q} --out {output:q} --config {params.cfg:q} > {log:q} 2>&1"
+
+
 rule predict_landmarks:
     """Stage-1 landmarks for a driving clip's audio features."""
     input:

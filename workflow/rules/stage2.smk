@@ -60,6 +60,7 @@ rule train_head:
         audio=S.audio.features(),
         aus=S.aus.table,
         meta=S.ingest.meta,
+        oof=stage1_oof,
         code=STAGE2_CODE,
     output:
         head=S.stage2.head,

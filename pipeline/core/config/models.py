@@ -106,6 +106,8 @@ class Stage2ModelConfig:
                                     # training and render alike, for poses that trail the video (bench/pose_lag.py)
     landmark_motion: str = "mouth"  # "mouth": only the mouth/jaw landmarks move (the rest at the train mean shape,
                                     # as stage 1 predicts them; blinks then come from AU45); "all": every tracked one
+    train_mouth: str = "tracked"    # the train frames' mouth: "tracked", or "stage1" (stage 1's out-of-fold
+                                    # prediction, stage1/oof.parquet: the kind of mouth the render gives the head)
     # ray marching
     num_samples: int = 128          # samples per ray before occupancy skipping
     occupancy_resolution: int = 64
@@ -119,7 +121,8 @@ class Stage2ModelConfig:
             object.__setattr__(self, "gaussians", from_mapping(GaussianConfig, self.gaussians, "stage2.gaussians"))
         choices = {"head": ("nerf", "gaussians"), "grid": ("3d", "triplane"), "triplane_reduce": ("concat", "sum"),
                    "backend": ("auto", "torch", "triton", "tcnn"), "density_activation": ("trunc_exp", "softplus"),
-                   "landmark_subset": ("lips_eyes_jaw_nose", "lips_eyes", "lips"), "landmark_motion": ("mouth", "all")}
+                   "landmark_subset": ("lips_eyes_jaw_nose", "lips_eyes", "lips"), "landmark_motion": ("mouth", "all"),
+                   "train_mouth": ("tracked", "stage1")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"stage2.{key}: {getattr(self, key)!r} is not one of {list(allowed)}")
