@@ -6,11 +6,10 @@ S holds a trained head (``stage2/head.json`` + ``head.pt``, NeRF or Gaussians) a
 cache at the head's size included; T (default S) the subject whose ``tracking/canonical.npz`` and
 ``stage1/pred/self.parquet`` give the tracked and the predicted mouth. Every test frame is rendered through the
 renderer's head call (``pipeline.render.head``) with the frame's own camera, audio and AU45 and each mouth (the
-other landmarks at their train-split mean, ``stage2.landmark_motion: mouth``), laid over the true frame and scored
-on the parsing labels: head (3-7), face (3), lips (5), mouth interior (6) PSNR over all pixels of the split, the
-per-frame mean head PSNR, and the lips' sharpness (gradient energy of the render over the truth's, lips pixels).
-For comparing heads trained with ``stage2.train_mouth: tracked`` and ``stage1`` on the CPU at small sizes
-(BENCHMARKS.md, session 15); the GPU scorer of full-size renders is ``bench/gpu_eval_render.py``.
+other landmarks at their train-split mean, ``stage2.landmark_motion: mouth``), laid over the true frame, and scored
+by ``bench/gpu_eval_render.py``'s ``score``: the per-frame mean head PSNR and each parsing region's PSNR and
+sharpness. For comparing heads trained with ``stage2.train_mouth: tracked`` and ``stage1`` on the CPU at small
+sizes (BENCHMARKS.md, session 15).
 """
 
 from __future__ import annotations
@@ -22,48 +21,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, INGEST_META, LABEL_FACE, LABEL_LIPS,
-                                     LABEL_MOUTH, STAGE2_FRAMES, STAGE2_LABELS, STAGE2_METRICS)
+from bench.gpu_eval_render import score
+from pipeline.core.artifacts import (AUDIO_FEATURES, CANONICAL_LANDMARKS, INGEST_META, STAGE2_FRAMES, STAGE2_LABELS,
+                                     STAGE2_METRICS, read_stage1_landmarks)
 from pipeline.core.layout import SELF_AUDIO, SubjectLayout
 from pipeline.core.metrics import MOUTH_REGION
 from pipeline.render.head import load_head
-from pipeline.render.video import load_scene, read_landmarks
-from pipeline.stage2.data import HEAD_MIN_LABEL, conditioning_landmarks, load_au45
+from pipeline.render.video import load_scene
+from pipeline.stage2.data import conditioning_landmarks, load_au45
 
-
-def gradient_energy(x: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, H, W]`` -> ``[B, H - 1, W - 1]``: squared forward differences summed over colour."""
-    gx, gy = x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
-    return (gx[..., :-1, :] ** 2 + gy[..., :, :-1] ** 2).sum(1)
+REGIONS = ("face", "hair", "lips", "mouth", "eyes")
 
 
 @torch.no_grad()
-def score(head, scene, landmarks: np.ndarray, audio, au45, frames, labels, ids: np.ndarray, batch: int = 8) -> dict:
-    regions = {"head": lambda lab: lab >= HEAD_MIN_LABEL, "face": lambda lab: lab == LABEL_FACE,
-               "lips": lambda lab: lab == LABEL_LIPS, "mouth": lambda lab: lab == LABEL_MOUTH}
-    sse, count, energy, per_frame = dict.fromkeys(regions, 0.0), dict.fromkeys(regions, 0.0), [0.0, 0.0], []
+def render_over_truth(head, scene, landmarks: np.ndarray, audio, au45, frames, ids: np.ndarray,
+                      batch: int = 8) -> np.ndarray:
+    """uint8 ``[len(ids), S, S, 3]``: the head of each frame composited over the true frame."""
+    out = []
     for s in range(0, len(ids), batch):
         f = ids[s:s + batch]
         pre, alpha = head.render(scene.c2w[f], landmarks[f], audio[f] if audio is not None else None, au45[f],
                                  scene.focal, scene.cx, scene.cy, scene.crop_size, frames.shape[1])
         gt = torch.as_tensor(np.asarray(frames[f]), device=pre.device).permute(0, 3, 1, 2) / 255.0
-        lab = torch.as_tensor(np.asarray(labels[f]), device=pre.device)
-        img = pre + (1 - alpha) * gt
-        err = ((img - gt) ** 2).mean(1)
-        for name, region in regions.items():
-            m = region(lab)
-            sse[name] += float((err * m).sum())
-            count[name] += float(m.sum())
-        lips = (lab == LABEL_LIPS)[:, :-1, :-1]
-        energy[0] += float((gradient_energy(img) * lips).sum())
-        energy[1] += float((gradient_energy(gt) * lips).sum())
-        head_px = regions["head"](lab).float()
-        mse = (err * head_px).sum((1, 2)) / head_px.sum((1, 2)).clamp_min(1)
-        per_frame += (-10 * torch.log10(mse.clamp_min(1e-10))).tolist()
-    out = {k: round(float(-10 * np.log10(sse[k] / max(count[k], 1.0))), 3) for k in regions}
-    out["head_per_frame_mean"] = round(float(np.mean(per_frame)), 3)
-    out["lips_sharpness"] = round(energy[0] / max(energy[1], 1e-12), 3)
-    return out
+        img = (pre + (1 - alpha) * gt).clamp(0, 1).permute(0, 2, 3, 1)
+        out.append((img.cpu().numpy() * 255.0 + 0.5).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def summary(render: np.ndarray, gt: np.ndarray, labels: np.ndarray) -> dict:
+    m = score(render, gt, labels)
+    return {"head": round(m["mean"]["psnr_head"], 3),
+            **{k: m["regions"][k]["psnr"] for k in REGIONS},
+            "sharpness": {k: m["regions"][k]["sharpness"] for k in REGIONS}}
 
 
 def main() -> None:
@@ -82,16 +71,16 @@ def main() -> None:
     tracked = CANONICAL_LANDMARKS.read(truth.tracking.canonical)["landmarks"][:n]
     cond = conditioning_landmarks(tracked, a, b, "mouth").astype(np.float32)
     audio_driven = cond.copy()
-    audio_driven[:, MOUTH_REGION] = read_landmarks(truth.stage1.pred(SELF_AUDIO))[:n, MOUTH_REGION]
+    audio_driven[:, MOUTH_REGION] = read_stage1_landmarks(truth.stage1.pred(SELF_AUDIO))[:n, MOUTH_REGION]
     audio = AUDIO_FEATURES.read(files.audio.features())["features"][:n] if head.uses_audio else None
     au45 = load_au45(files, n)[0]
     frames, labels = STAGE2_FRAMES.read(files.stage2.frames), STAGE2_LABELS.read(files.stage2.labels)
     ids = np.arange(t0, t1)
-    m = STAGE2_METRICS.read(files.stage2.metrics)
+    gt, lab = np.asarray(frames[ids]), np.asarray(labels[ids])
     result = {"subject_dir": str(args.subject_dir), "train_mouth": head.model_config.train_mouth,
-              "steps": m["steps"],
-              "audio_driven": score(head, scene, audio_driven, audio, au45, frames, labels, ids),
-              "teacher_forced": score(head, scene, cond, audio, au45, frames, labels, ids)}
+              "steps": STAGE2_METRICS.read(files.stage2.metrics)["steps"],
+              **{name: summary(render_over_truth(head, scene, lms, audio, au45, frames, ids), gt, lab)
+                 for name, lms in (("audio_driven", audio_driven), ("teacher_forced", cond))}}
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

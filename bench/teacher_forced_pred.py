@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.core.artifacts import CANONICAL_LANDMARKS, Provenance
+from pipeline.core.artifacts import CANONICAL_LANDMARKS, Provenance, read_stage1_landmarks
 from pipeline.core.layout import SELF_AUDIO, SubjectLayout
 from pipeline.core.metrics import MOUTH_REGION
-from pipeline.render.video import FPS, read_landmarks
+from pipeline.render.video import FPS
 from pipeline.stage1.io import write_predictions
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     files = SubjectLayout(args.subject_dir)
-    pred = read_landmarks(args.pred or files.stage1.pred(SELF_AUDIO))     # as the render reads them
+    pred = read_stage1_landmarks(args.pred or files.stage1.pred(SELF_AUDIO))     # as the render reads them
     tracked = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"]
     if len(tracked) != len(pred):
         raise SystemExit(f"{files.tracking.canonical}: {len(tracked)} frames, the predictions have {len(pred)}")

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, N_LANDMARKS, RENDER_FRAMES, RENDER_STATS,
-                                     STAGE1_PRED, TRANSFORMS, Provenance, config_hash, fixed_list_column, npz_stream)
+from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, AUS_STATS, RENDER_FRAMES, RENDER_STATS, TRANSFORMS,
+                                     Provenance, config_hash, npz_stream, read_stage1_landmarks)
 from pipeline.core.cli import guarded
 from pipeline.core.config import RenderConfig, from_mapping
 from pipeline.core.device import peak_memory, reset_peak, resolve_device
@@ -109,15 +109,6 @@ def _rows(a: np.ndarray, n: int, path: Path, what: str, slack: int = 2) -> np.nd
     return np.concatenate([a, np.repeat(a[-1:], n - len(a), 0)]) if len(a) < n else a[:n]
 
 
-def read_landmarks(path: Path) -> np.ndarray:
-    table = STAGE1_PRED.read(path)
-    lms = fixed_list_column(table, "landmarks", (N_LANDMARKS, 3)).astype(np.float32)
-    bad = np.flatnonzero(~np.isfinite(lms).all((1, 2)))
-    if len(bad):
-        raise RenderError(path, f"non-finite landmarks at frame {int(bad[0])}")
-    return lms
-
-
 def test_drive(root: Path | str, scene: Scene) -> tuple[Drive, int, int]:
     """Signals of the test split (module docstring) and its frame range."""
     files = SubjectLayout(root)
@@ -126,7 +117,7 @@ def test_drive(root: Path | str, scene: Scene) -> tuple[Drive, int, int]:
     if not 0 <= t0 < t1 <= n:
         raise RenderError(files.tracking.transforms, f"empty or invalid test split {scene.split['test']}")
     pred, feats = files.stage1.pred(SELF_AUDIO), files.audio.features(SELF_AUDIO)
-    lms = _rows(read_landmarks(pred), n, pred, "landmarks")
+    lms = _rows(read_stage1_landmarks(pred), n, pred, "landmarks")
     audio = _rows(AUDIO_FEATURES.read(feats)["features"], n, feats, "features")
     au45 = _rows(AUS.read_pandas(files.aus.table)["au45_r"].to_numpy(np.float32), n, files.aus.table, "au45_r")
     sl = slice(t0, t1)
@@ -136,7 +127,7 @@ def test_drive(root: Path | str, scene: Scene) -> tuple[Drive, int, int]:
 def clip_drive(root: Path | str, scene: Scene, clip: str, cfg: RenderConfig) -> Drive:
     """Signals of a driving clip: its predicted landmarks and audio, replayed poses, sampled blinks."""
     files = SubjectLayout(root)
-    lms = read_landmarks(files.stage1.pred(clip))
+    lms = read_stage1_landmarks(files.stage1.pred(clip))
     n = len(lms)
     feats = files.audio.features(clip)
     audio = _rows(AUDIO_FEATURES.read(feats)["features"], n, feats, "features", slack=0)

@@ -37,8 +37,8 @@ import torch
 
 from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANONICAL_LANDMARKS, INGEST_META, LANDMARKS,
                                      LABEL_EYES, LABEL_FACE, LABEL_LIPS, LABEL_MOUTH, LABEL_NECK, LABEL_TORSO,
-                                     N_LANDMARKS, STAGE1_PRED, STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS,
-                                     ArtifactError, fixed_list_column)
+                                     STAGE2_CACHE, STAGE2_FRAMES, STAGE2_LABELS, TRANSFORMS, ArtifactError,
+                                     fixed_list_column, read_stage1_landmarks)
 from pipeline.core.layout import RELATIVE, SubjectLayout
 from pipeline.core.metrics import MOUTH_REGION
 from pipeline.stage2.nerf.renderer import camera_rays
@@ -226,12 +226,11 @@ def with_stage1_mouth(lms: np.ndarray, oof: Path, a: int, b: int) -> np.ndarray:
     stage 1's out-of-fold predictions (``stage1/oof.parquet``, rule oof_audio2lmk; ``stage2.train_mouth: stage1``)."""
     if not oof.is_file():
         raise ArtifactError(oof, "missing: stage2.train_mouth is stage1, which needs rule oof_audio2lmk's output")
-    pred = fixed_list_column(STAGE1_PRED.read(oof), "landmarks", (N_LANDMARKS, 3))
-    if len(pred) < b or not np.isfinite(pred[a:b]).all():
-        raise ArtifactError(oof, f"{len(pred)} frames (non-finite ones?); the train split is frames {a}-{b - 1}")
-    pred = pred[a:b]
+    pred = read_stage1_landmarks(oof)
+    if len(pred) < b:
+        raise ArtifactError(oof, f"{len(pred)} frames; the train split is frames {a}-{b - 1}")
     out = np.array(lms, copy=True)
-    out[a:b, MOUTH_REGION] = pred[:, MOUTH_REGION]
+    out[a:b, MOUTH_REGION] = pred[a:b, MOUTH_REGION]
     return out
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pyarrow as pa
 
-from pipeline.core.artifacts.store import ArraySpec, JsonSpec, NpySpec, TableSpec
+from pipeline.core.artifacts.store import ArraySpec, ArtifactError, JsonSpec, NpySpec, TableSpec, fixed_list_column
 from pipeline.core.layout import RELATIVE as R  # the artifact's path in a subject folder names its spec
 
 # ============================================================================= the contracts
@@ -321,6 +324,18 @@ STAGE1_PRED = TableSpec(
         ("mouth_open", pa.float32()),    # inner-lip distance / face height of the prediction
     ]),
 )
+
+
+def read_stage1_landmarks(path: Path | str) -> np.ndarray:
+    """The ``landmarks`` column of a STAGE1_PRED table as float32 ``[N, 478, 3]``; a non-finite frame is an error
+    naming it (the render and the head's training both read predictions through this)."""
+    lms = fixed_list_column(STAGE1_PRED.read(path), "landmarks", (N_LANDMARKS, 3)).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(lms).all((1, 2)))
+    if len(bad):
+        raise ArtifactError(path, f"non-finite landmarks at frame {int(bad[0])}")
+    return lms
+
+
 STAGE1_METRICS = JsonSpec(
     str(R.stage1.metrics),
     required={
