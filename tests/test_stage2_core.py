@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from pipeline.core.config import ConfigError, Stage2TrainConfig
+from pipeline.stage2.losses import distortion_loss, distortion_loss_reference
 from pipeline.stage2.nerf import encoding as E
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.nerf.renderer import (VolumeRenderer, camera_rays, composite, pixel_centers,
@@ -228,6 +230,37 @@ def test_segmented_cumsum_and_compositing_match_a_per_ray_loop():
         assert float(comp.opacity[r]) == pytest.approx(acc, abs=1e-6)
         start += c
     assert comp.opacity[1] == 0 and comp.opacity[4] == 0
+
+
+def test_distortion_loss_matches_its_definition_and_prefers_one_surface():
+    gen = torch.Generator().manual_seed(7)
+    counts = torch.tensor([4, 0, 9, 1, 6])
+    ray_idx = torch.repeat_interleave(torch.arange(5), counts)
+    delta = torch.rand(ray_idx.numel(), generator=gen, dtype=torch.float64) * 0.2 + 0.01
+    t = torch.cumsum(delta, 0)                       # sorted by ray, then depth
+    w = (torch.rand(ray_idx.numel(), generator=gen, dtype=torch.float64) * 0.3).requires_grad_()
+    fast = distortion_loss(w, t, delta, ray_idx, 5)
+    ref = distortion_loss_reference(w, t, delta, ray_idx, 5)
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    g_fast, = torch.autograd.grad(fast, w)
+    g_ref, = torch.autograd.grad(ref, w)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-10, atol=1e-12)
+    # one ray, the same total weight: on one bin it costs less than over eight bins, and the further the
+    # weight is spread along the ray, the more it costs
+    one = torch.zeros(8, dtype=torch.float64)
+    d8, t8 = torch.full((8,), 0.1, dtype=torch.float64), torch.arange(8, dtype=torch.float64) * 0.1
+    r8 = torch.zeros(8, dtype=torch.long)
+    one[3] = 0.9
+    spread = torch.full((8,), 0.9 / 8, dtype=torch.float64)
+    near = torch.zeros(8, dtype=torch.float64)
+    near[3:5] = 0.45
+    far = torch.zeros(8, dtype=torch.float64)
+    far[[0, 7]] = 0.45
+    vals = [float(distortion_loss(x, t8, d8, r8, 1)) for x in (one, near, far, spread)]
+    assert vals[0] < vals[1] < vals[2] and vals[0] < vals[3]
+    assert float(distortion_loss(w[:0], t[:0], delta[:0], ray_idx[:0], 3)) == 0.0
+    with pytest.raises(ConfigError, match="loss weights"):
+        Stage2TrainConfig(distortion_weight=-0.1)
 
 
 class BlobField:

@@ -4,6 +4,9 @@
   weigh 0); also returns the per-ray values that feed the error maps;
 * :func:`opacity_loss`: binary cross-entropy of the rendered head opacity against the head mask (labels 3-7),
   so the head is opaque on the head and transparent on background, torso and neck;
+* :func:`distortion_loss`: Mip-NeRF 360's distortion loss of a ray's sample weights (``stage2.distortion_weight``):
+  small when a ray's weight sits in one short stretch, the surface, so a ray saturates within a few samples;
+  :func:`distortion_loss_reference` is its O(n^2)-per-ray definition, for the parity test;
 * :func:`ssim_loss`, :func:`gradient_loss`: patch losses of the lips / eyes fine-tuning phases (``1 - SSIM``
   with an 11x11 Gaussian window, sigma 1.5, as :func:`pipeline.core.metrics.ssim`; L1 of horizontal and vertical
   image differences). LPIPS (ER-NeRF's lips loss) needs backbone weights that are not available offline, so it
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+
+from pipeline.stage2.nerf.renderer import segment_exclusive_cumsum
 
 LPIPS_STATUS = "unavailable: no LPIPS backbone weights on this machine (never downloaded); SSIM + gradient patch losses used"
 
@@ -41,6 +46,32 @@ def color_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
 def opacity_loss(opacity: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of opacity ``[R]`` in [0, 1] vs the head mask ``[R]``."""
     return F.binary_cross_entropy(opacity.clamp(1e-4, 1 - 1e-4), target)
+
+
+def distortion_loss(weights: torch.Tensor, t: torch.Tensor, delta: torch.Tensor, ray_indices: torch.Tensor,
+                    n_rays: int) -> torch.Tensor:
+    """Mean over ``n_rays`` rays of ``sum_ij w_i w_j |t_i - t_j| + sum_i w_i^2 delta_i / 3`` (Mip-NeRF 360, Barron
+    et al. 2022, eq. 15, with each sample standing for its bin) over packed samples ``[N]`` sorted by ray, then
+    depth (the renderer's order). In O(N): for samples sorted by depth the double sum is
+    ``2 sum_i w_i (t_i W_i - S_i)`` with ``W_i, S_i`` the sums of ``w`` and ``w t`` over the ray's earlier samples."""
+    if not weights.numel():
+        return weights.sum()
+    w_before = segment_exclusive_cumsum(weights, ray_indices, n_rays)
+    wt_before = segment_exclusive_cumsum(weights * t, ray_indices, n_rays)
+    inter = 2.0 * weights * (t * w_before - wt_before)
+    intra = weights * weights * delta / 3.0
+    return (inter + intra).sum() / max(n_rays, 1)
+
+
+def distortion_loss_reference(weights: torch.Tensor, t: torch.Tensor, delta: torch.Tensor,
+                              ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+    """:func:`distortion_loss` by its definition, one ray at a time (tests only)."""
+    total = weights.new_zeros(())
+    for r in range(n_rays):
+        m = ray_indices == r
+        w, tr, d = weights[m], t[m], delta[m]
+        total = total + (w[:, None] * w[None, :] * (tr[:, None] - tr[None, :]).abs()).sum() + (w * w * d).sum() / 3
+    return total / max(n_rays, 1)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:

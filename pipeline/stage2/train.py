@@ -40,7 +40,8 @@ from pipeline.core.layout import Stage2Files, SubjectLayout
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, render_frame, write_strip
-from pipeline.stage2.losses import LPIPS_STATUS, color_loss, gradient_loss, opacity_loss, ssim_loss, to_patches
+from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, distortion_loss, gradient_loss, opacity_loss, ssim_loss,
+                                    to_patches)
 from pipeline.stage2.nerf.field import LandmarkField
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.nerf.renderer import VolumeRenderer
@@ -152,6 +153,9 @@ class Trainer(HeadTrainer):
             loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
             if tcfg.opacity_weight > 0:
                 loss = loss + tcfg.opacity_weight * opacity_loss(out.opacity, batch.alpha)
+            if tcfg.distortion_weight > 0:
+                loss = loss + tcfg.distortion_weight * distortion_loss(out.weights, out.t, out.delta, out.ray_indices,
+                                                                       out.rgb.shape[0])
             if batch.n_patches:
                 args = (batch.patch_start, batch.n_patches, batch.patch_size)
                 pred, gt = to_patches(out.rgb, *args), to_patches(batch.rgb, *args)

@@ -170,6 +170,7 @@ class Stage2TrainConfig:
     error_map_ema: float = 0.1      # weight of a new loss value in a cell's EMA
     loss: str = "l2"                # colour loss: "l1" | "l2" | "smooth_l1"
     opacity_weight: float = 0.01    # BCE of head opacity vs the head mask (labels 3-7)
+    distortion_weight: float = 0.0  # Mip-NeRF 360 distortion loss of the NeRF's sample weights (compact surfaces)
     eyes_fraction: float = 0.1      # eyes fine-tuning phase (patches around the eyes) before the lips phase
     lips_fraction: float = 0.1      # last fraction of training: lips fine-tuning phase (patches around the lips)
     patch_size: int = 32            # fine-tuning patch side (px at 512, scaled with image_size)
@@ -202,8 +203,8 @@ class Stage2TrainConfig:
             raise ConfigError("stage2: eyes_fraction, lips_fraction >= 0 with a sum < 1")
         if not (0 <= self.error_map_mix <= 1 and 0 < self.error_map_ema <= 1 and 0 < self.patch_share < 1):
             raise ConfigError("stage2: error_map_mix in [0, 1], error_map_ema in (0, 1], patch_share in (0, 1)")
-        if min(self.max_minutes, self.head_margin, self.opacity_weight, self.ssim_weight, self.grad_weight,
-               self.eval_every, self.eval_max_frames) < 0:
+        if min(self.max_minutes, self.head_margin, self.opacity_weight, self.distortion_weight, self.ssim_weight,
+               self.grad_weight, self.eval_every, self.eval_max_frames) < 0:
             raise ConfigError("stage2: max_minutes, head_margin, loss weights, eval_every, eval_max_frames >= 0")
 
 

@@ -191,12 +191,15 @@ class GaussianLandmarkEncoding(nn.Module):
                 idx[r] = d.topk(self.k, dim=1, largest=False).indices
         return idx
 
-    def forward(self, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        """``[N, out_dim + 1]``. The per-neighbour inputs are built feature-major, ``[D, N k]``: every piece
-        is a contiguous block (a 3-wide last dimension made ``torch.cat`` and the embedding gather the slowest
-        kernels of a rendered frame, BENCHMARKS.md), and the linear layer is one ``W @ input`` product."""
+    def forward(self, x: torch.Tensor, frame: torch.Tensor, landmarks: torch.Tensor,
+                idx: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, out_dim + 1]``; ``idx``: the points' :meth:`knn` when the caller has it. The per-neighbour
+        inputs are built feature-major, ``[D, N k]``: every piece is a contiguous block (a 3-wide last dimension
+        made ``torch.cat`` and the embedding gather the slowest kernels of a rendered frame, BENCHMARKS.md), and
+        the linear layer is one ``W @ input`` product."""
         n = x.shape[0]
-        idx = self.knn(x.detach(), frame, landmarks.detach())
+        if idx is None:
+            idx = self.knn(x.detach(), frame, landmarks.detach())
         nb = landmarks[frame[:, None], idx].to(x.dtype)             # [N, k, 3]
         off = (x[:, None, :] - nb) / self.sigma
         w = torch.exp(-0.5 * (off * off).sum(-1))                   # [N, k]
@@ -324,9 +327,16 @@ class LandmarkField(nn.Module):
     def _sigma_geo(self, x: torch.Tensor, frame: torch.Tensor, ctx: FieldContext) -> tuple[torch.Tensor, torch.Tensor]:
         u = (x - self.aabb[0]) / (self.aabb[1] - self.aabb[0])
         enc = self.encoding(u)
+        idx = None if self.landmark_enc is None else self.landmark_enc.knn(x.detach(), frame, ctx.landmarks.detach())
+        return self._sigma_geo_from(x, frame, ctx, enc, idx)
+
+    def _sigma_geo_from(self, x: torch.Tensor, frame: torch.Tensor, ctx: FieldContext, enc: torch.Tensor,
+                        idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The density and geometry features from the hash-grid features ``enc`` and the landmark neighbours
+        ``idx``: the pure-torch part of the field, after its two kernels (hash grid, kNN)."""
         parts = [enc]
         if self.landmark_enc is not None:
-            parts.append(self.landmark_enc(x, frame, ctx.landmarks))
+            parts.append(self.landmark_enc(x, frame, ctx.landmarks, idx))
         if self.audio_att is not None:
             # frame_rows, not ctx.audio[frame]: advanced indexing's backward (a sort over N samples that all point
             # at a handful of frames) took 30 ms a step at 4096 x 128 samples on an H200, index_select's atomics 2 ms
