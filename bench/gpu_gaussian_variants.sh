@@ -15,10 +15,12 @@
 # last head and the synthesis split into its parts (head, torso, compositing, seam, host copy), and profiles
 # them: OUT_DIR/render_speed.json and render_profile.txt. Env: PYTHON (python3), EVAL_EVERY (steps between
 # teacher-forced evaluations, 1500), RENDER_SPEED (1; 0 skips the timing), POSE_LAG (0; 1 runs bench/pose_lag.py on
-# each variant's head -> OUT_DIR/pose_lag_K.json, with gsplat set up as for the training).
+# each variant's head -> OUT_DIR/pose_lag_K.json, with gsplat set up as for the training), NERF_PROBE (0; 1 runs
+# bench/nerf_speed_probe.py --sweep on each NeRF variant's head -> OUT_DIR/nerf_probe_K.json: where its render time
+# goes, compiled, and with other marching settings; about 1 minute a head).
 set -uo pipefail
 if [[ $# -lt 4 ]]; then
-    sed -n '2,18p' "$0"; exit 2
+    sed -n '2,20p' "$0"; exit 2
 fi
 s=$1; out=$2; minutes=$3; shift 3
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,6 +57,11 @@ print(json.dumps({"config": json.loads(sys.argv[1]), "steps": m["steps"], "steps
                   "head_only_fps": r["head_only"]["frames_per_sec"],
                   "head_torso_fps": r["head_torso"]["frames_per_sec"]}))
 PY
+        if [[ ${NERF_PROBE:-0} == 1 && $cfg == *'"nerf"'* ]]; then
+            PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$py" "$repo/bench/nerf_speed_probe.py" --subject-dir "$s" \
+                --out "$out/nerf_probe_$k.json" --train-steps 0 --variants eager,compile --sweep >> "$log" 2>&1 \
+                || echo "variant $k: nerf_speed_probe failed" | tee -a "$log"
+        fi
         if [[ ${POSE_LAG:-0} == 1 ]]; then
             PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$py" "$repo/bench/pose_lag.py" --subject-dir "$s" \
                 --out "$out/pose_lag_$k.json" >> "$log" 2>&1 || echo "variant $k: pose_lag failed" | tee -a "$log"
