@@ -29,21 +29,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from pipeline.core.config import RenderConfig  # noqa: E402
-from pipeline.core.layout import SubjectLayout  # noqa: E402
-from pipeline.render.head import load_head  # noqa: E402
-from pipeline.render.video import load_scene, test_drive  # noqa: E402
-from pipeline.stage2.nerf.field import LandmarkField  # noqa: E402
-
+from bench.profile_stage2_step import profile
+from pipeline.core.config import RenderConfig
+from pipeline.core.layout import SubjectLayout
+from pipeline.render.head import Head, load_head
+from pipeline.render.video import Drive, Scene, load_scene, test_drive
+from pipeline.stage2.nerf.field import LandmarkField
 
 # (early_stop_eps, march_window, samples_per_ray) of the marching sweep, after the default settings
 SWEEP = [(1e-3, 16, 0), (3e-3, 8, 0), (1e-2, 8, 0), (1e-3, 0, 32), (1e-3, 0, 24), (1e-3, 0, 16), (1e-3, 0, 12)]
@@ -54,56 +52,80 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-SIZE = 0   # render size (0: the crop size), set by --size
+@dataclass
+class Clip:
+    """The subject's trained head and the first ``n`` test frames it renders at ``size``²."""
+
+    subject_dir: Path
+    scene: Scene
+    drive: Drive
+    n: int
+    size: int
+    device: str
+
+    def head(self) -> Head:
+        """A fresh copy of the trained head at the render defaults (the variants change it)."""
+        cfg = RenderConfig()
+        head = load_head(SubjectLayout(self.subject_dir).stage2.path, self.device)
+        return head.with_samples(cfg.num_samples, cfg.early_stop_eps)
+
+    def render(self, head: Head, n: int | None = None, batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head-only colour and opacity of the first ``n`` (default all) frames, ``batch`` a call; synchronised."""
+        d, sc, pres, alphas = self.drive, self.scene, [], []
+        n = self.n if n is None else n
+        for s in range(0, n, batch):
+            sl = slice(s, min(s + batch, n))
+            pre, a = head.render(d.c2w[sl], d.landmarks[sl], d.audio[sl], d.au45[sl], sc.focal, sc.cx, sc.cy,
+                                 sc.crop_size, self.size)
+            pres.append(pre)
+            alphas.append(a)
+        sync()
+        return torch.cat(pres), torch.cat(alphas)
 
 
-def render_frames(head, scene, drive, n: int, batch: int = 4):
-    pres, alphas = [], []
-    for s in range(0, n, batch):
-        sl = slice(s, min(s + batch, n))
-        pre, a = head.render(drive.c2w[sl], drive.landmarks[sl], drive.audio[sl], drive.au45[sl], scene.focal,
-                             scene.cx, scene.cy, scene.crop_size, SIZE or scene.crop_size)
-        pres.append(pre)
-        alphas.append(a)
-    return torch.cat(pres), torch.cat(alphas)
-
-
-def split_render(head, scene, drive, n: int) -> dict:
-    """Milliseconds per frame of the renderer's parts (synchronised wrappers around its methods)."""
+@contextlib.contextmanager
+def instrumented(head: Head, timed: bool):
+    """Wrap the head's renderer so that it counts the field samples it evaluates and the rays that meet an occupied
+    cell, and with ``timed`` adds the synchronised seconds of its candidates and field queries; yields the totals."""
     r = head.renderer
-    times: dict[str, float] = defaultdict(float)
-    counts = {"field_samples": 0, "rays_hit_box": 0}
+    stats: dict[str, float] = defaultdict(float)
     orig = {"candidates": r.candidates, "_query": r._query}
 
-    def timed(name, fn):
+    def wrap(name, fn):
         def wrapper(*a, **k):
-            sync()
+            if timed:
+                sync()
             t = time.perf_counter()
             out = fn(*a, **k)
-            sync()
-            times[name] += time.perf_counter() - t
-            if name == "_query":
-                counts["field_samples"] += int(a[2].shape[0])
-            if name == "candidates":
-                counts["rays_hit_box"] += int(a[0].shape[0] - (~out[2].any(1)).sum())
+            if timed:
+                sync()
+                stats[f"s_{name}"] += time.perf_counter() - t
+            if name == "_query":                 # (field, ctx, pos, ...)
+                stats["field_samples"] += int(a[2].shape[0])
+            else:                                # (t, delta, keep [R, S], far)
+                stats["rays_meeting_the_head"] += int(out[2].any(1).sum())
             return out
         return wrapper
 
-    r.candidates = timed("candidates", orig["candidates"])
-    r._query = timed("_query", orig["_query"])
+    r.candidates, r._query = wrap("candidates", orig["candidates"]), wrap("_query", orig["_query"])
     try:
-        sync()
-        t0 = time.perf_counter()
-        render_frames(head, scene, drive, n)
-        sync()
-        total = time.perf_counter() - t0
+        yield stats
     finally:
         r.candidates, r._query = orig["candidates"], orig["_query"]
-    ms = {k: round(1000 * v / n, 2) for k, v in times.items()}
-    ms["total"] = round(1000 * total / n, 2)
-    ms["rest"] = round(ms["total"] - sum(v for k, v in ms.items() if k != "total"), 2)
-    return {"ms_per_frame": ms, "field_samples_per_frame": counts["field_samples"] // n,
-            "rays_with_an_occupied_sample_per_frame": counts["rays_hit_box"] // n}
+
+
+def split_render(clip: Clip, head: Head) -> dict:
+    """Milliseconds per frame of the renderer's parts, field samples and rays meeting the head per frame."""
+    with instrumented(head, timed=True) as stats:
+        t0 = time.perf_counter()
+        clip.render(head)
+        total = time.perf_counter() - t0
+    ms = {"candidates": stats["s_candidates"], "_query": stats["s__query"]}
+    ms = {k: round(1000 * v / clip.n, 2) for k, v in ms.items()}
+    ms["total"] = round(1000 * total / clip.n, 2)
+    ms["rest"] = round(ms["total"] - ms["candidates"] - ms["_query"], 2)
+    return {"ms_per_frame": ms, "field_samples_per_frame": int(stats["field_samples"]) // clip.n,
+            "rays_with_an_occupied_sample_per_frame": int(stats["rays_meeting_the_head"]) // clip.n}
 
 
 def compile_field(field: LandmarkField) -> None:
@@ -112,103 +134,72 @@ def compile_field(field: LandmarkField) -> None:
     field.color_net = torch.compile(field.color_net, dynamic=True)
 
 
-def render_variants(sub: Path, scene, drive, n: int, dev: str, names: list[str]) -> list[dict]:
-    cfg = RenderConfig()
+def differences(pre: torch.Tensor, alpha: torch.Tensor, ref: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    d = (pre.float() - ref[0]).abs()
+    return {"max_abs_rgb": float(d.max()), "mean_abs_rgb": float(d.mean()),
+            "pixels_over_2_of_255": float((d.amax(1) > 2 / 255).float().mean()),
+            "max_abs_alpha": float((alpha.float() - ref[1]).abs().max())}
+
+
+def render_variants(clip: Clip, names: list[str]) -> list[dict]:
     rows, ref = [], None
     for name in names:
-        head = load_head(SubjectLayout(sub).stage2.path, dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
+        head = clip.head()
         if "compile" in name:
             compile_field(head.field)
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name.split("+")[-1])
-        amp = torch.autocast(dev, half) if half is not None else contextlib.nullcontext()
+        amp = torch.autocast(clip.device, half) if half is not None else contextlib.nullcontext()
         try:
             with amp:
                 t = time.perf_counter()
-                render_frames(head, scene, drive, 4)
-                sync()
+                clip.render(head, 4)
                 warm = time.perf_counter() - t
                 t = time.perf_counter()
-                pre, alpha = render_frames(head, scene, drive, n)
-                sync()
+                pre, alpha = clip.render(head)
                 sec = time.perf_counter() - t
         except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
             rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:400]})
             print(json.dumps(rows[-1]), flush=True)
             continue
-        if ref is None:
-            ref = (pre.float(), alpha.float())
-        rows.append({"variant": name, "warmup_s": round(warm, 1), "frames_per_sec": round(n / sec, 2),
-                     "max_abs_rgb_vs_eager": float((pre.float() - ref[0]).abs().max()),
-                     "mean_abs_rgb_vs_eager": float((pre.float() - ref[0]).abs().mean()),
-                     "max_abs_alpha_vs_eager": float((alpha.float() - ref[1]).abs().max())})
+        ref = ref or (pre.float(), alpha.float())
+        rows.append({"variant": name, "warmup_s": round(warm, 1), "frames_per_sec": round(clip.n / sec, 2),
+                     **differences(pre, alpha, ref)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def count_samples(head) -> dict:
-    """Wrap the renderer's field queries to count the samples they evaluate (``counts["n"]``)."""
-    r, counts = head.renderer, {"n": 0}
-    query = type(r)._query
-
-    def counted(*a, **k):
-        counts["n"] += int(a[2].shape[0])
-        return query(r, *a, **k)
-    r._query = counted
-    return counts
-
-
-def marching_sweep(sub: Path, scene, drive, n: int, dev: str, settings: list[tuple[float, int, int]]) -> list[dict]:
+def marching_sweep(clip: Clip, settings: list[tuple[float, int, int]]) -> list[dict]:
     """The compiled head rendered with other marching settings ``(early_stop_eps, march_window, samples_per_ray)``
     (``samples_per_ray > 0``: only the first k occupied candidates of a ray, the renderer's dense path); frames/s,
     field samples a frame and the difference to the default settings (the first row)."""
-    cfg = RenderConfig()
-    head = load_head(SubjectLayout(sub).stage2.path, dev).with_samples(cfg.num_samples, cfg.early_stop_eps)
+    head = clip.head()
     compile_field(head.field)
-    counts = count_samples(head)
+    r = head.renderer
     rows, ref = [], None
-    for eps, window, k in [(cfg.early_stop_eps, head.renderer.march_window, 0)] + settings:
-        r = head.renderer
+    for eps, window, k in [(r.early_stop_eps, r.march_window, 0)] + settings:
         r.early_stop_eps, r.march_window, r.samples_per_ray = eps, window, k
-        render_frames(head, scene, drive, 4)      # warm-up: shapes the compiled graph has not seen
-        sync()
-        counts["n"] = 0
-        t = time.perf_counter()
-        pre, alpha = render_frames(head, scene, drive, n)
-        sync()
-        sec = time.perf_counter() - t
-        if ref is None:
-            ref = (pre, alpha)
-        d = (pre - ref[0]).abs()
+        clip.render(head, 4)      # warm-up: shapes the compiled graph has not seen
+        with instrumented(head, timed=False) as stats:
+            t = time.perf_counter()
+            pre, alpha = clip.render(head)
+            sec = time.perf_counter() - t
+        ref = ref or (pre, alpha)
         rows.append({"early_stop_eps": eps, "march_window": window, "samples_per_ray": k,
-                     "frames_per_sec": round(n / sec, 2), "field_samples_per_frame": counts["n"] // n,
-                     "max_abs_rgb": float(d.max()), "mean_abs_rgb": float(d.mean()),
-                     "pixels_over_2_of_255": float((d.amax(1) > 2 / 255).float().mean()),
-                     "max_abs_alpha": float((alpha - ref[1]).abs().max())})
+                     "frames_per_sec": round(clip.n / sec, 2),
+                     "field_samples_per_frame": int(stats["field_samples"]) // clip.n, **differences(pre, alpha, ref)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def train_variants(sub: Path, steps: int, warmup: int, overrides: dict) -> list[dict]:
-    from profile_stage2_step import profile
+def train_variants(subject_dir: Path, steps: int, warmup: int, overrides: dict) -> list[dict]:
     rows = []
-    for name in ("eager", "compile"):
-        patched = None
-        if name == "compile":
-            patched = LandmarkField.__init__
-
-            def init(self, *a, **k):
-                patched(self, *a, **k)
-                compile_field(self)
-            LandmarkField.__init__ = init
+    for name, prepare in (("eager", None), ("compile", lambda trainer: compile_field(trainer.field))):
         try:
-            r = profile(sub, overrides, steps, warmup)
+            r = profile(subject_dir, overrides, steps, warmup, prepare=prepare)
             rows.append({"variant": name} | {k: r[k] for k in ("steps_per_sec_untimed", "rays_per_sec_untimed",
                                                                "samples_per_ray", "ms_per_step", "peak_gpu_mib")})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 (a probe: report and go on)
             rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:400]})
-        finally:
-            if patched is not None:
-                LandmarkField.__init__ = patched
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -226,29 +217,25 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="also the marching sweep of the compiled head")
     p.add_argument("--size", type=int, default=0, help="render size (0: the crop size)")
     args = p.parse_args()
-    global SIZE
-    SIZE = args.size
     scene = load_scene(args.subject_dir)
     drive, _, _ = test_drive(args.subject_dir, scene)
-    n = min(args.frames, len(drive))
-    cfg = RenderConfig()
-    head = load_head(SubjectLayout(args.subject_dir).stage2.path, args.device).with_samples(cfg.num_samples,
-                                                                                            cfg.early_stop_eps)
-    render_frames(head, scene, drive, 4)     # warm-up
+    clip = Clip(args.subject_dir, scene, drive, min(args.frames, len(drive)), args.size or scene.crop_size,
+                args.device)
+    head = clip.head()
+    clip.render(head, 4)     # warm-up
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    out = {"device": name, "torch": torch.__version__, "frames": n, "size": SIZE or scene.crop_size,
-           "render_split": split_render(head, scene, drive, n)}
+    out = {"device": name, "torch": torch.__version__, "frames": clip.n, "size": clip.size,
+           "render_split": split_render(clip, head)}
     print(json.dumps(out), flush=True)
-    out["render_variants"] = render_variants(args.subject_dir, scene, drive, n, args.device,
-                                            args.variants.split(","))
+    out["render_variants"] = render_variants(clip, args.variants.split(","))
     args.out.write_text(json.dumps(out, indent=1))
     if args.sweep:
-        out["marching_sweep"] = marching_sweep(args.subject_dir, scene, drive, n, args.device, SWEEP)
+        out["marching_sweep"] = marching_sweep(clip, SWEEP)
         args.out.write_text(json.dumps(out, indent=1))
     if args.train_steps:
         out["train_variants"] = train_variants(args.subject_dir, args.train_steps, args.train_warmup,
                                               json.loads(args.train_config))
-    args.out.write_text(json.dumps(out, indent=1))
+        args.out.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ from pipeline.stage2.train import Trainer, setup_torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_table: Path | None = None) -> dict:
+def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_table: Path | None = None,
+            prepare=None) -> dict:
+    """One configuration's timed steps (module docstring); ``prepare(trainer)``, when given, runs on the fresh
+    trainer before its first step (e.g. bench/nerf_speed_probe.py compiles its field there)."""
     section = dict(yaml.safe_load((REPO / "config.yaml").read_text())["stage2"])
     section.update(overrides)
     mcfg, tcfg = stage2_configs(section)
@@ -60,6 +63,8 @@ def profile(subject_dir: Path, overrides: dict, steps: int, warmup: int, ops_tab
     with tempfile.TemporaryDirectory() as tmp:
         gaussians = mcfg.head == "gaussians"
         trainer = (GaussianTrainer if gaussians else Trainer)(data, mcfg, tcfg, Path(tmp), device)
+        if prepare is not None:
+            prepare(trainer)
         rays = tcfg.frames_per_batch * data.size ** 2 if gaussians else tcfg.rays_per_batch
 
         def occupancy(timed: bool) -> None:
