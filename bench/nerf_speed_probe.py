@@ -11,7 +11,7 @@ CPU, ``--device cpu``, at a small ``--size``):
 1. The head-only render of the first ``--frames`` test frames at the render defaults (4 frames a call), split by
    synchronised timers into the renderer's candidate samples (ray-box, bins, occupancy lookups), its field queries
    and the rest (marching bookkeeping, compositing), with the field samples a frame and the rays a frame that
-   meet an occupied cell.
+   meet an occupied cell; and the samples a ray by the true frame's parsing region (face, hair, ...).
 2. The same render in the ``--variants`` (each after a warm-up batch, which compiles): ``eager`` float32 (the
    default), ``bf16`` or ``fp16`` autocast, ``compile`` (``torch.compile(dynamic=True)`` of the field's pure-torch
    part, ``_sigma_geo_from`` and the colour network; the hash grid and kNN kernels stay eager), ``compile+fp16``.
@@ -34,9 +34,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.profile_stage2_step import profile
+from pipeline.core.artifacts import STAGE2_LABELS
+from pipeline.core.artifacts.preprocess import PARSING_LABEL_NAMES
 from pipeline.core.config import RenderConfig
 from pipeline.core.layout import SubjectLayout
 from pipeline.render.head import Head, load_head
@@ -62,6 +65,7 @@ class Clip:
     n: int
     size: int
     device: str
+    first: int = 0          # the first rendered frame's index in the clip (the test split's start)
 
     def head(self) -> Head:
         """A fresh copy of the trained head at the render defaults (the variants change it)."""
@@ -126,6 +130,32 @@ def split_render(clip: Clip, head: Head) -> dict:
     ms["rest"] = round(ms["total"] - ms["candidates"] - ms["_query"], 2)
     return {"ms_per_frame": ms, "field_samples_per_frame": int(stats["field_samples"]) // clip.n,
             "rays_with_an_occupied_sample_per_frame": int(stats["rays_meeting_the_head"]) // clip.n}
+
+
+def samples_by_region(clip: Clip, head: Head) -> dict:
+    """Field samples a ray by the true frame's parsing region (``PARSING_LABEL_NAMES``; labels from the frame cache,
+    nearest pixel at the render size): ``{region: [samples a ray, share of the pixels, share of the samples]}``."""
+    r, counts = head.renderer, []
+    orig = r.render
+
+    def render(field, ctx, origins, *a, **k):
+        out = orig(field, ctx, origins, *a, **k)
+        counts.append(torch.bincount(out.ray_indices, minlength=origins.shape[0]).cpu())
+        return out
+
+    r.render = render
+    try:
+        clip.render(head)
+    finally:
+        r.render = orig
+    c = torch.cat(counts).reshape(clip.n, clip.size, clip.size).numpy()
+    labels = STAGE2_LABELS.read(SubjectLayout(clip.subject_dir).stage2.labels)
+    step = labels.shape[1] / clip.size
+    pick = (np.arange(clip.size) * step + step / 2).astype(int)
+    lab = np.asarray(labels[clip.first:clip.first + clip.n])[:, pick][:, :, pick]
+    return {name: [round(float(c[lab == i].mean()), 1), round(float((lab == i).mean()), 3),
+                   round(float(c[lab == i].sum() / max(c.sum(), 1)), 3)]
+            for i, name in enumerate(PARSING_LABEL_NAMES) if (lab == i).any()}
 
 
 def compile_field(field: LandmarkField) -> None:
@@ -218,14 +248,14 @@ def main() -> None:
     p.add_argument("--size", type=int, default=0, help="render size (0: the crop size)")
     args = p.parse_args()
     scene = load_scene(args.subject_dir)
-    drive, _, _ = test_drive(args.subject_dir, scene)
+    drive, t0, _ = test_drive(args.subject_dir, scene)
     clip = Clip(args.subject_dir, scene, drive, min(args.frames, len(drive)), args.size or scene.crop_size,
-                args.device)
+                args.device, t0)
     head = clip.head()
     clip.render(head, 4)     # warm-up
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     out = {"device": name, "torch": torch.__version__, "frames": clip.n, "size": clip.size,
-           "render_split": split_render(clip, head)}
+           "render_split": split_render(clip, head), "samples_by_region": samples_by_region(clip, head)}
     print(json.dumps(out), flush=True)
     out["render_variants"] = render_variants(clip, args.variants.split(","))
     args.out.write_text(json.dumps(out, indent=1))
