@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.core.config import ConfigError, Stage2TrainConfig
-from pipeline.stage2.losses import distortion_loss, distortion_loss_reference
+from pipeline.stage2.losses import distortion_loss, distortion_loss_reference, landmark_depth_loss
 from pipeline.stage2.nerf import encoding as E
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.nerf.renderer import (VolumeRenderer, camera_rays, composite, pixel_centers,
@@ -261,6 +261,28 @@ def test_distortion_loss_matches_its_definition_and_prefers_one_surface():
     assert float(distortion_loss(w[:0], t[:0], delta[:0], ray_idx[:0], 3)) == 0.0
     with pytest.raises(ConfigError, match="loss weights"):
         Stage2TrainConfig(distortion_weight=-0.1)
+
+
+def test_landmark_depth_loss_is_the_weights_squared_distance_to_the_target():
+    """Rays 2 and 3 of a packed batch carry targets; ray 0-1 samples do not count. A ray whose weight sits at its
+    target scores 0; otherwise (E_w[t] - depth)^2 + Var_w(t) per unit of weight, averaged over the target rays."""
+    t = torch.tensor([0.5, 1.0, 1.0, 2.0, 3.0, 1.5, 2.5], dtype=torch.float64)
+    ray = torch.tensor([0, 1, 2, 2, 2, 3, 3])
+    w = torch.tensor([0.9, 0.2, 0.0, 1.0, 0.0, 0.5, 0.5], dtype=torch.float64, requires_grad=True)
+    depth = torch.tensor([2.0, 2.0], dtype=torch.float64)
+    loss = landmark_depth_loss(w, t, ray, depth, 2)
+    # ray 2: all weight at t = 2 -> 0; ray 3: mean 2 (no bias), variance 0.25 -> 0.25; mean over the two rays
+    assert float(loss) == pytest.approx(0.125)
+    loss.backward()
+    assert torch.equal(w.grad[:2], torch.zeros(2, dtype=torch.float64))   # rays before `first` take no gradient
+    assert w.grad[3] == 0 and w.grad[2] > 0 and w.grad[4] > 0            # weight moved off the target costs
+    # a biased ray: all weight 0.5 too far
+    biased = landmark_depth_loss(torch.tensor([1.0]), torch.tensor([2.5]), torch.tensor([0]), torch.tensor([2.0]), 0)
+    assert float(biased) == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match="loss weights"):
+        Stage2TrainConfig(landmark_depth_weight=-1.0)
+    with pytest.raises(ConfigError, match="landmark_depth_rays"):
+        Stage2TrainConfig(landmark_depth_rays=0)
 
 
 class BlobField:

@@ -206,28 +206,35 @@ def test_tiny_training_beats_the_background_plate_by_3db(subject):
     assert strip.shape == (tcfg.strip_frames * tcfg.image_size, 3 * tcfg.image_size, 3)
 
 
+def _tiny_trainer(subject, outdir, **keys):
+    """A tiny NeRF trainer on katiehill after its 80 steps of stage-2 keys ``keys`` (one thread)."""
+    from pipeline.stage2.train import Trainer, setup_torch
+
+    mcfg, tcfg = stage2_configs(dict(profile_section("stage2"), steps=80, threads=1, **keys))
+    setup_torch(tcfg, torch.device("cpu"))
+    data = SubjectData(subject, tcfg.head_radius, mcfg.bound, torch.device("cpu"), mcfg.landmark_motion)
+    trainer = Trainer(data, mcfg, tcfg, outdir, torch.device("cpu"))
+    for _ in range(tcfg.steps):
+        loss, _, _ = trainer.train_step("main")
+        assert torch.isfinite(loss)
+        trainer.step += 1
+        trainer.after_step()
+    return trainer
+
+
 def test_distortion_loss_makes_the_rays_weights_compact(subject, tmp_path):
     """stage2.distortion_weight on katiehill: the same tiny run with the loss ends with rays whose weights sit in
     a shorter stretch (a smaller distortion on the same kind of batch) than without it."""
     from pipeline.stage2.losses import distortion_loss
-    from pipeline.stage2.train import Trainer, setup_torch
 
     compactness = {}
     for w in (0.0, 0.05):
-        mcfg, tcfg = stage2_configs(dict(profile_section("stage2"), distortion_weight=w, steps=80, threads=1))
-        setup_torch(tcfg, torch.device("cpu"))
-        data = SubjectData(subject, tcfg.head_radius, mcfg.bound, torch.device("cpu"), mcfg.landmark_motion)
-        trainer = Trainer(data, mcfg, tcfg, tmp_path / str(w), torch.device("cpu"))
-        for _ in range(tcfg.steps):
-            loss, _, _ = trainer.train_step("main")
-            assert torch.isfinite(loss)
-            trainer.step += 1
-            trainer.after_step()
+        trainer = _tiny_trainer(subject, tmp_path / str(w), distortion_weight=w)
         vals = []
         with torch.no_grad():
             for _ in range(4):
                 batch = trainer.sampler.sample("main")
-                ctx = trainer.field.prepare(*data.conditioning(batch.frames))
+                ctx = trainer.field.prepare(*trainer.data.conditioning(batch.frames))
                 out = trainer.renderer.render(trainer.field, ctx, batch.origins, batch.dirs, batch.frame,
                                               batch.background)
                 vals.append(float(distortion_loss(out.weights, out.t, out.delta, out.ray_indices, len(out.rgb))))
@@ -235,6 +242,29 @@ def test_distortion_loss_makes_the_rays_weights_compact(subject, tmp_path):
     print(f"\nmean distortion of the rendered rays: {compactness}")
     # ratio 0.61 / 0.52 / 0.49 / 0.53 over seeds 0-3 (2026-12-03, the 2-core VM)
     assert compactness[0.05] < 0.8 * compactness[0.0]
+
+
+def test_landmark_depth_loss_puts_the_face_surface_on_the_tracked_mesh(subject, tmp_path):
+    """stage2.landmark_depth_weight on katiehill: after the same tiny run with the loss, rays aimed at held-out
+    test frames' tracked face-surface points end nearer those points' depth (the weights' mean squared distance to
+    it, the loss itself, rendered without jitter) than without it."""
+    from pipeline.stage2.losses import landmark_depth_loss
+
+    err = {}
+    for w in (0.0, 0.3):
+        trainer = _tiny_trainer(subject, tmp_path / str(w), landmark_depth_weight=w)
+        data = trainer.data
+        vals = []
+        with torch.no_grad():
+            for f in data.test_ids[:4]:
+                frames = torch.tensor([int(f)])
+                fb, o, d, depth = trainer.sampler.landmark_rays(frames, 512)
+                ctx = trainer.field.prepare(*data.conditioning(frames))
+                out = trainer.renderer.render(trainer.field, ctx, o, d, fb, torch.zeros(len(o), 3))
+                vals.append(float(landmark_depth_loss(out.weights, out.t, out.ray_indices, depth, 0)))
+        err[w] = float(np.mean(vals))
+    print(f"\nmean squared depth error at the test frames' face points: {err}")
+    assert err[0.3] < 0.5 * err[0.0]
 
 
 def test_au45_changes_the_eyes_and_nothing_else(subject):

@@ -42,6 +42,7 @@ from pipeline.core.artifacts import (AUDIO_FEATURES, AUS, BLENDSHAPE_NAMES, CANO
 from pipeline.core.layout import RELATIVE, SubjectLayout
 from pipeline.core.metrics import MOUTH_REGION
 from pipeline.stage2.nerf.renderer import camera_rays
+from pipeline.stage2.regions import SURFACE_POINTS
 
 log = logging.getLogger("pipeline.stage2.data")
 
@@ -152,6 +153,8 @@ class SubjectData:
         lms = CANONICAL_LANDMARKS.read(files.tracking.canonical)["landmarks"]
         lms = _fit_length(lms, n, files.tracking.canonical, "landmarks", slack=0)
         self.head_space = HeadSpace.from_landmarks(lms[a:b].mean(0), head_radius, bound)
+        # every frame's own tracked face surface, the targets of stage2.landmark_depth_weight [N, P, 3]
+        self.surface = torch.from_numpy(self.head_space.points(lms[:, list(SURFACE_POINTS)])).to(device)
         if train_mouth == "stage1":
             lms = with_stage1_mouth(lms, files.stage1.oof, a, b)
         audio = AUDIO_FEATURES.read(files.audio.features())["features"]

@@ -7,6 +7,8 @@
 * :func:`distortion_loss`: Mip-NeRF 360's distortion loss of a ray's sample weights (``stage2.distortion_weight``):
   small when a ray's weight sits in one short stretch, the surface, so a ray saturates within a few samples;
   :func:`distortion_loss_reference` is its O(n^2)-per-ray definition, for the parity test;
+* :func:`landmark_depth_loss`: the squared distance of a ray's sample weights to a target depth
+  (``stage2.landmark_depth_weight``; rays aimed at the tracked face-mesh points, whose depth is known);
 * :func:`ssim_loss`, :func:`gradient_loss`: patch losses of the lips / eyes fine-tuning phases (``1 - SSIM``
   with an 11x11 Gaussian window, sigma 1.5, as :func:`pipeline.core.metrics.ssim`; L1 of horizontal and vertical
   image differences). LPIPS (ER-NeRF's lips loss) needs backbone weights that are not available offline, so it
@@ -72,6 +74,19 @@ def distortion_loss_reference(weights: torch.Tensor, t: torch.Tensor, delta: tor
         w, tr, d = weights[m], t[m], delta[m]
         total = total + (w[:, None] * w[None, :] * (tr[:, None] - tr[None, :]).abs()).sum() + (w * w * d).sum() / 3
     return total / max(n_rays, 1)
+
+
+def landmark_depth_loss(weights: torch.Tensor, t: torch.Tensor, ray_indices: torch.Tensor,
+                        depth: torch.Tensor, first: int) -> torch.Tensor:
+    """Mean over rays ``first .. first + len(depth)`` of ``sum_i w_i (t_i - depth)^2``: zero only when a ray's
+    whole weight sits at the depth of the landmark it was aimed at (``stage2.landmark_depth_weight``). Per ray it is
+    ``(E_w[t] - depth)^2 + Var_w(t)`` times the ray's opacity, so it moves the surface onto the tracked mesh and
+    makes it thin. Samples of other rays (``ray_indices < first``) do not count."""
+    k = ray_indices - first
+    keep = k >= 0
+    k = k[keep]
+    err = weights[keep] * (t[keep] - depth[k]) ** 2
+    return torch.zeros_like(depth).index_add(0, k, err).mean()
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:

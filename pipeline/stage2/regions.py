@@ -19,6 +19,11 @@ LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387
 BROWS = (70, 63, 105, 66, 107, 300, 293, 334, 296, 336)
 JAW = (234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361, 323, 454)
 NOSE = (168, 6, 197, 195, 5, 4, 1, 2, 98, 327)
+# the face outline above the jaw (temples and hairline); with JAW it is mediapipe's FACEMESH_FACE_OVAL
+UPPER_OUTLINE = (127, 162, 21, 54, 103, 67, 109, 10, 338, 297, 332, 284, 251, 389, 356)
+# the mesh points inside the face outline, irises (468-477) left out: the points whose depth a camera ray aimed at
+# them meets first on a near-frontal view (stage2.landmark_depth_weight)
+SURFACE_POINTS = tuple(sorted(set(range(468)) - set(JAW + UPPER_OUTLINE)))
 LANDMARK_SUBSETS: dict[str, tuple[int, ...]] = {
     "lips_eyes_jaw_nose": LIPS + RIGHT_EYE + LEFT_EYE + BROWS + JAW + NOSE,
     "lips_eyes": LIPS + RIGHT_EYE + LEFT_EYE,

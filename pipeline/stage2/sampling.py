@@ -120,6 +120,19 @@ class RaySampler:
         cols = (start[:, 1:] + cc.reshape(1, -1)).reshape(-1)
         return fb.repeat_interleave(p * p), rows, cols
 
+    def landmark_rays(self, frames: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+        """``n`` rays from the cameras of ``frames [B]``, each aimed at a random tracked face-surface point of its
+        frame (``data.surface``): (index into frames, origins, unit directions, the points' distances), ``[n]``
+        or ``[n, 3]`` (``stage2.landmark_depth_weight``)."""
+        data, dev = self.data, frames.device
+        fb = torch.randint(frames.shape[0], (n,), generator=self.gen, device=dev)
+        point = torch.randint(data.surface.shape[1], (n,), generator=self.gen, device=dev)
+        gf = frames[fb]
+        origins = data.c2w[gf, :3, 3]
+        v = data.surface[gf, point] - origins
+        depth = v.norm(dim=-1)
+        return fb, origins, v / depth[:, None], depth
+
     def sample(self, phase: str = "main") -> RayBatch:
         cfg, data = self.cfg, self.data
         b = min(cfg.frames_per_batch, len(data.train_ids))

@@ -40,8 +40,8 @@ from pipeline.core.layout import Stage2Files, SubjectLayout
 from pipeline.stage2 import checkpoint as ckpt
 from pipeline.stage2.data import SubjectData, describe_inputs
 from pipeline.stage2.evaluate import eval_frames, render_frame, write_strip
-from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, distortion_loss, gradient_loss, opacity_loss, ssim_loss,
-                                    to_patches)
+from pipeline.stage2.losses import (LPIPS_STATUS, color_loss, distortion_loss, gradient_loss, landmark_depth_loss,
+                                    opacity_loss, ssim_loss, to_patches)
 from pipeline.stage2.nerf.field import LandmarkField
 from pipeline.stage2.nerf.occupancy import OccupancyGrid
 from pipeline.stage2.nerf.renderer import VolumeRenderer
@@ -148,11 +148,18 @@ class Trainer(HeadTrainer):
             batch = self.sampler.sample(phase)
         with timer("forward"):
             ctx = self.field.prepare(*self.data.conditioning(batch.frames), appearance=self.batch_codes(batch.frames))
-            out = self.renderer.render(self.render_field, ctx, batch.origins, batch.dirs, batch.frame,
-                                       batch.background, stratified=True, generator=self.gen)
-            loss, per_ray = color_loss(out.rgb, batch.rgb, batch.color_w, tcfg.loss)
+            rays = (batch.origins, batch.dirs, batch.frame, batch.background)
+            n_main = batch.origins.shape[0]
+            if tcfg.landmark_depth_weight > 0:   # rays aimed at the tracked face mesh, marched with the batch's
+                fb, o, d, depth = self.sampler.landmark_rays(batch.frames, tcfg.landmark_depth_rays)
+                rays = tuple(torch.cat([x, y]) for x, y in zip(rays, (o, d, fb, batch.background[:1].expand_as(o))))
+            out = self.renderer.render(self.render_field, ctx, *rays, stratified=True, generator=self.gen)
+            loss, per_ray = color_loss(out.rgb[:n_main], batch.rgb, batch.color_w, tcfg.loss)
             if tcfg.opacity_weight > 0:
-                loss = loss + tcfg.opacity_weight * opacity_loss(out.opacity, batch.alpha)
+                loss = loss + tcfg.opacity_weight * opacity_loss(out.opacity[:n_main], batch.alpha)
+            if tcfg.landmark_depth_weight > 0:
+                loss = loss + tcfg.landmark_depth_weight * landmark_depth_loss(out.weights, out.t, out.ray_indices,
+                                                                               depth, n_main)
             if tcfg.distortion_weight > 0:
                 loss = loss + tcfg.distortion_weight * distortion_loss(out.weights, out.t, out.delta, out.ray_indices,
                                                                        out.rgb.shape[0])
@@ -169,7 +176,7 @@ class Trainer(HeadTrainer):
         with timer("error map"), torch.no_grad():
             w = batch.color_w
             self.sampler.update_errors(batch, per_ray * w)
-            mse = (((out.rgb - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1)
+            mse = (((out.rgb[:n_main] - batch.rgb) ** 2).mean(-1) * w).sum() / w.sum().clamp_min(1)
         n = out.ray_indices.numel() if isinstance(out.n_candidates, int) else out.n_candidates
         return loss.detach(), mse, {"samples_per_ray": torch.as_tensor(n, device=mse.device) / max(out.rgb.shape[0], 1)}
 

@@ -171,6 +171,8 @@ class Stage2TrainConfig:
     loss: str = "l2"                # colour loss: "l1" | "l2" | "smooth_l1"
     opacity_weight: float = 0.01    # BCE of head opacity vs the head mask (labels 3-7)
     distortion_weight: float = 0.0  # Mip-NeRF 360 distortion loss of the NeRF's sample weights (compact surfaces)
+    landmark_depth_weight: float = 0.1  # NeRF: rays aimed at the tracked face-mesh points end at their depth
+    landmark_depth_rays: int = 256  # ... that many such rays a step, beside rays_per_batch
     eyes_fraction: float = 0.1      # eyes fine-tuning phase (patches around the eyes) before the lips phase
     lips_fraction: float = 0.1      # last fraction of training: lips fine-tuning phase (patches around the lips)
     patch_size: int = 32            # fine-tuning patch side (px at 512, scaled with image_size)
@@ -192,7 +194,8 @@ class Stage2TrainConfig:
         if self.loss not in ("l1", "l2", "smooth_l1"):
             raise ConfigError(f"stage2.loss: {self.loss!r} is not one of l1, l2, smooth_l1")
         for key in ("threads", "steps", "rays_per_batch", "frames_per_batch", "error_map_size", "patch_size",
-                    "occupancy_every", "occupancy_frames", "checkpoint_every", "log_every", "strip_frames"):
+                    "occupancy_every", "occupancy_frames", "checkpoint_every", "log_every", "strip_frames",
+                    "landmark_depth_rays"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"stage2.{key} must be >= 1, got {getattr(self, key)}")
         if self.image_size < 0 or self.image_size % 2 or 0 < self.image_size < 16:
@@ -204,7 +207,7 @@ class Stage2TrainConfig:
         if not (0 <= self.error_map_mix <= 1 and 0 < self.error_map_ema <= 1 and 0 < self.patch_share < 1):
             raise ConfigError("stage2: error_map_mix in [0, 1], error_map_ema in (0, 1], patch_share in (0, 1)")
         if min(self.max_minutes, self.head_margin, self.opacity_weight, self.distortion_weight, self.ssim_weight,
-               self.grad_weight, self.eval_every, self.eval_max_frames) < 0:
+               self.grad_weight, self.landmark_depth_weight, self.eval_every, self.eval_max_frames) < 0:
             raise ConfigError("stage2: max_minutes, head_margin, loss weights, eval_every, eval_max_frames >= 0")
 
 
