@@ -88,34 +88,44 @@ class Clip:
 
 
 @contextlib.contextmanager
+def patched(obj, **wrappers):
+    """``obj``'s methods ``name`` replaced by ``wrappers[name](original)`` inside the block, restored after it."""
+    orig = {name: getattr(obj, name) for name in wrappers}
+    for name, wrap in wrappers.items():
+        setattr(obj, name, wrap(orig[name]))
+    try:
+        yield
+    finally:
+        for name, fn in orig.items():
+            setattr(obj, name, fn)
+
+
+@contextlib.contextmanager
 def instrumented(head: Head, timed: bool):
     """Wrap the head's renderer so that it counts the field samples it evaluates and the rays that meet an occupied
     cell, and with ``timed`` adds the synchronised seconds of its candidates and field queries; yields the totals."""
-    r = head.renderer
     stats: dict[str, float] = defaultdict(float)
-    orig = {"candidates": r.candidates, "_query": r._query}
 
-    def wrap(name, fn):
-        def wrapper(*a, **k):
-            if timed:
-                sync()
-            t = time.perf_counter()
-            out = fn(*a, **k)
-            if timed:
-                sync()
-                stats[f"s_{name}"] += time.perf_counter() - t
-            if name == "_query":                 # (field, ctx, pos, ...)
-                stats["field_samples"] += int(a[2].shape[0])
-            else:                                # (t, delta, keep [R, S], far)
-                stats["rays_meeting_the_head"] += int(out[2].any(1).sum())
-            return out
-        return wrapper
+    def wrap(name):
+        def outer(fn):
+            def wrapper(*a, **k):
+                if timed:
+                    sync()
+                t = time.perf_counter()
+                out = fn(*a, **k)
+                if timed:
+                    sync()
+                    stats[f"s_{name}"] += time.perf_counter() - t
+                if name == "_query":                 # (field, ctx, pos, ...)
+                    stats["field_samples"] += int(a[2].shape[0])
+                else:                                # (t, delta, keep [R, S], far)
+                    stats["rays_meeting_the_head"] += int(out[2].any(1).sum())
+                return out
+            return wrapper
+        return outer
 
-    r.candidates, r._query = wrap("candidates", orig["candidates"]), wrap("_query", orig["_query"])
-    try:
+    with patched(head.renderer, candidates=wrap("candidates"), _query=wrap("_query")):
         yield stats
-    finally:
-        r.candidates, r._query = orig["candidates"], orig["_query"]
 
 
 def split_render(clip: Clip, head: Head) -> dict:
@@ -135,19 +145,17 @@ def split_render(clip: Clip, head: Head) -> dict:
 def samples_by_region(clip: Clip, head: Head) -> dict:
     """Field samples a ray by the true frame's parsing region (``PARSING_LABEL_NAMES``; labels from the frame cache,
     nearest pixel at the render size): ``{region: [samples a ray, share of the pixels, share of the samples]}``."""
-    r, counts = head.renderer, []
-    orig = r.render
+    counts = []
 
-    def render(field, ctx, origins, *a, **k):
-        out = orig(field, ctx, origins, *a, **k)
-        counts.append(torch.bincount(out.ray_indices, minlength=origins.shape[0]).cpu())
-        return out
+    def counting(render):
+        def wrapper(field, ctx, origins, *a, **k):
+            out = render(field, ctx, origins, *a, **k)
+            counts.append(torch.bincount(out.ray_indices, minlength=origins.shape[0]).cpu())
+            return out
+        return wrapper
 
-    r.render = render
-    try:
+    with patched(head.renderer, render=counting):
         clip.render(head)
-    finally:
-        r.render = orig
     c = torch.cat(counts).reshape(clip.n, clip.size, clip.size).numpy()
     labels = STAGE2_LABELS.read(SubjectLayout(clip.subject_dir).stage2.labels)
     step = labels.shape[1] / clip.size

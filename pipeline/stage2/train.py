@@ -152,7 +152,7 @@ class Trainer(HeadTrainer):
             n_main = batch.origins.shape[0]
             if tcfg.landmark_depth_weight > 0:   # rays aimed at the tracked face mesh, marched with the batch's
                 fb, o, d, depth = self.sampler.landmark_rays(batch.frames, tcfg.landmark_depth_rays)
-                rays = tuple(torch.cat([x, y]) for x, y in zip(rays, (o, d, fb, batch.background[:1].expand_as(o))))
+                rays = tuple(torch.cat([x, y]) for x, y in zip(rays, (o, d, fb, torch.zeros_like(o))))  # no colour
             out = self.renderer.render(self.render_field, ctx, *rays, stratified=True, generator=self.gen)
             loss, per_ray = color_loss(out.rgb[:n_main], batch.rgb, batch.color_w, tcfg.loss)
             if tcfg.opacity_weight > 0:
